@@ -1,0 +1,60 @@
+"""Helpers shared by the CLI command groups: console, JSON output, error reporting, progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lrs_core.errors import LrsError
+
+console = Console(stderr=True)
+
+
+def print_json(obj: Any) -> None:
+    """Write one JSON document (one line) to standard output."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, *, code: int = 1) -> None:
+    """Print an error line to standard error and exit with ``code``."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise SystemExit(code)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn an :class:`LrsError` into a one-line message and exit status 1."""
+    try:
+        yield
+    except LrsError as err:
+        fail(str(err), code=1)
+
+
+@contextmanager
+def progress_bar(description: str, *, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """Yield a ``progress(done, total)`` callback drawing a rich progress bar on standard error."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task_id = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task_id, completed=done, total=total)
+
+        yield update
