@@ -48,6 +48,10 @@ class DatasetError(LrsError, ValueError):
     """A benchmark file or row is malformed, or a path escapes the data root."""
 
 
+class GeometryError(LrsError, ValueError):
+    """An image size, pixel box or grid index lies outside the geometry it refers to."""
+
+
 class LrsWarning(UserWarning):
     """Root of every warning issued by lrs (tests turn these into errors)."""
 
