@@ -1,0 +1,7 @@
+"""Benchmarks: LRS-VQA and MME-RealWorld-RS readers, the reference scorers, focus metrics, synth data.
+
+Modules: :mod:`~lrs_core.evaluation.lrs_vqa` (question files, image paths, prediction records),
+:mod:`~lrs_core.evaluation.mme` (MME-RealWorld-RS), :mod:`~lrs_core.evaluation.scoring` (spec §7.3),
+:mod:`~lrs_core.evaluation.wordnet` (offline WordNet 3.0), :mod:`~lrs_core.evaluation.focus_metrics`
+(where the engine looked) and :mod:`~lrs_core.evaluation.synth` (an offline LRS-VQA-format set).
+"""
