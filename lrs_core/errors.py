@@ -62,3 +62,7 @@ class NotGeoreferencedWarning(LrsWarning):
 
 class LossyConversionWarning(LrsWarning):
     """A value was clipped, cast or truncated in a way the caller should know about."""
+
+
+class WindowError(LrsError, ValueError):
+    """A requested window or region is empty or lies outside a pyramid level."""

@@ -1,0 +1,738 @@
+"""Ingest raster scenes into Zarr multiscale stores: streamed, resumable, one store per scene.
+
+How a scene is written (see ``docs/pyramid.md``):
+
+1. The source header is inspected (:func:`lrs_core.scene.inspect_scene`), the stretch is derived
+   from a coarse overview, and an empty, *incomplete* store with all metadata is created.
+2. Pass 0 splits level 0 into square blocks of ``IngestConfig.block_px`` pixels. One task per block
+   reads the block from the source once, writes it as level 0 and reduces it in memory to the next
+   ``levels_per_pass`` levels (2x2 nodata-aware integer mean), writing each. Blocks are aligned to
+   whole shards (or chunks) of every level they write, so tasks never write the same chunk.
+3. Pass ``p > 0`` does the same from the last level of pass ``p - 1`` (already 1/64 of the pixels
+   with the defaults), until the coarsest level.
+4. Each finished block leaves a marker in ``_lrs_progress/``; a rerun skips marked blocks, so a
+   killed ingest resumes. ``lrs.complete`` is set last, then the markers are removed.
+
+Tasks run on dask: the local threaded scheduler by default, or a ``dask.distributed`` scheduler
+when an address is given. Memory is bounded by ``block_px`` and the number of workers, never by
+the scene size.
+
+Checksum: blake2b (128-bit) of the whole source file, streamed in 8 MiB pieces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import zarr
+from rasterio.windows import Window
+
+from lrs_core.errors import (
+    ConfigError,
+    LrsError,
+    NotGeoreferencedWarning,
+    SceneNotFoundError,
+    SceneReadError,
+    StoreConflictError,
+)
+from lrs_core.pyramid import (
+    LRS_ATTR,
+    MULTISCALES_CONVENTION,
+    PROGRESS_DIR,
+    PROJ_CONVENTION,
+    SPATIAL_CONVENTION,
+    STORE_FORMAT_VERSION,
+    StoreArraysSpec,
+    create_store,
+    level_shapes_hw,
+    level_transform,
+    mark_complete,
+    multiscales_attributes,
+    read_store_attributes,
+    reduce_2x2,
+    rgb_path,
+    valid_path,
+)
+from lrs_core.scene import (
+    SceneInfo,
+    Stretch,
+    compute_stretch,
+    footprint_polygon,
+    inspect_scene,
+    open_raster,
+    polygon_to_lonlat,
+    read_rgb_window,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bytes read per step when hashing a source file.
+CHECKSUM_PIECE_BYTES = 8 * 1024 * 1024
+#: Bytes per MB. rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64, i.e. bytes.
+BYTES_PER_MB = 1024 * 1024
+#: Digest size of the blake2b source checksum, in bytes.
+CHECKSUM_DIGEST_BYTES = 16
+#: File suffixes :func:`expand_sources` treats as rasters inside a folder.
+RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
+#: Suffix of the STAC item written beside each store.
+STAC_SUFFIX = ".stac.json"
+
+IngestStatus = Literal["ingested", "skipped", "failed"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """How scenes are turned into stores.
+
+    Attributes:
+        chunk_px: side of a square Zarr chunk (random 336 px windows touch at most 4 chunks).
+        shard_px: side of a square shard (a multiple of ``chunk_px``), or None for unsharded.
+        levels_per_pass: levels reduced in memory from one read (block side = write unit * 2**this).
+        min_long_side_px: the coarsest level is the first whose long side is at most this.
+        stretch_low_pct: lower percentile of the uint8 stretch of non-uint8 scenes.
+        stretch_high_pct: upper percentile of that stretch.
+        stretch_sample_long_side_px: long side of the coarse overview the percentiles come from.
+        bands: 1-based source bands to map to RGB (1 for grey or 3), or None for the default.
+        compressor: ``"zstd"``, ``"lz4"`` (Blosc) or ``"none"``.
+        compression_level: Blosc level 1..9.
+        gdal_cache_mb: GDAL block cache per process, in MB.
+        n_workers: local dask threads (1 runs synchronously, in the calling thread).
+        max_scene_pixels: headers claiming more pixels than this are rejected as corrupt.
+    """
+
+    chunk_px: int = 512
+    shard_px: int | None = None
+    levels_per_pass: int = 3
+    min_long_side_px: int = 336
+    stretch_low_pct: float = 2.0
+    stretch_high_pct: float = 98.0
+    stretch_sample_long_side_px: int = 1024
+    bands: tuple[int, ...] | None = None
+    compressor: Literal["zstd", "lz4", "none"] = "zstd"
+    compression_level: int = 1
+    gdal_cache_mb: int = 64
+    n_workers: int = 2
+    max_scene_pixels: int = 1 << 34
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.chunk_px <= 8192:
+            raise ConfigError(f"chunk_px={self.chunk_px} is outside [16, 8192]")
+        if self.shard_px is not None and (
+            self.shard_px < self.chunk_px or self.shard_px % self.chunk_px
+        ):
+            raise ConfigError(
+                f"shard_px={self.shard_px} must be a multiple of chunk_px={self.chunk_px} (or None)"
+            )
+        if not 1 <= self.levels_per_pass <= 6:
+            raise ConfigError(f"levels_per_pass={self.levels_per_pass} is outside [1, 6]")
+        if self.min_long_side_px < 1:
+            raise ConfigError(f"min_long_side_px={self.min_long_side_px} must be >= 1")
+        if not 0.0 <= self.stretch_low_pct < self.stretch_high_pct <= 100.0:
+            raise ConfigError(
+                f"stretch percentiles ({self.stretch_low_pct}, {self.stretch_high_pct}) must "
+                "satisfy 0 <= low < high <= 100"
+            )
+        if self.stretch_sample_long_side_px < 16:
+            raise ConfigError(
+                f"stretch_sample_long_side_px={self.stretch_sample_long_side_px} must be >= 16"
+            )
+        if self.bands is not None and (
+            len(self.bands) not in (1, 3) or any(b < 1 for b in self.bands)
+        ):
+            raise ConfigError(f"bands={self.bands} must be 1 or 3 band numbers counted from 1")
+        if self.compressor not in ("zstd", "lz4", "none"):
+            raise ConfigError(f"compressor={self.compressor!r} is not one of zstd, lz4, none")
+        if not 1 <= self.compression_level <= 9:
+            raise ConfigError(f"compression_level={self.compression_level} is outside [1, 9]")
+        if self.gdal_cache_mb < 1:
+            raise ConfigError(f"gdal_cache_mb={self.gdal_cache_mb} must be >= 1")
+        if self.n_workers < 1:
+            raise ConfigError(f"n_workers={self.n_workers} must be >= 1")
+        if self.max_scene_pixels < 1:
+            raise ConfigError(f"max_scene_pixels={self.max_scene_pixels} must be >= 1")
+
+    @property
+    def write_unit_px(self) -> int:
+        """Side of the smallest independently writable square (a shard, else a chunk)."""
+        return self.shard_px if self.shard_px is not None else self.chunk_px
+
+    @property
+    def block_px(self) -> int:
+        """Side of one task's block, in pixels of the pass's base level."""
+        return self.write_unit_px * 2**self.levels_per_pass
+
+    def store_layout(self) -> dict[str, Any]:
+        """The fields that fix a store's layout (a resume must use the same ones)."""
+        return {
+            "chunk_px": self.chunk_px,
+            "shard_px": self.shard_px,
+            "levels_per_pass": self.levels_per_pass,
+            "min_long_side_px": self.min_long_side_px,
+            "stretch_low_pct": self.stretch_low_pct,
+            "stretch_high_pct": self.stretch_high_pct,
+            "stretch_sample_long_side_px": self.stretch_sample_long_side_px,
+            "bands": None if self.bands is None else list(self.bands),
+            "compressor": self.compressor,
+            "compression_level": self.compression_level,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestResult:
+    """What happened to one source.
+
+    Attributes:
+        scene_id: the scene id (store name without ``.zarr``).
+        source: the source path as given.
+        store: path of the store; None when the scene failed before a store was made.
+        status: ``ingested``, ``skipped`` (same checksum already complete) or ``failed``.
+        error: one-line reason when failed.
+        level_shapes: (height, width) per store level, level 0 first.
+        stac_item: path of the STAC item JSON, when written.
+    """
+
+    scene_id: str
+    source: str
+    store: str | None
+    status: IngestStatus
+    error: str | None = None
+    level_shapes: tuple[tuple[int, int], ...] = ()
+    stac_item: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (level shapes as lists)."""
+        data = asdict(self)
+        data["level_shapes"] = [list(s) for s in self.level_shapes]
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockTask:
+    """One unit of work: a block of a pass's base level, written to the next levels.
+
+    Attributes:
+        store: the store folder.
+        source: the source raster (read when ``base_level`` is 0).
+        base_level: store level the block is read from (0: the source).
+        block_rc: (row, col) of the block in the pass's block grid.
+        window: the block, in pixels of ``base_level``.
+        top_level: last store level this block writes.
+        info: the source's :class:`SceneInfo`.
+        stretch: the scene's stretch.
+        gdal_cache_mb: GDAL cache for reading the source.
+    """
+
+    store: Path
+    source: Path
+    base_level: int
+    block_rc: tuple[int, int]
+    window: Window
+    top_level: int
+    info: SceneInfo
+    stretch: Stretch
+    gdal_cache_mb: int = field(default=64)
+
+    @property
+    def marker(self) -> Path:
+        """Resume marker written when the block is done."""
+        row, col = self.block_rc
+        return self.store / PROGRESS_DIR / f"pass{self.base_level}-r{row}-c{col}"
+
+
+def file_checksum(path: Path) -> str:
+    """Return ``blake2b-128:<hex>`` of a file's bytes, streamed in 8 MiB pieces."""
+    digest = hashlib.blake2b(digest_size=CHECKSUM_DIGEST_BYTES)
+    with open(path, "rb") as handle:
+        while piece := handle.read(CHECKSUM_PIECE_BYTES):
+            digest.update(piece)
+    return f"blake2b-128:{digest.hexdigest()}"
+
+
+def _read_base_block(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
+    """Read a block of the pass's base level: from the source (pass 0) or from the store."""
+    window = task.window
+    if task.base_level == 0:
+        with rasterio.Env(GDAL_CACHEMAX=task.gdal_cache_mb * BYTES_PER_MB), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            try:
+                with open_raster(task.source) as dataset:
+                    return read_rgb_window(dataset, task.info, task.stretch, window)
+            except rasterio.errors.RasterioError as err:
+                detail = " ".join(str(err).split())
+                raise SceneReadError(
+                    f"{task.source}: cannot decode pixels {window} (truncated or corrupt: {detail})"
+                ) from err
+    rows = slice(window.row_off, window.row_off + window.height)
+    cols = slice(window.col_off, window.col_off + window.width)
+    rgb_array = zarr.open_array(str(task.store), path=rgb_path(task.base_level), mode="r")
+    valid_array = zarr.open_array(str(task.store), path=valid_path(task.base_level), mode="r")
+    return np.asarray(rgb_array[rows, cols, :]), np.asarray(valid_array[rows, cols])
+
+
+def run_block(task: BlockTask) -> int:
+    """Process one block: read it, write it and its reductions, then leave its resume marker.
+
+    Returns:
+        Number of valid level-0 pixels in the block for pass 0 (0 for later passes).
+    """
+    if task.marker.exists():
+        return -1
+    rgb, valid = _read_base_block(task)
+    n_valid = int(np.count_nonzero(valid)) if task.base_level == 0 else 0
+    row0, col0 = int(task.window.row_off), int(task.window.col_off)
+    for store_level in range(task.base_level, task.top_level + 1):
+        if store_level > task.base_level:
+            rgb, valid = reduce_2x2(rgb, valid)
+            row0, col0 = row0 // 2, col0 // 2
+        if store_level == task.base_level and task.base_level > 0:
+            continue
+        height, width = valid.shape
+        rgb_array = zarr.open_array(str(task.store), path=rgb_path(store_level), mode="r+")
+        valid_array = zarr.open_array(str(task.store), path=valid_path(store_level), mode="r+")
+        rgb_array[row0 : row0 + height, col0 : col0 + width, :] = rgb
+        valid_array[row0 : row0 + height, col0 : col0 + width] = valid
+    task.marker.write_text(str(n_valid))
+    return n_valid
+
+
+def plan_passes(
+    *,
+    store: Path,
+    info: SceneInfo,
+    stretch: Stretch,
+    level_shapes: Sequence[tuple[int, int]],
+    config: IngestConfig,
+) -> list[list[BlockTask]]:
+    """Split the ingest into passes of independent block tasks (pass ``p`` needs pass ``p - 1``)."""
+    passes: list[list[BlockTask]] = []
+    last_level = len(level_shapes) - 1
+    base_level = 0
+    while True:
+        top_level = min(base_level + config.levels_per_pass, last_level)
+        height, width = level_shapes[base_level]
+        block = config.block_px
+        tasks = [
+            BlockTask(
+                store=store,
+                source=info.path,
+                base_level=base_level,
+                block_rc=(row // block, col // block),
+                window=Window(col, row, min(block, width - col), min(block, height - row)),
+                top_level=top_level,
+                info=info,
+                stretch=stretch,
+                gdal_cache_mb=config.gdal_cache_mb,
+            )
+            for row in range(0, height, block)
+            for col in range(0, width, block)
+        ]
+        passes.append(tasks)
+        if top_level == last_level:
+            return passes
+        base_level = top_level
+
+
+def _run_tasks(
+    tasks: Sequence[BlockTask],
+    *,
+    config: IngestConfig,
+    dask_address: str | None,
+    on_done: Callable[[], None],
+) -> list[int]:
+    """Run block tasks on dask (local threads or a distributed scheduler); return their results."""
+    import dask
+
+    pending = [t for t in tasks if not t.marker.exists()]
+    for _ in range(len(tasks) - len(pending)):
+        on_done()
+    if not pending:
+        return []
+    if dask_address is not None:
+        from distributed import Client, as_completed
+
+        with Client(dask_address, set_as_default=False) as client:
+            futures = [client.submit(run_block, t, pure=False) for t in pending]
+            results = []
+            for future in as_completed(futures):
+                results.append(int(future.result()))
+                on_done()
+            return results
+    from dask.callbacks import Callback
+
+    delayed = [dask.delayed(run_block, pure=False)(t) for t in pending]
+    keys = {d.key for d in delayed}
+
+    def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if key in keys:
+            on_done()
+
+    scheduler = "synchronous" if config.n_workers == 1 else "threads"
+    with Callback(posttask=posttask):
+        computed = dask.compute(*delayed, scheduler=scheduler, num_workers=config.n_workers)
+    return [int(r) for r in computed]
+
+
+def _root_attributes(
+    *,
+    scene_id: str,
+    info: SceneInfo,
+    stretch: Stretch,
+    checksum: str,
+    level_shapes: Sequence[tuple[int, int]],
+    config: IngestConfig,
+) -> dict[str, Any]:
+    """Root attributes of a new (incomplete) store: GeoZarr conventions and lrs metadata."""
+    conventions = [MULTISCALES_CONVENTION, SPATIAL_CONVENTION]
+    attributes: dict[str, Any] = {
+        "zarr_conventions": conventions,
+        "multiscales": multiscales_attributes(level_shapes=level_shapes, transform=info.transform),
+        "spatial:dimensions": ["y", "x"],
+        "spatial:shape": list(level_shapes[0]),
+        "spatial:transform": list(info.transform)[:6],
+        "spatial:registration": "pixel",
+    }
+    if info.is_georeferenced:
+        conventions.insert(1, PROJ_CONVENTION)
+        attributes["proj:wkt2"] = info.crs_wkt
+        attributes["proj:code"] = None if info.epsg is None else f"EPSG:{info.epsg}"
+    attributes[LRS_ATTR] = {
+        "format_version": STORE_FORMAT_VERSION,
+        "complete": False,
+        "scene_id": scene_id,
+        "size_wh": list(info.size_wh),
+        "layout": "(y, x, band) uint8 RGB per level in <level>/rgb; bool (y, x) in <level>/valid",
+        "source": str(info.path),
+        "checksum": checksum,
+        "source_driver": info.driver,
+        "source_dtype": info.dtype,
+        "source_band_count": info.band_count,
+        "band_map": list(info.band_map),
+        "alpha_band": info.alpha_band,
+        "nodata": info.nodata,
+        "stretch": stretch.to_dict(),
+        "config": config.store_layout(),
+        "started": datetime.now(UTC).isoformat(),
+    }
+    return attributes
+
+
+def write_stac_item(
+    *, path: Path, scene_id: str, store: Path, info: SceneInfo, checksum: str
+) -> Path:
+    """Write a STAC item (projection extension; EPSG:4326 bbox/geometry when georeferenced).
+
+    Returns:
+        The path written.
+    """
+    import pystac
+    from pystac.extensions.projection import ProjectionExtension
+
+    width, height = info.size_wh
+    geometry: dict[str, Any] | None = None
+    bbox: list[float] | None = None
+    if info.is_georeferenced and info.crs_wkt is not None:
+        footprint = footprint_polygon(info.transform, (0.0, 0.0, float(width), float(height)))
+        lonlat = polygon_to_lonlat(footprint, info.crs_wkt)
+        geometry = lonlat.__geo_interface__
+        bbox = list(lonlat.bounds)
+    acquired = datetime.fromtimestamp(info.path.stat().st_mtime, tz=UTC)
+    item = pystac.Item(
+        id=scene_id,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=acquired,
+        properties={"lrs:checksum": checksum, "lrs:datetime_source": "file modification time"},
+    )
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    projection.apply(
+        epsg=info.epsg if info.is_georeferenced else None,
+        wkt2=info.crs_wkt,
+        shape=[height, width],
+        transform=list(info.transform)[:6] if info.is_georeferenced else None,
+    )
+    item.add_asset(
+        "pyramid",
+        pystac.Asset(
+            href=f"./{store.name}",
+            media_type="application/vnd+zarr",
+            roles=["data"],
+            title="RGB uint8 multiscale pyramid (Zarr v3, GeoZarr conventions)",
+        ),
+    )
+    item.add_asset(
+        "source",
+        pystac.Asset(href=str(info.path.resolve()), roles=["source"], title="ingested raster"),
+    )
+    item.save_object(include_self_link=False, dest_href=str(path))
+    return path
+
+
+def _existing_state(
+    store: Path, checksum: str, config: IngestConfig, *, overwrite: bool
+) -> Literal["new", "resume", "complete"]:
+    """Decide what to do with whatever is already at ``store``."""
+    if not store.exists():
+        return "new"
+    attributes = read_store_attributes(store)
+    lrs = None if attributes is None else attributes.get(LRS_ATTR)
+    if overwrite:
+        shutil.rmtree(store)
+        return "new"
+    if not isinstance(lrs, dict):
+        if attributes is None and not any(store.iterdir()):
+            return "new"
+        raise StoreConflictError(
+            f"{store}: exists but is not an lrs store; remove it or pass --overwrite"
+        )
+    if lrs.get("checksum") != checksum:
+        raise StoreConflictError(
+            f"{store}: holds {lrs.get('source')} ({lrs.get('checksum')}), not this source "
+            f"({checksum}); pick another --id or pass --overwrite"
+        )
+    if lrs.get("complete"):
+        return "complete"
+    if lrs.get("config") != config.store_layout():
+        raise StoreConflictError(
+            f"{store}: an unfinished ingest used another layout {lrs.get('config')}; "
+            "rerun with the same settings or pass --overwrite"
+        )
+    return "resume"
+
+
+def ingest_scene(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    scene_id: str | None = None,
+    config: IngestConfig = IngestConfig(),  # noqa: B008 -- frozen, immutable default
+    overwrite: bool = False,
+    dask_address: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestResult:
+    """Ingest one raster into ``out_dir/<scene_id>.zarr`` and a STAC item beside it.
+
+    Args:
+        source: a GeoTIFF/COG/PNG/JPEG/TIFF file.
+        out_dir: folder of stores (created if missing).
+        scene_id: store name; defaults to the file stem.
+        config: layout, stretch and resource settings.
+        overwrite: replace a store that holds another source (or any store) under this id.
+        dask_address: ``tcp://host:port`` of a dask.distributed scheduler; None: local threads.
+        progress: called with (blocks done, blocks total) as blocks finish.
+
+    Returns:
+        ``status="ingested"``, or ``"skipped"`` when the same source is already complete.
+
+    Raises:
+        SceneNotFoundError: the source is missing.
+        SceneReadError: the source is corrupt, not a raster, absurdly sized or all nodata.
+        StoreConflictError: the store holds another source and ``overwrite`` is False.
+
+    Warns:
+        NotGeoreferencedWarning: the source has no CRS (pixel coordinates only).
+    """
+    source = Path(source)
+    out_dir = Path(out_dir)
+    scene_id = scene_id or source.stem
+    store = out_dir / f"{scene_id}.zarr"
+    stac_path = out_dir / f"{scene_id}{STAC_SUFFIX}"
+    info = inspect_scene(source, bands=config.bands, max_pixels=config.max_scene_pixels)
+    if not info.is_georeferenced:
+        warnings.warn(
+            f"{source}: no CRS; the store uses pixel coordinates and null geographic fields",
+            NotGeoreferencedWarning,
+            stacklevel=2,
+        )
+    level_shapes = level_shapes_hw(info.size_hw, min_long_side_px=config.min_long_side_px)
+    checksum = file_checksum(source)
+    state = _existing_state(store, checksum, config, overwrite=overwrite)
+    if state == "complete":
+        log.info("%s: already ingested from the same source (%s); skipped", store, checksum)
+        attributes = read_store_attributes(store) or {}
+        layout = attributes.get("multiscales", {}).get("layout", [])
+        level_shapes = tuple((int(e["spatial:shape"][0]), int(e["spatial:shape"][1])) for e in layout)
+        return IngestResult(
+            scene_id=scene_id,
+            source=str(source),
+            store=str(store),
+            status="skipped",
+            level_shapes=tuple(level_shapes),
+            stac_item=str(stac_path) if stac_path.exists() else None,
+        )
+    if state == "new":
+        with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb * BYTES_PER_MB), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with open_raster(source) as dataset:
+                try:
+                    stretch = compute_stretch(
+                        dataset,
+                        info,
+                        low_pct=config.stretch_low_pct,
+                        high_pct=config.stretch_high_pct,
+                        sample_long_side_px=config.stretch_sample_long_side_px,
+                    )
+                except rasterio.errors.RasterioError as err:
+                    detail = " ".join(str(err).split())
+                    raise SceneReadError(f"{source}: cannot decode pixels ({detail})") from err
+        out_dir.mkdir(parents=True, exist_ok=True)
+        create_store(
+            store,
+            level_shapes=level_shapes,
+            arrays=StoreArraysSpec(
+                chunk_px=config.chunk_px,
+                shard_px=config.shard_px,
+                compressor=config.compressor,
+                compression_level=config.compression_level,
+            ),
+            root_attributes=_root_attributes(
+                scene_id=scene_id,
+                info=info,
+                stretch=stretch,
+                checksum=checksum,
+                level_shapes=level_shapes,
+                config=config,
+            ),
+            level_transforms=[level_transform(info.transform, k) for k in range(len(level_shapes))],
+        )
+    else:
+        attributes = read_store_attributes(store)
+        assert attributes is not None  # _existing_state found them
+        stretch = Stretch.from_dict(attributes[LRS_ATTR]["stretch"])
+        (store / PROGRESS_DIR).mkdir(exist_ok=True)
+        log.info("%s: resuming an unfinished ingest", store)
+
+    passes = plan_passes(
+        store=store, info=info, stretch=stretch, level_shapes=level_shapes, config=config
+    )
+    total = sum(len(p) for p in passes)
+    done = 0
+
+    def on_done() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    try:
+        for pass_index, tasks in enumerate(passes):
+            _run_tasks(tasks, config=config, dask_address=dask_address, on_done=on_done)
+            if pass_index == 0:
+                n_valid = sum(int(t.marker.read_text()) for t in tasks)
+                if n_valid == 0:
+                    raise SceneReadError(
+                        f"{source}: every pixel is nodata (or alpha 0); nothing to ingest"
+                    )
+    except SceneReadError:
+        # Bad input: a rerun cannot finish this store, so leave nothing that could look usable.
+        shutil.rmtree(store, ignore_errors=True)
+        raise
+    write_stac_item(path=stac_path, scene_id=scene_id, store=store, info=info, checksum=checksum)
+    mark_complete(store, extra={"finished": datetime.now(UTC).isoformat()})
+    shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)
+    log.info("%s: ingested %s, levels %s", store, source, list(level_shapes))
+    return IngestResult(
+        scene_id=scene_id,
+        source=str(source),
+        store=str(store),
+        status="ingested",
+        level_shapes=tuple(level_shapes),
+        stac_item=str(stac_path),
+    )
+
+
+def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
+    """Expand folders to the rasters directly inside them (sorted); files pass through as given."""
+    expanded: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            expanded.extend(
+                sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+            )
+        else:
+            expanded.append(path)
+    return expanded
+
+
+def ingest_many(
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    scene_id: str | None = None,
+    config: IngestConfig = IngestConfig(),  # noqa: B008 -- frozen, immutable default
+    overwrite: bool = False,
+    dask_address: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_scene: Callable[[Path], None] | None = None,
+) -> list[IngestResult]:
+    """Ingest several sources (folders expanded); one bad scene never stops the others.
+
+    Args:
+        sources: files and/or folders.
+        out_dir: folder of stores.
+        scene_id: store name; only allowed when ``sources`` expand to exactly one file.
+        config, overwrite, dask_address, progress: as in :func:`ingest_scene`.
+        on_scene: called with each source before it is ingested (e.g. to relabel a progress bar).
+
+    Returns:
+        One :class:`IngestResult` per source; failures carry ``status="failed"`` and the error.
+
+    Raises:
+        ConfigError: ``scene_id`` given for more than one source.
+    """
+    paths = expand_sources(sources)
+    if scene_id is not None and len(paths) != 1:
+        raise ConfigError(f"--id {scene_id!r} needs exactly one source, got {len(paths)}")
+    results: list[IngestResult] = []
+    for path in paths:
+        if on_scene is not None:
+            on_scene(path)
+        name = scene_id or path.stem
+        try:
+            results.append(
+                ingest_scene(
+                    path,
+                    out_dir,
+                    scene_id=name,
+                    config=config,
+                    overwrite=overwrite,
+                    dask_address=dask_address,
+                    progress=progress,
+                )
+            )
+        except LrsError as err:
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            log.warning("ingest failed: %s", message)
+            store = Path(out_dir) / f"{name}.zarr"
+            results.append(
+                IngestResult(
+                    scene_id=name,
+                    source=str(path),
+                    store=str(store) if store.exists() else None,
+                    status="failed",
+                    error=" ".join(message.split()),
+                )
+            )
+    return results
+
+
+__all__ = [
+    "IngestConfig",
+    "IngestResult",
+    "SceneNotFoundError",
+    "expand_sources",
+    "file_checksum",
+    "ingest_many",
+    "ingest_scene",
+]

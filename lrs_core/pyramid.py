@@ -1,0 +1,535 @@
+"""The Zarr v3 multiscale store of one scene: its layout, writer helpers and the reading API.
+
+Layout of ``<scene_id>.zarr`` (see ``docs/pyramid.md``)::
+
+    zarr.json        root group; attributes: zarr_conventions, multiscales, proj:*, spatial:*, lrs
+    0/zarr.json      level group; spatial:shape, spatial:transform of this level
+    0/rgb            uint8 (y, x, band), band = R, G, B; 0 where invalid
+    0/valid          bool (y, x); True where the pixel holds data
+    1/ ...           each store_level a 2x2 nodata-aware area average of the previous one
+    _lrs_progress/   resume markers of an unfinished ingest (removed once complete)
+
+Store levels: ``store_level`` 0 is full resolution and level ``k`` has ``ceil(n / 2**k)`` pixels per
+axis; its pixel ``(x, y)`` covers level-0 pixels ``[x * 2**k, (x + 1) * 2**k)`` (pixel rule of
+:mod:`lrs_core.scene`). The last level is the first whose long side is at most the configured
+minimum (336 px by default). The store counts as complete only when the root attribute
+``lrs.complete`` is true; it is written after every level and all other metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+from PIL import Image
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from shapely.geometry import Polygon
+
+from lrs_core.errors import IncompletePyramidError, SceneNotFoundError, WindowError
+from lrs_core.records import BBoxPx, SceneRef
+from lrs_core.scene import RGB_CHANNELS, footprint_polygon, polygon_to_lonlat
+
+log = logging.getLogger(__name__)
+
+#: Version of the store layout written by this module (bumped on incompatible changes).
+STORE_FORMAT_VERSION = 1
+#: Name of the RGB array inside each level group.
+RGB_ARRAY = "rgb"
+#: Name of the validity-mask array inside each level group.
+VALID_ARRAY = "valid"
+#: Folder of per-block resume markers inside an unfinished store.
+PROGRESS_DIR = "_lrs_progress"
+#: Reduction factor between consecutive store levels, per axis.
+LEVEL_FACTOR = 2
+#: Root attribute holding lrs' own metadata.
+LRS_ATTR = "lrs"
+
+#: Zarr conventions the root group declares (GeoZarr: multiscales + geo-proj + spatial).
+MULTISCALES_CONVENTION = {
+    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
+    "name": "multiscales",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
+    "description": "Multiscale layout of zarr datasets",
+}
+PROJ_CONVENTION = {
+    "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+    "name": "proj:",
+    "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v1/README.md",
+    "description": "Coordinate reference system information for geospatial data",
+}
+SPATIAL_CONVENTION = {
+    "name": "spatial:",
+    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
+    "description": "Spatial coordinate information (affine transform, shape, dimensions)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreLevelInfo:
+    """One level of a scene's multiscale store.
+
+    Attributes:
+        store_level: 0 for full resolution; each step halves both axes.
+        shape_hw: (height, width) of the level in pixels.
+        downsample: level-0 pixels per pixel of this level (``2 ** store_level``).
+        transform: this level's pixel corners -> scene CRS; for a scene without georeference,
+            pixel -> level-0 pixel, i.e. ``Affine.scale(downsample)``.
+    """
+
+    store_level: int
+    shape_hw: tuple[int, int]
+    downsample: float
+    transform: Affine
+
+
+def level_shapes_hw(size_hw: tuple[int, int], *, min_long_side_px: int) -> tuple[tuple[int, int], ...]:
+    """Return the (height, width) of every store level, level 0 first.
+
+    Levels halve (rounding up) until the first one whose long side is at most ``min_long_side_px``.
+    """
+    shapes = [size_hw]
+    while max(shapes[-1]) > min_long_side_px:
+        height, width = shapes[-1]
+        shapes.append((math.ceil(height / LEVEL_FACTOR), math.ceil(width / LEVEL_FACTOR)))
+    return tuple(shapes)
+
+
+def level_transform(transform: Affine, store_level: int) -> Affine:
+    """Return the affine of ``store_level`` given the level-0 affine (pixel corners -> CRS)."""
+    return transform * Affine.scale(LEVEL_FACTOR**store_level)
+
+
+def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Halve an RGB block with a nodata-aware 2x2 integer mean (GDAL's ``average``).
+
+    Each output pixel is the rounded mean of the valid pixels of its 2x2 input cell (uint16
+    accumulation, round half up); cells without valid pixels are 0 and invalid. Odd sizes are
+    padded with invalid pixels, so the output is ``ceil(h / 2) x ceil(w / 2)``.
+
+    Args:
+        rgb: uint8 (h, w, 3); 0 where ``valid`` is False.
+        valid: bool (h, w).
+
+    Returns:
+        ``(rgb, valid)``: uint8 (ceil(h/2), ceil(w/2), 3) and bool of the same (h, w).
+    """
+    height, width = valid.shape
+    if height % 2 or width % 2:
+        padded_hw = (height + height % 2, width + width % 2)
+        rgb_pad = np.zeros((*padded_hw, rgb.shape[2]), dtype=np.uint8)
+        rgb_pad[:height, :width] = rgb
+        valid_pad = np.zeros(padded_hw, dtype=bool)
+        valid_pad[:height, :width] = valid
+        rgb, valid = rgb_pad, valid_pad
+    total = rgb[0::2, 0::2].astype(np.uint16)
+    total += rgb[1::2, 0::2]
+    total += rgb[0::2, 1::2]
+    total += rgb[1::2, 1::2]
+    count = valid[0::2, 0::2].astype(np.uint16)
+    count += valid[1::2, 0::2]
+    count += valid[0::2, 1::2]
+    count += valid[1::2, 1::2]
+    out_valid = count > 0
+    if out_valid.all():
+        # Fast path: every cell has 4 valid pixels.
+        total += 2
+        total >>= 2
+        return total.astype(np.uint8), out_valid
+    divisor = np.maximum(count, 1)[..., None]
+    out = (total + divisor // 2) // divisor
+    return out.astype(np.uint8), out_valid
+
+
+def rgb_path(store_level: int) -> str:
+    """Zarr path of the RGB array of a store level."""
+    return f"{store_level}/{RGB_ARRAY}"
+
+
+def valid_path(store_level: int) -> str:
+    """Zarr path of the validity array of a store level."""
+    return f"{store_level}/{VALID_ARRAY}"
+
+
+def multiscales_attributes(
+    *, level_shapes: Sequence[tuple[int, int]], transform: Affine
+) -> dict[str, Any]:
+    """Return the GeoZarr ``multiscales`` object of a store (layout of every level).
+
+    Args:
+        level_shapes: (height, width) per store level.
+        transform: level-0 affine (identity for a scene without georeference).
+    """
+    layout: list[dict[str, Any]] = []
+    for store_level, shape_hw in enumerate(level_shapes):
+        entry: dict[str, Any] = {
+            "asset": str(store_level),
+            "transform": {
+                "scale": [float(LEVEL_FACTOR**store_level)] * 2,
+                "translation": [0.0, 0.0],
+            },
+            "spatial:shape": list(shape_hw),
+            "spatial:transform": list(level_transform(transform, store_level))[:6],
+        }
+        if store_level > 0:
+            entry["derived_from"] = str(store_level - 1)
+            entry["transform"]["scale"] = [float(LEVEL_FACTOR)] * 2
+            entry["resampling_method"] = "average"
+        layout.append(entry)
+    return {"layout": layout, "resampling_method": "average"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreArraysSpec:
+    """How the arrays of a store are chunked and compressed.
+
+    Attributes:
+        chunk_px: side of a square chunk, in pixels of its level.
+        shard_px: side of a square shard (a multiple of ``chunk_px``), or None for no sharding.
+        compressor: ``"zstd"``, ``"lz4"`` (both through Blosc) or ``"none"``.
+        compression_level: Blosc compression level (1..9).
+    """
+
+    chunk_px: int
+    shard_px: int | None
+    compressor: str
+    compression_level: int
+
+    def codecs(self) -> list[zarr.codecs.BloscCodec]:
+        """Zarr compressors for the arrays (empty for no compression)."""
+        if self.compressor == "none":
+            return []
+        return [
+            zarr.codecs.BloscCodec(
+                cname=self.compressor, clevel=self.compression_level, shuffle="noshuffle"
+            )
+        ]
+
+
+def create_store(
+    store: Path,
+    *,
+    level_shapes: Sequence[tuple[int, int]],
+    arrays: StoreArraysSpec,
+    root_attributes: dict[str, Any],
+    level_transforms: Sequence[Affine],
+) -> None:
+    """Create an empty, incomplete store: groups, arrays and metadata (``lrs.complete`` false).
+
+    Args:
+        store: the ``<scene_id>.zarr`` folder (must not exist or will be overwritten).
+        level_shapes: (height, width) per store level.
+        arrays: chunking and compression.
+        root_attributes: root group attributes (``lrs.complete`` must be False).
+        level_transforms: affine per store level.
+    """
+    root = zarr.open_group(str(store), mode="w", zarr_format=3)
+    root.attrs.update(root_attributes)
+    compressors = arrays.codecs()
+    for store_level, shape_hw in enumerate(level_shapes):
+        group = root.create_group(
+            str(store_level),
+            attributes={
+                "spatial:dimensions": ["y", "x"],
+                "spatial:shape": list(shape_hw),
+                "spatial:transform": list(level_transforms[store_level])[:6],
+            },
+        )
+        chunk_hw = (min(arrays.chunk_px, shape_hw[0]), min(arrays.chunk_px, shape_hw[1]))
+        shard_hw = None
+        if arrays.shard_px is not None:
+            shard_hw = tuple(
+                max(c, min(arrays.shard_px, math.ceil(n / c) * c))
+                for c, n in zip(chunk_hw, shape_hw, strict=True)
+            )
+        group.create_array(
+            RGB_ARRAY,
+            shape=(*shape_hw, RGB_CHANNELS),
+            chunks=(*chunk_hw, RGB_CHANNELS),
+            shards=None if shard_hw is None else (*shard_hw, RGB_CHANNELS),
+            dtype="uint8",
+            fill_value=0,
+            compressors=compressors,
+            dimension_names=("y", "x", "band"),
+        )
+        group.create_array(
+            VALID_ARRAY,
+            shape=shape_hw,
+            chunks=chunk_hw,
+            shards=shard_hw,
+            dtype="bool",
+            fill_value=False,
+            compressors=compressors,
+            dimension_names=("y", "x"),
+        )
+    (store / PROGRESS_DIR).mkdir(exist_ok=True)
+
+
+def mark_complete(store: Path, *, extra: dict[str, Any]) -> None:
+    """Set ``lrs.complete`` (and ``extra`` lrs fields) on the root group: the last write of an ingest."""
+    root = zarr.open_group(str(store), mode="r+")
+    lrs = dict(root.attrs[LRS_ATTR])  # type: ignore[arg-type]
+    lrs.update(extra)
+    lrs["complete"] = True
+    root.attrs[LRS_ATTR] = lrs
+
+
+def read_store_attributes(store: Path) -> dict[str, Any] | None:
+    """Return the root attributes of a store, or None when there is no readable root metadata."""
+    meta = store / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        attributes = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, json.JSONDecodeError):
+        return None
+    return attributes if isinstance(attributes, dict) else None
+
+
+class Pyramid:
+    """A finished scene store opened for reading; array handles stay open (opening costs more).
+
+    Coordinates: ``bounds_px`` are (x0, y0, x1, y1) level-0 pixel corners (pixel rule of
+    :mod:`lrs_core.scene`); windows are rasterio ``Window(col_off, row_off, width, height)`` in
+    pixels of the named ``store_level``. Reads are thread-safe.
+
+    Attributes:
+        store: path or URL of the store.
+        scene_id: the scene id (store name without ``.zarr``).
+        size_wh: level-0 (width, height) in pixels.
+        crs_wkt: WKT2 of the scene CRS; None when not georeferenced.
+        epsg: EPSG code of the CRS, when it has one.
+        transform: level-0 affine (pixel corners -> scene CRS); None when not georeferenced.
+        levels: every store level, 0 first.
+        attributes: the root group's attributes (GeoZarr conventions and ``lrs`` metadata).
+    """
+
+    def __init__(self, store: str, group: zarr.Group) -> None:
+        attributes = dict(group.attrs)
+        lrs = attributes[LRS_ATTR]
+        self.store = store
+        self.attributes = attributes
+        self.scene_id: str = lrs["scene_id"]
+        width, height = lrs["size_wh"]
+        self.size_wh: tuple[int, int] = (int(width), int(height))
+        self.crs_wkt: str | None = attributes.get("proj:wkt2")
+        code = attributes.get("proj:code")
+        self.epsg: int | None = int(code.split(":")[1]) if code else None
+        self.transform: Affine | None = (
+            Affine(*attributes["spatial:transform"]) if self.crs_wkt is not None else None
+        )
+        base = self.transform if self.transform is not None else Affine.identity()
+        levels = []
+        self._rgb: list[zarr.Array] = []
+        self._valid: list[zarr.Array] = []
+        for store_level, entry in enumerate(attributes["multiscales"]["layout"]):
+            rgb = group[rgb_path(store_level)]
+            valid = group[valid_path(store_level)]
+            assert isinstance(rgb, zarr.Array) and isinstance(valid, zarr.Array)
+            self._rgb.append(rgb)
+            self._valid.append(valid)
+            height_l, width_l = entry["spatial:shape"]
+            levels.append(
+                StoreLevelInfo(
+                    store_level=store_level,
+                    shape_hw=(int(height_l), int(width_l)),
+                    downsample=float(LEVEL_FACTOR**store_level),
+                    transform=level_transform(base, store_level),
+                )
+            )
+        self.levels: tuple[StoreLevelInfo, ...] = tuple(levels)
+
+    @property
+    def is_georeferenced(self) -> bool:
+        """True when the scene has a CRS and a map transform."""
+        return self.crs_wkt is not None
+
+    def __repr__(self) -> str:
+        shapes = [lvl.shape_hw for lvl in self.levels]
+        return f"Pyramid({self.scene_id!r}, size_wh={self.size_wh}, levels_hw={shapes})"
+
+    def _check_window(self, store_level: int, window: Window) -> tuple[slice, slice]:
+        if not 0 <= store_level < len(self.levels):
+            raise WindowError(
+                f"{self.store}: store_level {store_level} does not exist; "
+                f"levels are 0..{len(self.levels) - 1}"
+            )
+        height, width = self.levels[store_level].shape_hw
+        col, row = int(window.col_off), int(window.row_off)
+        w, h = int(window.width), int(window.height)
+        if (col, row, w, h) != (window.col_off, window.row_off, window.width, window.height):
+            raise WindowError(f"{self.store}: window {window} must have integer offsets and sizes")
+        if w <= 0 or h <= 0 or col < 0 or row < 0 or col + w > width or row + h > height:
+            raise WindowError(
+                f"{self.store}: window {window} is empty or outside store_level {store_level} "
+                f"({width} x {height} px); clip it to the level first"
+            )
+        return slice(row, row + h), slice(col, col + w)
+
+    def read_window(self, store_level: int, window: Window) -> np.ndarray:
+        """Read a window of one store level.
+
+        Args:
+            store_level: the level to read.
+            window: integer window in pixels of that level, inside it.
+
+        Returns:
+            uint8 (h, w, 3) RGB; 0 where the validity mask is False.
+
+        Raises:
+            WindowError: the level does not exist or the window leaves it.
+        """
+        rows, cols = self._check_window(store_level, window)
+        return np.asarray(self._rgb[store_level][rows, cols, :])
+
+    def read_valid_mask(self, store_level: int, window: Window) -> np.ndarray:
+        """Read the validity mask of a window of one store level.
+
+        Returns:
+            bool (h, w); True where the pixel holds data (not nodata, NaN, alpha 0 or outside).
+        """
+        rows, cols = self._check_window(store_level, window)
+        return np.asarray(self._valid[store_level][rows, cols])
+
+    def level_for(self, bounds_px: BBoxPx, *, out_hw: tuple[int, int]) -> int:
+        """Coarsest store level whose pixels are at least as fine as ``out_hw`` over ``bounds_px``."""
+        x0, y0, x1, y1 = bounds_px
+        out_h, out_w = out_hw
+        chosen = 0
+        for info in self.levels:
+            # A tiny tolerance so exact power-of-two ratios pick the coarser level.
+            if (x1 - x0) / info.downsample >= out_w * (1 - 1e-9) and (
+                y1 - y0
+            ) / info.downsample >= out_h * (1 - 1e-9):
+                chosen = info.store_level
+        return chosen
+
+    def read_region(
+        self,
+        bounds_px: BBoxPx,
+        *,
+        out_hw: tuple[int, int],
+        fill_rgb: tuple[int, int, int] = (0, 0, 0),
+    ) -> np.ndarray:
+        """Read a level-0 pixel region resampled to ``out_hw``, antialiased.
+
+        The region is read from the coarsest store level that still has at least ``out_hw``
+        pixels over it (only the chunks it touches are read), then resampled with Pillow: a box
+        filter (exact area average over the fractional region) when shrinking, bicubic when
+        enlarging. Parts of ``bounds_px`` outside the scene, and invalid pixels, become
+        ``fill_rgb``.
+
+        Args:
+            bounds_px: (x0, y0, x1, y1) level-0 pixel corners; may extend past the scene.
+            out_hw: (height, width) of the output in pixels.
+            fill_rgb: colour of outside and invalid pixels.
+
+        Returns:
+            uint8 (out_h, out_w, 3).
+
+        Raises:
+            WindowError: empty bounds or a non-positive output size.
+        """
+        x0, y0, x1, y1 = (float(v) for v in bounds_px)
+        out_h, out_w = out_hw
+        if x1 <= x0 or y1 <= y0 or out_h <= 0 or out_w <= 0:
+            raise WindowError(
+                f"{self.store}: read_region needs x1 > x0, y1 > y0 and a positive out_hw; "
+                f"got bounds_px={bounds_px}, out_hw={out_hw}"
+            )
+        store_level = self.level_for((x0, y0, x1, y1), out_hw=out_hw)
+        info = self.levels[store_level]
+        scale = info.downsample
+        lx0, ly0, lx1, ly1 = x0 / scale, y0 / scale, x1 / scale, y1 / scale
+        ix0, iy0 = math.floor(lx0), math.floor(ly0)
+        ix1, iy1 = max(math.ceil(lx1), ix0 + 1), max(math.ceil(ly1), iy0 + 1)
+        fill = np.asarray(fill_rgb, dtype=np.uint8)
+        canvas = np.empty((iy1 - iy0, ix1 - ix0, RGB_CHANNELS), dtype=np.uint8)
+        canvas[...] = fill
+        height, width = info.shape_hw
+        cx0, cy0 = max(ix0, 0), max(iy0, 0)
+        cx1, cy1 = min(ix1, width), min(iy1, height)
+        if cx1 > cx0 and cy1 > cy0:
+            rgb = np.asarray(self._rgb[store_level][cy0:cy1, cx0:cx1, :])
+            valid = np.asarray(self._valid[store_level][cy0:cy1, cx0:cx1])
+            if not valid.all():
+                rgb = rgb.copy()
+                rgb[~valid] = fill
+            canvas[cy0 - iy0 : cy1 - iy0, cx0 - ix0 : cx1 - ix0] = rgb
+        box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
+        shrinking = (lx1 - lx0) >= out_w and (ly1 - ly0) >= out_h
+        if canvas.shape[:2] == (out_h, out_w) and box == (0.0, 0.0, float(out_w), float(out_h)):
+            return canvas
+        resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+        image = Image.fromarray(canvas, mode="RGB").resize((out_w, out_h), resample=resample, box=box)
+        return np.asarray(image)
+
+    def thumbnail(self, *, max_side_px: int) -> np.ndarray:
+        """Return the whole scene, area-averaged so its long side is ``max_side_px``.
+
+        Returns:
+            uint8 (h, w, 3), aspect ratio kept (the short side rounded, at least 1 px).
+        """
+        width, height = self.size_wh
+        factor = max_side_px / max(width, height)
+        out_hw = (max(1, round(height * factor)), max(1, round(width * factor)))
+        return self.read_region((0.0, 0.0, float(width), float(height)), out_hw=out_hw)
+
+    def scene_ref(self) -> SceneRef:
+        """The :class:`~lrs_core.records.SceneRef` of this scene (for answer records)."""
+        return SceneRef(
+            scene_id=self.scene_id,
+            store=self.store,
+            size_wh=self.size_wh,
+            crs_wkt=self.crs_wkt,
+            transform=None if self.transform is None else tuple(self.transform)[:6],  # type: ignore[arg-type]
+        )
+
+    def footprint(self, bounds_px: BBoxPx) -> Polygon:
+        """Polygon of a level-0 pixel box in the scene CRS (pixels when not georeferenced)."""
+        return footprint_polygon(self.transform or Affine.identity(), bounds_px)
+
+    def footprint_lonlat(self, bounds_px: BBoxPx) -> Polygon | None:
+        """Polygon of a level-0 pixel box in EPSG:4326 (lon, lat); None when not georeferenced."""
+        if self.crs_wkt is None:
+            return None
+        return polygon_to_lonlat(self.footprint(bounds_px), self.crs_wkt)
+
+
+def open_pyramid(store: str | Path) -> Pyramid:
+    """Open a finished scene store for reading.
+
+    Args:
+        store: path (or fsspec URL) of a ``<scene_id>.zarr`` store.
+
+    Returns:
+        The :class:`Pyramid`, with its array handles open.
+
+    Raises:
+        SceneNotFoundError: nothing is there, or it is not an lrs store.
+        IncompletePyramidError: the store was never marked complete (an interrupted ingest).
+    """
+    store_str = str(store)
+    try:
+        group = zarr.open_group(store_str, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
+        raise SceneNotFoundError(
+            f"{store_str}: no Zarr store here; run 'lrs ingest SCENE --out DIR' first"
+        ) from err
+    lrs = group.attrs.get(LRS_ATTR)
+    if not isinstance(lrs, dict):
+        raise SceneNotFoundError(f"{store_str}: a Zarr group but not an lrs scene store")
+    if not lrs.get("complete", False):
+        raise IncompletePyramidError(
+            f"{store_str}: the ingest of {lrs.get('source')} did not finish; re-run "
+            f"'lrs ingest {lrs.get('source')} --out {Path(store_str).parent}' (finished blocks are kept)"
+        )
+    return Pyramid(store_str, group)
