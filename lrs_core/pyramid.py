@@ -105,7 +105,7 @@ def level_shapes_hw(size_hw: tuple[int, int], *, min_long_side_px: int) -> tuple
 
 def level_transform(transform: Affine, store_level: int) -> Affine:
     """Return the affine of ``store_level`` given the level-0 affine (pixel corners -> CRS)."""
-    return transform * Affine.scale(LEVEL_FACTOR**store_level)
+    return transform @ Affine.scale(LEVEL_FACTOR**store_level)
 
 
 def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +139,7 @@ def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     count += valid[0::2, 1::2]
     count += valid[1::2, 1::2]
     out_valid = count > 0
-    if out_valid.all():
+    if (count == 4).all():
         # Fast path: every cell has 4 valid pixels.
         total += 2
         total >>= 2

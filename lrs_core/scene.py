@@ -384,13 +384,13 @@ def read_rgb_window(
 
 def pixel_to_map(transform: Affine, x_px: float, y_px: float) -> tuple[float, float]:
     """Return ``(x, y)`` in the scene CRS of the level-0 pixel point ``(x_px, y_px)`` (corner rule)."""
-    x_map, y_map = transform * (x_px, y_px)
+    x_map, y_map = transform @ (x_px, y_px)
     return (float(x_map), float(y_map))
 
 
 def map_to_pixel(transform: Affine, x_map: float, y_map: float) -> tuple[float, float]:
     """Return the fractional level-0 pixel point ``(x_px, y_px)`` of a scene-CRS point ``(x, y)``."""
-    x_px, y_px = ~transform * (x_map, y_map)
+    x_px, y_px = ~transform @ (x_map, y_map)
     return (float(x_px), float(y_px))
 
 

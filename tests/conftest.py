@@ -7,4 +7,6 @@ plugins, so each area owns its own file.
 pytest_plugins = [
     "tests.fixtures.scenes",
     "tests.fixtures.models",
+    "tests.fixtures.stores",
+    "tests.fixtures.prefect",
 ]
