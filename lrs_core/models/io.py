@@ -1,0 +1,339 @@
+"""Save and load models: the project format, plus auto-detected foreign layouts.
+
+Project format (a directory)::
+
+    lrs_model.json            {"format": "lrs-vlm", "format_version": 1, "model_id": ...,
+                               "vlm_config": VlmConfig, "vision_config": HF dict, "llm_config": HF dict}
+    model.safetensors         the VisionLanguageModel state dict (keys ``vision_tower.*``,
+                              ``projector.{0,2}.*``, ``image_newline``, ``llm.*``, ``rfm.*``); a tied
+                              ``llm.lm_head.weight`` is stored once
+    preprocessor_config.json  CLIP-style image-processor settings (informational; VlmConfig rules)
+    tokenizer files           whatever ``tokenizer.save_pretrained`` writes
+
+:func:`load_model` also reads the paper's released checkpoints and llava-hf LLaVA-1.5 / LLaVA-NeXT
+directories (see :mod:`lrs_core.models.convert`). Only safetensors are read; pickles are refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_model as save_safetensors_model
+from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
+
+from lrs_core.errors import ConfigError, WeightsError
+from lrs_core.models.config import VlmConfig
+from lrs_core.models.vlm import (
+    VisionLanguageModel,
+    check_state_dict_keys,
+    llm_config_class,
+    vision_config_class,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_CONFIG_FILE = "lrs_model.json"
+PROJECT_FORMAT = "lrs-vlm"
+PROJECT_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+#: Maps a checkpoint key to a project key, or None to skip the tensor.
+KeyMap = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to use, with its tokenizer and provenance.
+
+    Attributes:
+        model: the :class:`VisionLanguageModel` in eval mode.
+        tokenizer: its tokenizer (``PreTrainedTokenizerBase``).
+        model_id: a name for records (the project format's ``model_id`` or the directory name).
+        source_dir: the directory it was loaded from.
+    """
+
+    model: VisionLanguageModel
+    tokenizer: PreTrainedTokenizerBase
+    model_id: str
+    source_dir: Path
+
+
+def save_model(
+    model: VisionLanguageModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    model_id: str | None = None,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` in the project format and return the directory.
+
+    Args:
+        model: the model to save (any device/dtype; tensors are written as they are).
+        tokenizer: its tokenizer.
+        out_dir: directory (created if needed; existing model files are replaced).
+        model_id: name stored in ``lrs_model.json`` (default: the directory name).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format": PROJECT_FORMAT,
+        "format_version": PROJECT_FORMAT_VERSION,
+        "model_id": model_id or out.name,
+        "vlm_config": model.config.to_dict(),
+        **model.sub_configs(),
+    }
+    save_safetensors_model(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(out))
+    preprocessor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_normalize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "image_mean": list(model.config.image_mean),
+        "image_std": list(model.config.image_std),
+        "size": {"height": model.config.tile_size_px, "width": model.config.tile_size_px},
+    }
+    (out / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2) + "\n")
+    # Written last, so a directory with lrs_model.json is a complete one.
+    (out / PROJECT_CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
+    return out
+
+
+def default_attn_implementation(device: torch.device) -> str:
+    """Return ``"flash_attention_2"`` on CUDA when ``flash_attn`` is installed, else ``"sdpa"``."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """Return float32 on CPU, bfloat16 on CUDA when supported (else float16)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    vision_config_path: str | Path | None = None,
+    llm_layer_list: tuple[int, ...] | None = None,
+) -> LoadedModel:
+    """Load a model directory in any supported layout (auto-detected).
+
+    Args:
+        path: a project-format directory, a paper release (LLaVA layout with ``llm_layer_list``) or a
+            llava-hf LLaVA-1.5 / LLaVA-NeXT directory.
+        device: where to build the model.
+        dtype: parameter dtype; None = :func:`default_dtype` of the device.
+        attn_implementation: the LLM's (and RFM's) attention; None = :func:`default_attn_implementation`.
+        vision_config_path: paper layout only: a CLIP config (file or directory) when none is stored
+            beside the checkpoint (see :mod:`lrs_core.models.convert`).
+        llm_layer_list: llava-hf layout only: the RFM layer list (default
+            :func:`lrs_core.models.convert.default_llm_layer_list`).
+
+    Raises:
+        WeightsError: missing directory, unknown layout, pickle-only weights, or mismatched weights.
+    """
+    from lrs_core.models import convert
+
+    source = Path(path)
+    torch_device = torch.device(device)
+    torch_dtype = dtype or default_dtype(torch_device)
+    attn = attn_implementation or default_attn_implementation(torch_device)
+    layout = convert.detect_layout(source)
+    if layout == "project":
+        model, tokenizer, model_id = _read_project(source, device=torch_device, dtype=torch_dtype)
+    elif layout == "paper":
+        model, tokenizer = convert.read_paper_checkpoint(
+            source, device=torch_device, dtype=torch_dtype, vision_config_path=vision_config_path
+        )
+        model_id = source.name
+    else:
+        model, tokenizer = convert.read_llava_hf_checkpoint(
+            source, device=torch_device, dtype=torch_dtype, llm_layer_list=llm_layer_list
+        )
+        model_id = source.name
+    set_attn_implementation(model, attn)
+    log.info(
+        "loaded %s (%s layout) on %s as %s with %s", source, layout, torch_device, torch_dtype, attn
+    )
+    return LoadedModel(
+        model=model.eval(), tokenizer=tokenizer, model_id=model_id, source_dir=source
+    )
+
+
+def set_attn_implementation(model: VisionLanguageModel, name: str) -> None:
+    """Switch the LLM (and the RFM, which shares its config) to attention ``name``."""
+    model.llm.set_attn_implementation(name)
+    model.rfm.config = model.llm.config
+    model.vision_tower.set_attn_implementation("eager" if name == "eager" else "sdpa")
+
+
+def _read_project(
+    source: Path, *, device: torch.device, dtype: torch.dtype
+) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase, str]:
+    header = read_json(source / PROJECT_CONFIG_FILE)
+    if (
+        header.get("format") != PROJECT_FORMAT
+        or header.get("format_version") != PROJECT_FORMAT_VERSION
+    ):
+        raise WeightsError(
+            f"{source / PROJECT_CONFIG_FILE}: format {header.get('format')!r} version "
+            f"{header.get('format_version')!r} is not {PROJECT_FORMAT!r} v{PROJECT_FORMAT_VERSION}; "
+            "re-create it with this version of lrs ('lrs model convert')"
+        )
+    try:
+        config = VlmConfig.from_dict(header["vlm_config"])
+        vision_config = vision_config_class(config.vision_family).from_dict(header["vision_config"])
+        llm_config = llm_config_class(config.llm_family).from_dict(header["llm_config"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise WeightsError(f"{source / PROJECT_CONFIG_FILE}: invalid model header ({err})") from err
+    model = build_and_load(
+        config,
+        vision_config=vision_config,
+        llm_config=llm_config,
+        source=source,
+        key_map=lambda key: key,
+        device=device,
+        dtype=dtype,
+    )
+    return model, load_tokenizer(source), str(header.get("model_id", source.name))
+
+
+def build_and_load(
+    config: VlmConfig,
+    *,
+    vision_config: PreTrainedConfig,
+    llm_config: PreTrainedConfig,
+    source: Path,
+    key_map: KeyMap,
+    device: torch.device,
+    dtype: torch.dtype,
+    optional_prefixes: tuple[str, ...] = (),
+    extra_weights: dict[str, torch.Tensor] | None = None,
+) -> VisionLanguageModel:
+    """Build the model without random init and fill it from ``source``'s safetensors, shard by shard.
+
+    Args:
+        config, vision_config, llm_config: the architecture.
+        source: a directory with ``model.safetensors`` or a sharded ``model.safetensors.index.json``.
+        key_map: checkpoint key -> project key (None skips the tensor).
+        device, dtype: target placement.
+        optional_prefixes: project keys allowed to be missing (left uninitialised by the file; the
+            caller fills them, e.g. the RFM from layer copies).
+        extra_weights: project-keyed tensors from elsewhere (a separate vision tower).
+
+    Raises:
+        WeightsError: the keys do not match the architecture.
+    """
+    model = VisionLanguageModel.build(
+        config,
+        vision_config=vision_config,
+        llm_config=llm_config,
+        initialise=False,
+        device=device,
+        dtype=dtype,
+    )
+    seen: set[str] = set()
+    with torch.no_grad():
+        for part in _weight_parts(source, key_map, extra_weights):
+            seen.update(part)
+            unexpected = set(part) - set(model.state_dict())
+            if unexpected:
+                break
+            model.load_state_dict(part, strict=False)
+    check_state_dict_keys(model, seen, source=str(source), optional_prefixes=optional_prefixes)
+    if llm_config.tie_word_embeddings:
+        model.llm.tie_weights()
+    return model
+
+
+def _weight_parts(
+    source: Path, key_map: KeyMap, extra_weights: dict[str, torch.Tensor] | None
+) -> Iterator[dict[str, torch.Tensor]]:
+    for file in safetensors_files(source):
+        part: dict[str, torch.Tensor] = {}
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+                target = key_map(key)
+                if target is not None:
+                    part[target] = handle.get_tensor(key)
+        yield part
+    if extra_weights:
+        yield extra_weights
+
+
+def safetensors_files(source: Path) -> list[Path]:
+    """Return the safetensors files of a checkpoint directory (one file, or every indexed shard).
+
+    Raises:
+        WeightsError: no safetensors (with a hint when only pickled weights exist).
+    """
+    index = source / WEIGHTS_INDEX_FILE
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map", {})
+        files = sorted({source / name for name in weight_map.values()})
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise WeightsError(f"{index}: shards {missing[:3]} are missing; download them again")
+        return files
+    single = source / WEIGHTS_FILE
+    if single.is_file():
+        return [single]
+    files = sorted(source.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in source.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise WeightsError(
+            f"{source}: only pickled weights ({pickles[:3]}) were found; lrs loads safetensors only. "
+            "Download the safetensors revision of the checkpoint, or convert it with a trusted tool"
+        )
+    raise WeightsError(f"{source}: no model.safetensors or {WEIGHTS_INDEX_FILE} found")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Return the JSON object in ``path``.
+
+    Raises:
+        WeightsError: the file is missing or not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise WeightsError(f"{path}: file not found") from err
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_tokenizer(source: Path) -> PreTrainedTokenizerBase:
+    """Return the tokenizer stored in ``source`` (offline; no remote code).
+
+    Raises:
+        WeightsError: no loadable tokenizer in the directory.
+    """
+    try:
+        tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            str(source), local_files_only=True, trust_remote_code=False
+        )
+    except (OSError, ValueError) as err:
+        raise WeightsError(f"{source}: no usable tokenizer files ({err})") from err
+    return tokenizer
