@@ -156,6 +156,7 @@ def load_model(
     torch_dtype = dtype or default_dtype(torch_device)
     attn = attn_implementation or default_attn_implementation(torch_device)
     layout = convert.detect_layout(source)
+    safetensors_files(source)  # fail fast (and refuse pickles) before building anything
     if layout == "project":
         model, tokenizer, model_id = _read_project(source, device=torch_device, dtype=torch_dtype)
     elif layout == "paper":
