@@ -24,12 +24,13 @@ def score_command(
 
     from lrs_core.cli._common import console, print_json, reported_errors
     from lrs_core.evaluation.mme import score_file
-    from lrs_core.evaluation.scoring import score_files
+    from lrs_core.evaluation.scoring import read_prediction_rows, score_rows
     from lrs_core.evaluation.wordnet import WordNetMatcher
 
     with reported_errors():
+        rows = read_prediction_rows(predictions)  # read (and fail) before loading WordNet
         mme_score = None if mme is None else score_file(mme)
-        result = score_files(predictions, matcher=WordNetMatcher(), mme=mme_score)
+        result = score_rows(rows, matcher=WordNetMatcher(), mme=mme_score)
     report = result.to_json()
     if json_output:
         print_json(report)

@@ -180,7 +180,7 @@ def _copy_atomically(source: Path, target: Path) -> None:
 def assemble_wordnet(
     target_dir: Path | None = None,
     *,
-    source_dir: Path = DEBIAN_WORDNET_DIR,
+    source_dir: Path | None = None,
     manpage: Path | None = DEBIAN_LEXNAMES_MANPAGE,
 ) -> WordNetAssembly:
     """Build an NLTK ``corpora/wordnet`` folder from Debian's WordNet 3.0 files; idempotent.
@@ -192,7 +192,7 @@ def assemble_wordnet(
     Args:
         target_dir: folder to fill; default :func:`default_wordnet_dir`.
         source_dir: folder holding Debian's ``index.*``, ``data.*``, ``*.exc``, ``index.sense`` and
-            ``cntlist.rev``.
+            ``cntlist.rev``; default :data:`DEBIAN_WORDNET_DIR`.
         manpage: the ``lexnames(5WN)`` page to check :data:`LEXNAMES` against; skipped when None
             or absent.
 
@@ -204,6 +204,7 @@ def assemble_wordnet(
             manual page disagrees with :data:`LEXNAMES`.
     """
     target = default_wordnet_dir() if target_dir is None else Path(target_dir)
+    source_dir = DEBIAN_WORDNET_DIR if source_dir is None else Path(source_dir)
     missing = [name for name in WORDNET_DATA_FILES if not (source_dir / name).is_file()]
     if missing:
         raise DatasetError(
