@@ -140,6 +140,7 @@ def convert_checkpoint(
         dtype: dtype to store (default: the checkpoint's, float32 when unknown).
     """
     source = Path(src)
+    detect_layout(source)  # clear errors for a missing or foreign directory
     if dtype is None:
         dtype = _checkpoint_dtype(source)
     loaded = load_model(

@@ -1,0 +1,138 @@
+"""``lrs model``: build tiny models, convert checkpoints, describe models and count FLOPs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lrs_core.cli._common import console, fail, print_json, reported_errors
+
+model_app = typer.Typer(
+    name="model",
+    help="Build tiny models, convert checkpoints to the project format, inspect them, count FLOPs.",
+    no_args_is_help=True,
+)
+
+
+@model_app.command("init-tiny")
+def init_tiny_command(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
+    family: Annotated[str, typer.Option(help="llava (Llama, vicuna_v1) or qwen2 (Qwen2, ChatML).")] = "llava",
+    size: Annotated[str, typer.Option(help="tiny (~0.4 M params) or benchmark (~220 M).")] = "tiny",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Build a random model of the real architecture with an offline tokenizer and save it."""
+    if family not in ("llava", "qwen2"):
+        fail(f"--family {family!r} must be 'llava' or 'qwen2'", code=2)
+    if size not in ("tiny", "benchmark"):
+        fail(f"--size {size!r} must be 'tiny' or 'benchmark'", code=2)
+    from lrs_core.models.tiny import init_tiny
+
+    with reported_errors():
+        path = init_tiny(out_dir, family=family, seed=seed, size=size)  # type: ignore[arg-type]  # checked above
+    console.print(f"wrote {family} ({size}) model to {path}")
+
+
+@model_app.command("convert")
+def convert_command(
+    src: Annotated[Path, typer.Argument(help="Paper release or llava-hf directory.")],
+    dst: Annotated[Path, typer.Argument(help="Output directory (project format).")],
+    vision_config: Annotated[
+        Path | None,
+        typer.Option(help="Paper layout: CLIP config.json or directory (when none is beside SRC)."),
+    ] = None,
+    llm_layer_list: Annotated[
+        str | None, typer.Option(help="llava-hf layout: RFM layer list, comma-separated (e.g. 8,16).")
+    ] = None,
+) -> None:
+    """Convert a checkpoint (paper release, llava-hf) to the project format."""
+    layers: tuple[int, ...] | None = None
+    if llm_layer_list:
+        try:
+            layers = tuple(int(part) for part in llm_layer_list.split(","))
+        except ValueError:
+            fail(f"--llm-layer-list {llm_layer_list!r} must be comma-separated integers", code=2)
+    from lrs_core.models.convert import convert_checkpoint
+
+    with reported_errors():
+        path = convert_checkpoint(src, dst, vision_config_path=vision_config, llm_layer_list=layers)
+    console.print(f"converted {src} -> {path}")
+
+
+@model_app.command("info")
+def info_command(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (any supported layout).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Describe a model: layout, families, geometry, RFM layers and parameter counts."""
+    from lrs_core.models.convert import detect_layout
+    from lrs_core.models.io import load_model
+
+    with reported_errors():
+        layout = detect_layout(model_dir)
+        loaded = load_model(model_dir, device="cpu")
+    model = loaded.model
+    info: dict[str, Any] = {
+        "model_id": loaded.model_id,
+        "layout": layout,
+        "config": model.config.to_dict(),
+        "hidden_size": model.hidden_size,
+        "llm_layers": model.llm.config.num_hidden_layers,
+        "vision_layers": model.vision_tower.config.num_hidden_layers,
+        "rfm_source_layers": list(model.config.rfm_source_layers),
+        "tokens_per_tile": model.config.tokens_per_tile,
+        "vocab_size": len(loaded.tokenizer),
+        "parameters": {
+            name: sum(p.numel() for p in part.parameters())
+            for name, part in (
+                ("vision_tower", model.vision_tower),
+                ("projector", model.projector),
+                ("llm", model.llm),
+                ("rfm", model.rfm),
+            )
+        },
+    }
+    if as_json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
+@model_app.command("flops")
+def flops_command(
+    config: Annotated[str, typer.Option(help="Known model dimensions: qwen2-7b or vicuna-7b.")],
+    vision_tiles: Annotated[int, typer.Option(help="Tiles through the vision tower.")],
+    prefill_tokens: Annotated[int, typer.Option(help="Tokens in the LLM prefill.")],
+    decode_steps: Annotated[int, typer.Option(help="Generated tokens.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print the analytic FLOPs of one call (one multiply-add = 2 FLOPs)."""
+    from lrs_core.models.flops import KNOWN_DIMS, count_flops
+
+    if config not in KNOWN_DIMS:
+        fail(f"--config {config!r} is not one of {sorted(KNOWN_DIMS)}", code=2)
+    with reported_errors():
+        count = count_flops(
+            KNOWN_DIMS[config],
+            vision_tiles=vision_tiles,
+            prefill_tokens=prefill_tokens,
+            decode_steps=decode_steps,
+        )
+    result = {
+        "vision_flops": count.vision_flops,
+        "llm_flops": count.llm_flops,
+        "total_flops": count.total_flops,
+    }
+    if as_json:
+        print_json(result)
+        return
+    for key, value in result.items():
+        console.print(f"{key}: {value / 1e12:.2f} TFLOPs", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``model`` command group to the ``lrs`` application."""
+    app.add_typer(model_app, name="model")
