@@ -170,7 +170,7 @@ class IngestConfig:
     @property
     def block_px(self) -> int:
         """Side of one task's block, in pixels of the pass's base level."""
-        return self.write_unit_px * 2**self.levels_per_pass
+        return int(self.write_unit_px * 2**self.levels_per_pass)
 
     def store_layout(self) -> dict[str, Any]:
         """The fields that fix a store's layout (a resume must use the same ones)."""
@@ -263,7 +263,10 @@ def _read_base_block(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
     """Read a block of the pass's base level: from the source (pass 0) or from the store."""
     window = task.window
     if task.base_level == 0:
-        with rasterio.Env(GDAL_CACHEMAX=task.gdal_cache_mb * BYTES_PER_MB), warnings.catch_warnings():
+        with (
+            rasterio.Env(GDAL_CACHEMAX=task.gdal_cache_mb * BYTES_PER_MB),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             try:
                 with open_raster(task.source) as dataset:
@@ -351,35 +354,39 @@ def _run_tasks(
     on_done: Callable[[], None],
 ) -> list[int]:
     """Run block tasks on dask (local threads or a distributed scheduler); return their results."""
-    import dask
-
     pending = [t for t in tasks if not t.marker.exists()]
     for _ in range(len(tasks) - len(pending)):
         on_done()
     if not pending:
         return []
     if dask_address is not None:
-        from distributed import Client, as_completed
+        from distributed import Client
 
-        with Client(dask_address, set_as_default=False) as client:
+        # dask and distributed ship no type hints: hence the untyped-call ignores below.
+        with Client(dask_address, set_as_default=False) as client:  # type: ignore[no-untyped-call]
             futures = [client.submit(run_block, t, pure=False) for t in pending]
             results = []
-            for future in as_completed(futures):
+            # In submission order: progress may lag a little behind the workers, never lead them.
+            for future in futures:
                 results.append(int(future.result()))
                 on_done()
             return results
+    from dask.base import compute
     from dask.callbacks import Callback
+    from dask.delayed import delayed
 
-    delayed = [dask.delayed(run_block, pure=False)(t) for t in pending]
-    keys = {d.key for d in delayed}
+    block_tasks = [delayed(run_block, pure=False)(t) for t in pending]
+    keys = {d.key for d in block_tasks}
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         if key in keys:
             on_done()
 
     scheduler = "synchronous" if config.n_workers == 1 else "threads"
-    with Callback(posttask=posttask):
-        computed = dask.compute(*delayed, scheduler=scheduler, num_workers=config.n_workers)
+    with Callback(posttask=posttask):  # type: ignore[no-untyped-call]
+        computed = compute(  # type: ignore[no-untyped-call]
+            *block_tasks, scheduler=scheduler, num_workers=config.n_workers
+        )
     return [int(r) for r in computed]
 
 
@@ -561,7 +568,9 @@ def ingest_scene(
         log.info("%s: already ingested from the same source (%s); skipped", store, checksum)
         attributes = read_store_attributes(store) or {}
         layout = attributes.get("multiscales", {}).get("layout", [])
-        level_shapes = tuple((int(e["spatial:shape"][0]), int(e["spatial:shape"][1])) for e in layout)
+        level_shapes = tuple(
+            (int(e["spatial:shape"][0]), int(e["spatial:shape"][1])) for e in layout
+        )
         return IngestResult(
             scene_id=scene_id,
             source=str(source),
@@ -571,7 +580,10 @@ def ingest_scene(
             stac_item=str(stac_path) if stac_path.exists() else None,
         )
     if state == "new":
-        with rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb * BYTES_PER_MB), warnings.catch_warnings():
+        with (
+            rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb * BYTES_PER_MB),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with open_raster(source) as dataset:
                 try:
@@ -606,9 +618,9 @@ def ingest_scene(
             level_transforms=[level_transform(info.transform, k) for k in range(len(level_shapes))],
         )
     else:
-        attributes = read_store_attributes(store)
-        assert attributes is not None  # _existing_state found them
-        stretch = Stretch.from_dict(attributes[LRS_ATTR]["stretch"])
+        existing = read_store_attributes(store)
+        assert existing is not None  # _existing_state found them
+        stretch = Stretch.from_dict(existing[LRS_ATTR]["stretch"])
         (store / PROGRESS_DIR).mkdir(exist_ok=True)
         log.info("%s: resuming an unfinished ingest", store)
 
@@ -658,7 +670,9 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
         path = Path(source)
         if path.is_dir():
             expanded.extend(
-                sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+                sorted(
+                    p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
+                )
             )
         else:
             expanded.append(path)
@@ -682,7 +696,10 @@ def ingest_many(
         sources: files and/or folders.
         out_dir: folder of stores.
         scene_id: store name; only allowed when ``sources`` expand to exactly one file.
-        config, overwrite, dask_address, progress: as in :func:`ingest_scene`.
+        config: as in :func:`ingest_scene`.
+        overwrite: as in :func:`ingest_scene`.
+        dask_address: as in :func:`ingest_scene`.
+        progress: as in :func:`ingest_scene` (restarts for each scene).
         on_scene: called with each source before it is ingested (e.g. to relabel a progress bar).
 
     Returns:

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -33,6 +33,7 @@ from PIL import Image
 from rasterio.transform import Affine
 from rasterio.windows import Window
 from shapely.geometry import Polygon
+from zarr.codecs import BloscCodec
 
 from lrs_core.errors import IncompletePyramidError, SceneNotFoundError, WindowError
 from lrs_core.records import BBoxPx, SceneRef
@@ -91,7 +92,9 @@ class StoreLevelInfo:
     transform: Affine
 
 
-def level_shapes_hw(size_hw: tuple[int, int], *, min_long_side_px: int) -> tuple[tuple[int, int], ...]:
+def level_shapes_hw(
+    size_hw: tuple[int, int], *, min_long_side_px: int
+) -> tuple[tuple[int, int], ...]:
     """Return the (height, width) of every store level, level 0 first.
 
     Levels halve (rounding up) until the first one whose long side is at most ``min_long_side_px``.
@@ -149,6 +152,12 @@ def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return out.astype(np.uint8), out_valid
 
 
+def _six(transform: Affine) -> tuple[float, float, float, float, float, float]:
+    """The affine as ``(a, b, c, d, e, f)``: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``."""
+    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
+    return (a, b, c, d, e, f)
+
+
 def rgb_path(store_level: int) -> str:
     """Zarr path of the RGB array of a store level."""
     return f"{store_level}/{RGB_ARRAY}"
@@ -200,17 +209,15 @@ class StoreArraysSpec:
 
     chunk_px: int
     shard_px: int | None
-    compressor: str
+    compressor: Literal["zstd", "lz4", "none"]
     compression_level: int
 
-    def codecs(self) -> list[zarr.codecs.BloscCodec]:
+    def codecs(self) -> list[BloscCodec]:
         """Zarr compressors for the arrays (empty for no compression)."""
         if self.compressor == "none":
             return []
         return [
-            zarr.codecs.BloscCodec(
-                cname=self.compressor, clevel=self.compression_level, shuffle="noshuffle"
-            )
+            BloscCodec(cname=self.compressor, clevel=self.compression_level, shuffle="noshuffle")
         ]
 
 
@@ -274,7 +281,7 @@ def create_store(
 
 
 def mark_complete(store: Path, *, extra: dict[str, Any]) -> None:
-    """Set ``lrs.complete`` (and ``extra`` lrs fields) on the root group: the last write of an ingest."""
+    """Set ``lrs.complete`` (and ``extra`` lrs fields) on the root group; an ingest's last write."""
     root = zarr.open_group(str(store), mode="r+")
     lrs = dict(root.attrs[LRS_ATTR])  # type: ignore[arg-type]
     lrs.update(extra)
@@ -313,7 +320,7 @@ class Pyramid:
     """
 
     def __init__(self, store: str, group: zarr.Group) -> None:
-        attributes = dict(group.attrs)
+        attributes: dict[str, Any] = dict(group.attrs)
         lrs = attributes[LRS_ATTR]
         self.store = store
         self.attributes = attributes
@@ -328,8 +335,8 @@ class Pyramid:
         )
         base = self.transform if self.transform is not None else Affine.identity()
         levels = []
-        self._rgb: list[zarr.Array] = []
-        self._valid: list[zarr.Array] = []
+        self._rgb: list[zarr.Array[Any]] = []
+        self._valid: list[zarr.Array[Any]] = []
         for store_level, entry in enumerate(attributes["multiscales"]["layout"]):
             rgb = group[rgb_path(store_level)]
             valid = group[valid_path(store_level)]
@@ -400,7 +407,7 @@ class Pyramid:
         return np.asarray(self._valid[store_level][rows, cols])
 
     def level_for(self, bounds_px: BBoxPx, *, out_hw: tuple[int, int]) -> int:
-        """Coarsest store level whose pixels are at least as fine as ``out_hw`` over ``bounds_px``."""
+        """Coarsest store level with at least ``out_hw`` pixels over ``bounds_px`` (level-0 px)."""
         x0, y0, x1, y1 = bounds_px
         out_h, out_w = out_hw
         chosen = 0
@@ -469,7 +476,9 @@ class Pyramid:
         if canvas.shape[:2] == (out_h, out_w) and box == (0.0, 0.0, float(out_w), float(out_h)):
             return canvas
         resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
-        image = Image.fromarray(canvas, mode="RGB").resize((out_w, out_h), resample=resample, box=box)
+        image = Image.fromarray(canvas, mode="RGB").resize(
+            (out_w, out_h), resample=resample, box=box
+        )
         return np.asarray(image)
 
     def thumbnail(self, *, max_side_px: int) -> np.ndarray:
@@ -490,7 +499,7 @@ class Pyramid:
             store=self.store,
             size_wh=self.size_wh,
             crs_wkt=self.crs_wkt,
-            transform=None if self.transform is None else tuple(self.transform)[:6],  # type: ignore[arg-type]
+            transform=None if self.transform is None else _six(self.transform),
         )
 
     def footprint(self, bounds_px: BBoxPx) -> Polygon:
@@ -520,7 +529,11 @@ def open_pyramid(store: str | Path) -> Pyramid:
     store_str = str(store)
     try:
         group = zarr.open_group(store_str, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as err:
+    except (
+        FileNotFoundError,
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+    ) as err:
         raise SceneNotFoundError(
             f"{store_str}: no Zarr store here; run 'lrs ingest SCENE --out DIR' first"
         ) from err
@@ -530,6 +543,7 @@ def open_pyramid(store: str | Path) -> Pyramid:
     if not lrs.get("complete", False):
         raise IncompletePyramidError(
             f"{store_str}: the ingest of {lrs.get('source')} did not finish; re-run "
-            f"'lrs ingest {lrs.get('source')} --out {Path(store_str).parent}' (finished blocks are kept)"
+            f"'lrs ingest {lrs.get('source')} --out {Path(store_str).parent}' "
+            "(finished blocks are kept)"
         )
     return Pyramid(store_str, group)

@@ -225,8 +225,10 @@ def inspect_scene(
                 raise SceneReadError(
                     f"{path}: bands {bad} do not exist; the file has bands 1..{dataset.count}"
                 )
-            band_map = (bands[0], bands[0], bands[0]) if len(bands) == 1 else (
-                bands[0], bands[1], bands[2]
+            band_map = (
+                (bands[0], bands[0], bands[0])
+                if len(bands) == 1
+                else (bands[0], bands[1], bands[2])
             )
             if alpha in band_map:
                 alpha = None
@@ -383,13 +385,13 @@ def read_rgb_window(
 
 
 def pixel_to_map(transform: Affine, x_px: float, y_px: float) -> tuple[float, float]:
-    """Return ``(x, y)`` in the scene CRS of the level-0 pixel point ``(x_px, y_px)`` (corner rule)."""
+    """Return the scene-CRS ``(x, y)`` of the level-0 pixel point ``(x_px, y_px)`` (corner rule)."""
     x_map, y_map = transform @ (x_px, y_px)
     return (float(x_map), float(y_map))
 
 
 def map_to_pixel(transform: Affine, x_map: float, y_map: float) -> tuple[float, float]:
-    """Return the fractional level-0 pixel point ``(x_px, y_px)`` of a scene-CRS point ``(x, y)``."""
+    """Return the fractional level-0 pixel point ``(x_px, y_px)`` of a scene-CRS ``(x, y)``."""
     x_px, y_px = ~transform @ (x_map, y_map)
     return (float(x_px), float(y_px))
 
@@ -421,7 +423,9 @@ def polygon_to_lonlat(polygon: Polygon, crs_wkt: str) -> Polygon:
             ProjCRS.from_wkt(crs_wkt), ProjCRS.from_epsg(LONLAT_EPSG), always_xy=True
         )
     except (CRSError, ProjError) as err:
-        raise GeoreferenceError(f"cannot build a transform from {crs_wkt[:60]!r}...: {err}") from err
+        raise GeoreferenceError(
+            f"cannot build a transform from {crs_wkt[:60]!r}...: {err}"
+        ) from err
     coords = list(polygon.exterior.coords)
     dense: list[tuple[float, float]] = []
     for (xa, ya), (xb, yb) in zip(coords[:-1], coords[1:], strict=True):

@@ -78,7 +78,8 @@ def ingest(
         else:
             shapes = " ".join(f"{h}x{w}" for h, w in result.level_shapes)
             console.print(
-                f"[green]{result.status}[/] {result.source} -> {result.store} (levels h x w: {shapes})",
+                f"[green]{result.status}[/] {result.source} -> {result.store} "
+                f"(levels h x w: {shapes})",
                 highlight=False,
             )
     raise typer.Exit(EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK)

@@ -40,7 +40,9 @@ def _reference_reduce(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, n
     height=st.integers(1, 9),
     width=st.integers(1, 9),
 )
-def test_reduce_2x2_is_nodata_aware_rounded_mean(data: st.DataObject, height: int, width: int) -> None:
+def test_reduce_2x2_is_nodata_aware_rounded_mean(
+    data: st.DataObject, height: int, width: int
+) -> None:
     rgb = data.draw(arrays(np.uint8, (height, width, 3)))
     valid = data.draw(arrays(np.bool_, (height, width)))
     rgb = rgb.copy()
@@ -52,7 +54,11 @@ def test_reduce_2x2_is_nodata_aware_rounded_mean(data: st.DataObject, height: in
 
 
 def test_level_shapes_stop_at_first_level_within_min_side() -> None:
-    assert level_shapes_hw((700, 1000), min_long_side_px=336) == ((700, 1000), (350, 500), (175, 250))
+    assert level_shapes_hw((700, 1000), min_long_side_px=336) == (
+        (700, 1000),
+        (350, 500),
+        (175, 250),
+    )
     assert level_shapes_hw((300, 200), min_long_side_px=336) == ((300, 200),)
     assert level_shapes_hw((16384, 16384), min_long_side_px=336)[-1] == (256, 256)
 
@@ -76,7 +82,14 @@ def test_open_pyramid_levels_and_metadata(ingested_store: Path) -> None:
     assert attrs["lrs"]["checksum"].startswith("blake2b-128:")
     assert not (ingested_store / "_lrs_progress").exists()
     ref = pyramid.scene_ref()
-    assert ref.size_wh == (1000, 700) and ref.transform == (0.5, 0.0, 500_000.0, 0.0, -0.5, 4_600_000.0)
+    assert ref.size_wh == (1000, 700) and ref.transform == (
+        0.5,
+        0.0,
+        500_000.0,
+        0.0,
+        -0.5,
+        4_600_000.0,
+    )
 
 
 def test_read_window_exact_and_levels_consistent(ingested_store: Path) -> None:
@@ -103,12 +116,16 @@ def test_read_region_uses_coarsest_sufficient_level(ingested_store: Path) -> Non
     np.testing.assert_array_equal(region, pyramid.read_window(2, Window(0, 0, 250, 175)))
     # Area average of level 0 over an aligned region: matches a box filter of the source.
     region = pyramid.read_region((200, 100, 536, 436), out_hw=(112, 112))
-    expected = np.asarray(Image.fromarray(SCENE[100:436, 200:536]).resize((112, 112), Image.Resampling.BOX))
+    expected = np.asarray(
+        Image.fromarray(SCENE[100:436, 200:536]).resize((112, 112), Image.Resampling.BOX)
+    )
     # Read from level 1 (factor 1.5 left), so cells straddle level-1 pixels: close, not equal.
     assert np.abs(region.astype(int) - expected.astype(int)).mean() < 3
     # Factor 4 from level 0 lands exactly on level 2: equal to a box filter of the source.
     region = pyramid.read_region((200, 100, 536, 436), out_hw=(84, 84))
-    expected = np.asarray(Image.fromarray(SCENE[100:436, 200:536]).resize((84, 84), Image.Resampling.BOX))
+    expected = np.asarray(
+        Image.fromarray(SCENE[100:436, 200:536]).resize((84, 84), Image.Resampling.BOX)
+    )
     assert np.abs(region.astype(int) - expected.astype(int)).max() <= 1
 
 

@@ -94,7 +94,10 @@ def test_open_raster_errors(tmp_path: Path) -> None:
 
 
 @given(
-    x=st.floats(-1e4, 1e4), y=st.floats(-1e4, 1e4), angle=st.floats(-180, 180), shear=st.floats(-30, 30)
+    x=st.floats(-1e4, 1e4),
+    y=st.floats(-1e4, 1e4),
+    angle=st.floats(-180, 180),
+    shear=st.floats(-30, 30),
 )
 def test_pixel_map_round_trip(x: float, y: float, angle: float, shear: float) -> None:
     transform = (
@@ -128,7 +131,9 @@ def test_polygon_to_lonlat_utm33() -> None:
     from pyproj import CRS
 
     wkt = CRS.from_epsg(SCENE_EPSG).to_wkt()
-    lonlat = polygon_to_lonlat(footprint_polygon(Affine(0.5, 0, 500_000.0, 0, -0.5, 4_600_000.0), (0, 0, 1000, 700)), wkt)
+    lonlat = polygon_to_lonlat(
+        footprint_polygon(Affine(0.5, 0, 500_000.0, 0, -0.5, 4_600_000.0), (0, 0, 1000, 700)), wkt
+    )
     minx, miny, maxx, maxy = lonlat.bounds
     # x = 500 000 is the central meridian of UTM zone 33 (15 degrees east).
     assert minx == pytest.approx(15.0, abs=1e-9)
