@@ -94,7 +94,16 @@ def synth_command(
     from lrs_core.evaluation.synth import SynthConfig, write_synthetic_set
 
     with reported_errors():
-        config = SynthConfig(seed=seed, n_scenes=scenes, large_side_px=large_side, side_px=side)
+        # Objects shrink with small scenes so any side of a few hundred px still works.
+        shortest = min(side * 2 // 3, large_side // 2)
+        max_object = max(SynthConfig.min_object_px, min(SynthConfig.max_object_px, shortest // 4))
+        config = SynthConfig(
+            seed=seed,
+            n_scenes=scenes,
+            large_side_px=large_side,
+            side_px=side,
+            max_object_px=max_object,
+        )
         with progress_bar("writing scenes", enabled=not json_output) as progress:
             result = write_synthetic_set(out_dir, config=config, progress=progress)
     summary = {

@@ -103,6 +103,9 @@ class SynthConfig:
         objects_per_scene: objects planted per scene.
         min_object_px: smallest object side, px.
         max_object_px: largest object side, px.
+        large_short_side_px: short side of the last scene, px; default half its long side.
+        strip_bytes: upper bound of one strip's RGB bytes while writing (memory bound; GeoTIFF
+            strips are rounded up to whole block rows).
     """
 
     seed: int = 0
@@ -112,6 +115,8 @@ class SynthConfig:
     objects_per_scene: int = 14
     min_object_px: int = 24
     max_object_px: int = 320
+    large_short_side_px: int | None = None
+    strip_bytes: int = STRIP_BYTES
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1:
@@ -126,10 +131,16 @@ class SynthConfig:
                 f"min_object_px={self.min_object_px}, max_object_px={self.max_object_px}: need "
                 "4 <= min <= max"
             )
-        smallest_side = min(self.side_px, self.large_side_px) // 2
+        if self.strip_bytes < 1:
+            raise ConfigError(f"strip_bytes={self.strip_bytes} must be >= 1")
+        large_short = (
+            self.large_side_px // 2 if self.large_short_side_px is None else self.large_short_side_px
+        )
+        smallest_side = min(self.side_px * 2 // 3, large_short)
         if smallest_side < 4 * self.max_object_px:
             raise ConfigError(
-                f"side_px={self.side_px}, large_side_px={self.large_side_px} leave a short side "
+                f"side_px={self.side_px}, large_side_px={self.large_side_px}, "
+                f"large_short_side_px={self.large_short_side_px} leave a short side "
                 f"of {smallest_side} px, too small for objects of max_object_px="
                 f"{self.max_object_px} (need >= {4 * self.max_object_px}); raise the sides or "
                 "lower max_object_px"
@@ -227,7 +238,8 @@ def abs_size_of(hbox: tuple[float, float, float, float]) -> str:
 
 def _scene_size(config: SynthConfig, index: int, rng: np.random.Generator) -> tuple[int, int]:
     if index == config.n_scenes - 1:
-        return (config.large_side_px, max(config.large_side_px // 2, 4 * config.max_object_px))
+        short = config.large_short_side_px
+        return (config.large_side_px, config.large_side_px // 2 if short is None else short)
     short = int(rng.integers(config.side_px * 2 // 3, config.side_px + 1))
     return (config.side_px, short) if index % 2 == 0 else (short, config.side_px)
 
@@ -328,13 +340,17 @@ def render_strip(
     return strip
 
 
-def _strip_rows(width: int, *, align: int) -> int:
-    rows = max(1, STRIP_BYTES // (3 * width))
+def _strip_rows(width: int, *, align: int, strip_bytes: int) -> int:
+    rows = max(1, strip_bytes // (3 * width))
     return max(align, rows // align * align)
 
 
 def write_png_streaming(
-    path: Path, size_wh: tuple[int, int], render: Callable[[int, int], np.ndarray]
+    path: Path,
+    size_wh: tuple[int, int],
+    render: Callable[[int, int], np.ndarray],
+    *,
+    strip_bytes: int = STRIP_BYTES,
 ) -> None:
     """Write an 8-bit RGB PNG strip by strip with a streaming zlib encoder.
 
@@ -342,6 +358,7 @@ def write_png_streaming(
         path: output file (written through ``<name>.partial`` and renamed).
         size_wh: (width, height) px.
         render: ``render(row_start, row_stop)`` -> uint8 (rows, W, 3).
+        strip_bytes: upper bound of one strip's RGB bytes.
     """
     width, height = size_wh
     partial = path.with_name(path.name + ".partial")
@@ -356,7 +373,7 @@ def write_png_streaming(
         chunk(fh, b"IHDR", header)
         encoder = zlib.compressobj(level=6)
         pending = bytearray()
-        step = _strip_rows(width, align=1)
+        step = _strip_rows(width, align=1, strip_bytes=strip_bytes)
         for row_start in range(0, height, step):
             rows = render(row_start, min(height, row_start + step))
             filtered = np.zeros((rows.shape[0], 1 + 3 * width), dtype=np.uint8)  # filter 0 (None)
@@ -373,7 +390,11 @@ def write_png_streaming(
 
 
 def write_geotiff_streaming(
-    path: Path, size_wh: tuple[int, int], render: Callable[[int, int], np.ndarray]
+    path: Path,
+    size_wh: tuple[int, int],
+    render: Callable[[int, int], np.ndarray],
+    *,
+    strip_bytes: int = STRIP_BYTES,
 ) -> None:
     """Write a tiled, deflate-compressed RGB GeoTIFF (EPSG:32633, 0.5 m) strip by strip.
 
@@ -381,6 +402,7 @@ def write_geotiff_streaming(
         path: output file (written through ``<name>.partial`` and renamed).
         size_wh: (width, height) px.
         render: ``render(row_start, row_stop)`` -> uint8 (rows, W, 3).
+        strip_bytes: upper bound of one strip's RGB bytes, rounded up to whole block rows.
     """
     import rasterio
     from rasterio.crs import CRS
@@ -406,7 +428,7 @@ def write_geotiff_streaming(
         "photometric": "RGB",
         "BIGTIFF": "IF_SAFER",
     }
-    step = _strip_rows(width, align=TIFF_BLOCK_PX)
+    step = _strip_rows(width, align=TIFF_BLOCK_PX, strip_bytes=strip_bytes)
     with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(partial, "w", **profile) as dst:
         for row_start in range(0, height, step):
             row_stop = min(height, row_start + step)
@@ -533,9 +555,9 @@ def write_synthetic_set(
 
         path = out_dir / scene.image
         if extension == "tif":
-            write_geotiff_streaming(path, size_wh, render)
+            write_geotiff_streaming(path, size_wh, render, strip_bytes=config.strip_bytes)
         else:
-            write_png_streaming(path, size_wh, render)
+            write_png_streaming(path, size_wh, render, strip_bytes=config.strip_bytes)
 
         def next_id(dataset: str = dataset) -> str:
             counters[dataset] = counters.get(dataset, 0) + 1
