@@ -1,0 +1,1 @@
+"""Prefect flows: compose tasks into ingest, answer, watch, evaluate and train runs."""
