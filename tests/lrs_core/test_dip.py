@@ -550,3 +550,46 @@ def test_tokens_of_tiles_partition_the_token_grid(width, height, rule):
     ht, wt = level.token_grid_hw
     assert set(seen) == {(r, c) for r in range(ht) for c in range(wt)}
     assert set(seen.values()) == {1}
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_json_prints_the_plan():
+    from typer.testing import CliRunner
+
+    from lrs_core.cli import build_app
+
+    result = CliRunner().invoke(
+        build_app(), ["dip", "7099", "6329", "--preset", "parity", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["thumbnail"]["resize_hw"] == [300, 336]
+    levels = [(lv["resize_hw"], lv["grid_hw"]) for lv in data["levels"]]
+    assert levels == [
+        ([899, 1008], [3, 3]),
+        ([1680, 1885], [5, 6]),
+        ([3294, 3696], [10, 11]),
+        ([6384, 7161], [19, 22]),
+    ]
+    assert [lv["token_grid_with_newline_hw"] for lv in data["levels"][:2]] == [[32, 37], [60, 68]]
+    assert data["levels"][0]["ratio"] == pytest.approx(1008 / 7099)
+
+
+def test_cli_table_and_usage_errors():
+    from typer.testing import CliRunner
+
+    from lrs_core.cli import build_app
+
+    runner = CliRunner()
+    result = runner.invoke(build_app(), ["dip", "2391", "4033"])
+    assert result.exit_code == 0, result.output
+    assert "1008 x 598" in result.stdout and "2016 x 1196" in result.stdout
+    assert "thumbnail" in result.stdout
+    parity = runner.invoke(build_app(), ["dip", "2391", "4033", "--preset", "parity"])
+    assert parity.stdout.count("1008 x 598") == 2  # the identical levels the reference keeps
+    assert runner.invoke(build_app(), ["dip", "10", "10", "--preset", "fancy"]).exit_code == 2
+    assert runner.invoke(build_app(), ["dip", "0", "10"]).exit_code == 2
+    bad_ratio = runner.invoke(build_app(), ["dip", "10", "10", "--min-level-ratio", "0.5"])
+    assert bad_ratio.exit_code == 2
