@@ -104,8 +104,8 @@ class IngestConfig:
         stretch_high_pct: upper percentile of that stretch.
         stretch_sample_long_side_px: long side of the coarse overview the percentiles come from.
         bands: 1-based source bands to map to RGB (1 for grey or 3), or None for the default.
-        compressor: ``"zstd"``, ``"lz4"`` (Blosc) or ``"none"``.
-        compression_level: Blosc level 1..9.
+        compressor: ``"zstd"`` (zarr's zstd codec), ``"lz4"`` (Blosc) or ``"none"``.
+        compression_level: compression level 1..9.
         gdal_cache_mb: GDAL block cache per process, in MB.
         n_workers: local dask threads (1 runs synchronously, in the calling thread).
         max_scene_pixels: headers claiming more pixels than this are rejected as corrupt.
