@@ -593,3 +593,11 @@ def test_cli_table_and_usage_errors():
     assert runner.invoke(build_app(), ["dip", "0", "10"]).exit_code == 2
     bad_ratio = runner.invoke(build_app(), ["dip", "10", "10", "--min-level-ratio", "0.5"])
     assert bad_ratio.exit_code == 2
+
+
+def test_dip_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, lrs_core.dip; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
