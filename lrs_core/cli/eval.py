@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -15,11 +16,17 @@ eval_app = typer.Typer(
 
 @eval_app.command("score")
 def score_command(
-    predictions: list[Path] = typer.Argument(..., help="LRS-VQA prediction JSONL file(s), merged."),
-    mme: Path | None = typer.Option(None, "--mme", help="MME-RealWorld-RS prediction file."),
-    json_output: bool = typer.Option(False, "--json", help="Print the scores as one JSON line."),
+    predictions: Annotated[
+        list[Path], typer.Argument(help="LRS-VQA prediction JSONL file(s), merged.")
+    ],
+    mme: Annotated[
+        Path | None, typer.Option("--mme", help="MME-RealWorld-RS prediction file.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the scores as one JSON line.")
+    ] = False,
 ) -> None:
-    """Score LRS-VQA predictions exactly as the reference does (spec §7.3), accuracies in percent."""
+    """Score LRS-VQA predictions as the reference does (spec §7.3); accuracies in percent."""
     from rich.table import Table
 
     from lrs_core.cli._common import console, print_json, reported_errors
@@ -76,9 +83,9 @@ def score_command(
 
 @eval_app.command("synth")
 def synth_command(
-    out_dir: Path = typer.Argument(
-        ..., help="Data root to create (LRS_VQA/image/ + question file)."
-    ),
+    out_dir: Annotated[
+        Path, typer.Argument(help="Data root to create (LRS_VQA/image/ + question file).")
+    ],
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
     scenes: int = typer.Option(
         3, "--scenes", help="Number of scenes (the last one is the large one)."
@@ -119,26 +126,29 @@ def synth_command(
         print_json(summary)
         return
     console.print(
-        f"{result.n_questions} questions about {len(result.scenes)} scenes in {result.question_file}",
+        f"{result.n_questions} questions about {len(result.scenes)} scenes in "
+        f"{result.question_file}",
         highlight=False,
     )
     for scene in result.scenes:
         console.print(
-            f"  {scene.image}: {scene.size_wh[0]} x {scene.size_wh[1]} px, {len(scene.objects)} objects",
+            f"  {scene.image}: {scene.size_wh[0]} x {scene.size_wh[1]} px, "
+            f"{len(scene.objects)} objects",
             highlight=False,
         )
 
 
 @eval_app.command("focus")
 def focus_command(
-    predictions: Path = typer.Argument(..., help="Prediction JSONL with answer records."),
-    data: Path = typer.Option(..., "--data", help="Data root holding the question file."),
-    questions: Path | None = typer.Option(
-        None, "--questions", help="Question file (default DATA/LRS_VQA_merged.jsonl)."
-    ),
+    predictions: Annotated[Path, typer.Argument(help="Prediction JSONL with answer records.")],
+    data: Annotated[Path, typer.Option("--data", help="Data root holding the question file.")],
+    questions: Annotated[
+        Path | None,
+        typer.Option("--questions", help="Question file (default DATA/LRS_VQA_merged.jsonl)."),
+    ] = None,
     json_output: bool = typer.Option(False, "--json", help="Print the metrics as one JSON line."),
 ) -> None:
-    """Report how well the final evidence covers each question's box (per category/size/dataset)."""
+    """Report how well the final evidence covers each question's box, per category/size/dataset."""
     from rich.table import Table
 
     from lrs_core.cli._common import console, print_json, reported_errors

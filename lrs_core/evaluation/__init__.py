@@ -1,4 +1,4 @@
-"""Benchmarks: LRS-VQA and MME-RealWorld-RS readers, the reference scorers, focus metrics, synth data.
+"""Benchmarks: LRS-VQA and MME-RealWorld-RS readers, reference scorers, focus metrics, synth data.
 
 Modules: :mod:`~lrs_core.evaluation.lrs_vqa` (question files, image paths, prediction records),
 :mod:`~lrs_core.evaluation.mme` (MME-RealWorld-RS), :mod:`~lrs_core.evaluation.scoring` (spec §7.3),

@@ -1,4 +1,4 @@
-"""LRS-VQA: the question file, image paths inside a data root, and prediction records.
+r"""LRS-VQA: the question file, image paths inside a data root, and prediction records.
 
 The question file is JSONL, one question a line, with the fields of spec §7.1: ``question_id``
 (``"<DATASET>_<n>"``; the prefix before the first ``_`` is the dataset group), ``image`` (a path
@@ -65,12 +65,12 @@ class LrsVqaQuestion:
 
     Attributes:
         question_id: ``"<DATASET>_<n>"``.
-        image: image path relative to the data root (POSIX separators), e.g. ``LRS_VQA/image/1.tif``.
+        image: path relative to the data root (POSIX separators), e.g. ``LRS_VQA/image/1.tif``.
         category: one of :data:`CATEGORIES`.
         text: the question with its answer suffix, as fed to the model.
         ground_truth: the lowercase reference answer.
         hbox: (xmin, ymin, xmax, ymax) level-0 pixel corners of the referred object; None for count.
-        rbox: the oriented box's four corners (x1, y1, ..., x4, y4) in level-0 pixels; None for count.
+        rbox: the oriented box's corners (x1, y1, ..., x4, y4) in level-0 pixels; None for count.
         abs_size: ``small``/``medium``/``large``/``giant``; None for count questions.
         size_bin: e.g. ``"64x64"`` or ``">1024x1024"``; None for count questions.
         image_size_wh: (width, height) of the image in pixels, when the file gives it.
@@ -94,7 +94,7 @@ class LrsVqaQuestion:
 
     @property
     def prompt(self) -> str:
-        """The reference's prompt field: ``"<image>\\n" + text + "\\n"``."""
+        r"""The reference's prompt field: ``"<image>\\n" + text + "\\n"``."""
         return "<image>\n" + self.text + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,7 +152,8 @@ def parse_question(row: Mapping[str, Any], *, where: str = "<row>") -> LrsVqaQue
             raise DatasetError(f"{where}: field '{name}' is missing or not a string")
     if row["category"] not in CATEGORIES:
         raise DatasetError(
-            f"{where}: unknown category {row['category']!r}; expected one of {', '.join(CATEGORIES)}"
+            f"{where}: unknown category {row['category']!r}; expected one of "
+            f"{', '.join(CATEGORIES)}"
         )
     hbox = _numbers(row.get("hbox"), length=_HBOX_LEN, name="hbox", where=where)
     rbox = _numbers(row.get("rbox"), length=_RBOX_LEN, name="rbox", where=where)
@@ -198,7 +199,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         DatasetError: the file is missing or a line is not valid JSON.
     """
     try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        fh = open(path, encoding="utf-8")  # closed by the with below
     except OSError as err:
         raise DatasetError(f"{path}: cannot open ({err.strerror})") from err
     with fh:
@@ -368,7 +369,7 @@ def iter_scenes(
 
 @dataclass(frozen=True, kw_only=True)
 class PredictionRecord:
-    """One line of a prediction file (spec §7.2 fields plus ``extra`` keys of our own).
+    r"""One line of a prediction file (spec §7.2 fields plus ``extra`` keys of our own).
 
     Attributes:
         question_id: the question's id.
@@ -468,7 +469,7 @@ def make_prediction(
 
     Args:
         question: the question answered.
-        answer: the model's raw answer; leading/trailing whitespace is stripped as the reference does.
+        answer: the model's raw answer; surrounding whitespace is stripped as the reference does.
         model_id: model (and preset) name.
         answer_id: a unique id; default a random UUID hex (the reference uses shortuuid).
         extra: our own keys, e.g. ``{RECORD_KEY: answer_record.to_dict()}``.

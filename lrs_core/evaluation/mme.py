@@ -39,8 +39,8 @@ ANSWER_PREFIXES: tuple[str, ...] = (
     "The correct answer is",
     "The answer is",
     "The answer",
-    "The best option isThe correct option is",  # noqa: ISC001 - reproduces the original
-    "Best answer:Best option:",  # noqa: ISC001 - reproduces the original
+    "The best option isThe correct option is",  # two entries glued by a missing comma upstream
+    "Best answer:Best option:",  # likewise
 )
 
 #: Outputs longer than this many words with no choice letter score as no answer.
@@ -113,7 +113,7 @@ def extract_choice_letter(output: str, choices: Sequence[str]) -> str:
 
 
 def normalise_category(category: str) -> str:
-    """Return the scorer's category key: lowercase; ``x/...attribute...`` becomes ``x/attribute``."""
+    """Return the scorer's category key: lowercase; ``x/..attribute..`` becomes ``x/attribute``."""
     key = category.lower()
     if "attribute" in key:
         key = key.split("/")[0] + "/attribute"

@@ -5,8 +5,9 @@ Rule, per prediction line:
 * ``gt = ground_truth.lower()`` and ``ans = text.lower()``, with no stripping and no punctuation
   removal (``"Yes."`` is wrong against ``yes``);
 * a line whose ``gt`` or ``category`` is empty is skipped (not counted);
-* correct iff ``gt == ans`` or the two share a WordNet synset (``grey``/``gray``, ``roads``/``road``,
-  ``2``/``two``; multi-word strings match no lemma, so they need an exact match).
+* correct iff ``gt == ans`` or the two share a WordNet synset (``grey``/``gray``,
+  ``roads``/``road``, ``2``/``two``; multi-word strings match no lemma, so they need an exact
+  match).
 
 Lines are grouped by dataset, the prefix of ``question_id`` before the first ``_`` (the reference
 reads a non-existent ``id`` field; spec §7.3 and §11). Per group: overall accuracy (OA) =
@@ -65,7 +66,7 @@ class CategoryCount:
 
     @property
     def accuracy(self) -> float:
-        """correct / total as a fraction in [0, 1]."""
+        """Correct / total as a fraction in [0, 1]."""
         return self.correct / self.total
 
 

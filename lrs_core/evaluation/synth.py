@@ -70,7 +70,11 @@ WAKE_RGB = (250, 250, 250)
 ROAD_PITCH_PX = 256
 ROAD_WIDTH_PX = 12
 #: Dataset groups assigned to scenes in turn, with their file format.
-SCENE_GROUPS: tuple[tuple[str, str], ...] = (("FAIR", "tif"), ("GLH-Bridge", "png"), ("STAR", "png"))
+SCENE_GROUPS: tuple[tuple[str, str], ...] = (
+    ("FAIR", "tif"),
+    ("GLH-Bridge", "png"),
+    ("STAR", "png"),
+)
 #: GeoTIFF block size, px.
 TIFF_BLOCK_PX = 256
 #: Upper bound of one strip's RGB bytes (memory bound of the writers).
@@ -134,7 +138,9 @@ class SynthConfig:
         if self.strip_bytes < 1:
             raise ConfigError(f"strip_bytes={self.strip_bytes} must be >= 1")
         large_short = (
-            self.large_side_px // 2 if self.large_short_side_px is None else self.large_short_side_px
+            self.large_side_px // 2
+            if self.large_short_side_px is None
+            else self.large_short_side_px
         )
         smallest_side = min(self.side_px * 2 // 3, large_short)
         if smallest_side < 4 * self.max_object_px:
@@ -228,7 +234,7 @@ def size_bin_of(hbox: tuple[float, float, float, float]) -> str:
 
 
 def abs_size_of(hbox: tuple[float, float, float, float]) -> str:
-    """Return ``small``/``medium``/``large``/``giant`` from sqrt(box area) (:data:`ABS_SIZE_LIMITS_PX`)."""
+    """Return ``small``/``medium``/``large``/``giant`` from sqrt(box area) (ABS_SIZE_LIMITS_PX)."""
     side = math.sqrt(max(0.0, (hbox[2] - hbox[0]) * (hbox[3] - hbox[1])))
     for limit, name in ABS_SIZE_LIMITS_PX:
         if side < limit:
@@ -291,9 +297,7 @@ def _plant_objects(
     return tuple(objects)
 
 
-def render_strip(
-    scene: SynthScene, row_start: int, row_stop: int
-) -> np.ndarray:
+def render_strip(scene: SynthScene, row_start: int, row_stop: int) -> np.ndarray:
     """Return uint8 (row_stop - row_start, W, 3) RGB rows ``[row_start, row_stop)`` of a scene.
 
     Args:
@@ -369,7 +373,9 @@ def write_png_streaming(
 
     with open(partial, "wb") as fh:
         fh.write(_PNG_SIGNATURE)
-        header = struct.pack(">IIBBBBB", width, height, _PNG_BIT_DEPTH, _PNG_COLOR_TYPE_RGB, 0, 0, 0)
+        header = struct.pack(
+            ">IIBBBBB", width, height, _PNG_BIT_DEPTH, _PNG_COLOR_TYPE_RGB, 0, 0, 0
+        )
         chunk(fh, b"IHDR", header)
         encoder = zlib.compressobj(level=6)
         pending = bytearray()
@@ -433,7 +439,7 @@ def write_geotiff_streaming(
         for row_start in range(0, height, step):
             row_stop = min(height, row_start + step)
             rows = render(row_start, row_stop)
-            window = Window(0, row_start, width, row_stop - row_start)  # type: ignore[no-untyped-call]
+            window = Window(0, row_start, width, row_stop - row_start)
             dst.write(np.moveaxis(rows, -1, 0), window=window)
     os.replace(partial, path)
 
@@ -462,8 +468,12 @@ def _questions_for_scene(
         elif obj is None:
             box = (0.0, 0.0, float(width), float(height))
         else:
-            box = tuple(float(v) for v in obj.hbox)  # type: ignore[assignment]
-        rbox = None if box is None else (box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3])
+            box = (float(obj.hbox[0]), float(obj.hbox[1]), float(obj.hbox[2]), float(obj.hbox[3]))
+        rbox = (
+            None
+            if box is None
+            else (box[0], box[1], box[2], box[1], box[2], box[3], box[0], box[3])
+        )
         out.append(
             LrsVqaQuestion(
                 question_id=next_id(),
@@ -505,7 +515,12 @@ def _questions_for_scene(
         obj = _extreme(same_color, direction)
         if obj is None:
             continue
-        ask("object shape", f"What is the shape of the {direction}-most {color} object?", obj.shape, obj)
+        ask(
+            "object shape",
+            f"What is the shape of the {direction}-most {color} object?",
+            obj.shape,
+            obj,
+        )
         ask(
             "object category",
             f"What is the category of the {direction}-most {color} object?",
@@ -581,5 +596,8 @@ def write_synthetic_set(
     }
     (out_dir / "synth_objects.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return SynthSet(
-        data_root=out_dir, question_file=question_file, scenes=tuple(scenes), questions=tuple(questions)
+        data_root=out_dir,
+        question_file=question_file,
+        scenes=tuple(scenes),
+        questions=tuple(questions),
     )

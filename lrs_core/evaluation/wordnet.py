@@ -1,11 +1,11 @@
 """WordNet 3.0 for the LRS-VQA scorer, assembled offline from Debian's packages.
 
 The reference scorer (spec §7.3) asks NLTK's WordNet whether two answers share a synset. NLTK only
-reads corpora from its data path, and nothing may be downloaded at run time, so :func:`assemble_wordnet`
-builds the ``corpora/wordnet`` folder NLTK expects from the files of Debian's ``wordnet-base`` and
-``wordnet-sense-index`` packages (``/usr/share/wordnet``). Those packages lack the small ``lexnames``
-file; its 45 rows are the table of the ``lexnames(5WN)`` manual page, kept here as
-:data:`LEXNAMES` and checked against the page when it is installed.
+reads corpora from its data path, and nothing may be downloaded at run time, so
+:func:`assemble_wordnet` builds the ``corpora/wordnet`` folder NLTK expects from the files of
+Debian's ``wordnet-base`` and ``wordnet-sense-index`` packages (``/usr/share/wordnet``). Those
+packages lack the small ``lexnames`` file; its 45 rows are the table of the ``lexnames(5WN)``
+manual page, kept here as :data:`LEXNAMES` and checked against the page when it is installed.
 
 The default target, ``<sys.prefix>/nltk_data/corpora/wordnet``, is on NLTK's default search path, so
 ``nltk.corpus.wordnet`` works afterwards as well. ``lrs setup`` runs the assembly.
@@ -148,7 +148,8 @@ def read_manpage_lexnames(manpage: Path) -> tuple[str, ...]:
             continue
         if int(match.group(1)) != len(names):
             raise DatasetError(
-                f"{manpage}: lexnames row {match.group(1)} is out of order (expected {len(names):02d})"
+                f"{manpage}: lexnames row {match.group(1)} is out of order "
+                f"(expected {len(names):02d})"
             )
         names.append(match.group(2))
     return tuple(names)

@@ -117,9 +117,12 @@ def test_cli_focus_on_a_prediction_file(tmp_path: Path) -> None:
     (tmp_path / "LRS_VQA_merged.jsonl").write_text(json.dumps(q.to_dict()) + "\n")
     rec = record(q.question_id, [tile((0, 0, 50, 100))], [token((10, 10, 20, 20), 0.9)])
     pred = tmp_path / "pred.jsonl"
-    append_predictions(pred, [make_prediction(q, answer="water", model_id="m",
-                                              extra={RECORD_KEY: rec.to_dict()})])
-    out = CliRunner().invoke(build_app(), ["eval", "focus", str(pred), "--data", str(tmp_path), "--json"])
+    append_predictions(
+        pred, [make_prediction(q, answer="water", model_id="m", extra={RECORD_KEY: rec.to_dict()})]
+    )
+    out = CliRunner().invoke(
+        build_app(), ["eval", "focus", str(pred), "--data", str(tmp_path), "--json"]
+    )
     assert out.exit_code == 0, out.output
     summary = json.loads(out.stdout)["by_dataset"]["GLH-Bridge"]
     assert summary["mean_box_coverage"] == pytest.approx(0.5)

@@ -168,8 +168,16 @@ def test_prediction_records_round_trip_with_reference_fields(tmp_path: Path) -> 
     )
     line = record.to_dict()
     assert list(line)[:10] == [
-        "question_id", "prompt", "category", "text", "ground_truth", "answer_id", "model_id",
-        "ori_hbox", "ori_rbox", "metadata",
+        "question_id",
+        "prompt",
+        "category",
+        "text",
+        "ground_truth",
+        "answer_id",
+        "model_id",
+        "ori_hbox",
+        "ori_rbox",
+        "metadata",
     ]
     assert line["text"] == "Red" and line["prompt"] == "<image>\n" + question.text + "\n"
     assert line["ori_hbox"] == [1, 2, 11, 22] and line[RECORD_KEY] == {"x": 1}

@@ -33,8 +33,8 @@ CHOICES = ["(A) 13", "(B) 90", "(C) harbour", "(D) 6", "(E) The image does not f
         ("90", "B"),
         ("one two three four five six seven eight nine ten eleven", ""),  # > 10 words, no letter
         ("one two three four five six seven eight nine ten eleven A", "A"),  # long, has a letter
-        ("Eleven A", "E"),  # the first capital A-E wins, here the 'E' of 'Eleven' 
-        ("Answer: E", "A"),  # the first [ABCDE] character anywhere: the 'A' of 'Answer' 
+        ("Eleven A", "E"),  # the first capital A-E wins, here the 'E' of 'Eleven'
+        ("Answer: E", "A"),  # the first [ABCDE] character anywhere: the 'A' of 'Answer'
         ("Best option: C", "B"),  # 'Best option:' alone is not a prefix; 'B' is the first letter
         ("The best option is C", "C"),  # glued prefix not removed; the 'C' is found anyway
         ("", "A"),  # the empty string is a substring of every choice: the first one wins

@@ -56,10 +56,20 @@ HAND_MADE = [
 # GLH-Bridge: category 1/2, background 2/3 -> OA 3/5 = 60.00, AA (50 + 66.67) / 2 = 58.33
 # STAR: rural 1/2, shape 1/2 -> OA 50.00, AA 50.00; mean of AAs = 49.07
 MME_ROWS = [
-    {"Question_id": f"rs/{i}", "Image": "remote_sensing/x.png", "Text": "Q?", "Answer choices":
-     ["(A) one", "(B) two", "(C) three", "(D) four", "(E) none"], "Ground truth": gt, "Task":
-     "Perception", "Subtask": "Remote Sensing", "Category": "count", "Output": out}
-    for i, (gt, out) in enumerate([("A", "A"), ("B", "The answer is B."), ("C", "three"), ("D", "A")])
+    {
+        "Question_id": f"rs/{i}",
+        "Image": "remote_sensing/x.png",
+        "Text": "Q?",
+        "Answer choices": ["(A) one", "(B) two", "(C) three", "(D) four", "(E) none"],
+        "Ground truth": gt,
+        "Task": "Perception",
+        "Subtask": "Remote Sensing",
+        "Category": "count",
+        "Output": out,
+    }
+    for i, (gt, out) in enumerate(
+        [("A", "A"), ("B", "The answer is B."), ("C", "three"), ("D", "A")]
+    )
 ]  # 3 of 4 correct -> 75.00; four-benchmark mean (38.89 + 58.33 + 50 + 75) / 4 = 55.56
 
 
@@ -161,9 +171,12 @@ def test_group_with_only_skipped_rows_is_reported_as_a_note() -> None:
     assert result.notes and "FAIR" in result.notes[0]
 
 
-def test_cli_score_json_loads_wordnet_itself(
-    wordnet_matcher, hand_made_file: Path, mme_file: Path
-) -> None:
+def test_cli_score_json(wordnet_matcher, hand_made_file: Path, mme_file: Path, monkeypatch) -> None:
+    from lrs_core.evaluation import wordnet
+
+    # The command builds WordNetMatcher() from NLTK's data path, as the session fixture does;
+    # reuse the loaded one (loading takes seconds).
+    monkeypatch.setattr(wordnet, "WordNetMatcher", lambda *args, **kwargs: wordnet_matcher)
     out = CliRunner().invoke(
         build_app(), ["eval", "score", str(hand_made_file), "--mme", str(mme_file), "--json"]
     )
@@ -172,7 +185,6 @@ def test_cli_score_json_loads_wordnet_itself(
     assert set(report) == {"datasets", "lrs_vqa_mean", "mme_realworld_rs", "four_benchmark_mean"}
     assert report["datasets"]["FAIR"]["average_accuracy"] == 38.89
     assert report["four_benchmark_mean"] == 55.56
-
 
 
 def test_cli_score_table(wordnet_matcher, hand_made_file: Path, monkeypatch) -> None:

@@ -24,8 +24,13 @@ from lrs_core.evaluation.synth import (
 )
 
 SMALL = SynthConfig(
-    seed=7, n_scenes=3, side_px=600, large_side_px=900, objects_per_scene=10,
-    min_object_px=8, max_object_px=64,
+    seed=7,
+    n_scenes=3,
+    side_px=600,
+    large_side_px=900,
+    objects_per_scene=10,
+    min_object_px=8,
+    max_object_px=64,
 )
 
 
@@ -51,7 +56,9 @@ def test_set_parses_with_the_lrs_vqa_reader(small_set) -> None:
     scenes = group_by_scene(questions, data_root=small_set.data_root, must_exist=True)
     assert [s.image for s in scenes] == [s.image for s in small_set.scenes]
     assert [s.image for s in scenes] == [
-        "LRS_VQA/image/synth_000.tif", "LRS_VQA/image/synth_001.png", "LRS_VQA/image/synth_002.png"
+        "LRS_VQA/image/synth_000.tif",
+        "LRS_VQA/image/synth_001.png",
+        "LRS_VQA/image/synth_002.png",
     ]
     for question in questions:
         width, height = question.image_size_wh
@@ -94,8 +101,12 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path, small_set) -> N
 
 def test_scene_over_10k_px_is_written_with_bounded_memory(tmp_path: Path) -> None:
     config = SynthConfig(
-        seed=1, n_scenes=1, large_side_px=10_400, large_short_side_px=2_600,
-        objects_per_scene=6, strip_bytes=2 * 2**20,
+        seed=1,
+        n_scenes=1,
+        large_side_px=10_400,
+        large_short_side_px=2_600,
+        objects_per_scene=6,
+        strip_bytes=2 * 2**20,
     )
     full_bytes = 10_400 * 2_600 * 3
     tracemalloc.start()
@@ -130,8 +141,20 @@ def test_size_rules_and_config_validation() -> None:
 def test_cli_synth_json(tmp_path: Path) -> None:
     out = CliRunner().invoke(
         build_app(),
-        ["eval", "synth", str(tmp_path / "set"), "--seed", "3", "--scenes", "1",
-         "--large-side", "1400", "--side", "1400", "--json"],
+        [
+            "eval",
+            "synth",
+            str(tmp_path / "set"),
+            "--seed",
+            "3",
+            "--scenes",
+            "1",
+            "--large-side",
+            "1400",
+            "--side",
+            "1400",
+            "--json",
+        ],
     )
     assert out.exit_code == 0, out.output
     summary = json.loads(out.stdout)
