@@ -27,7 +27,7 @@ Accounting rules, stated once:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -366,3 +366,54 @@ def count_flops(
         llm_flops=float(FLOPS_PER_MAC * llm_macs),
         rfm_flops=float(FLOPS_PER_MAC * rfm_macs),
     )
+
+
+def count_llm_flops_per_layer(
+    dims: ModelDims,
+    tokens_per_layer: Sequence[int],
+    *,
+    decode_steps: int = 0,
+    causal_attention: bool = False,
+) -> float:
+    """LLM FLOPs of a prefill whose layers see different token counts (in-LLM token dropping).
+
+    The rules of :func:`count_flops` per layer: decoder layer i runs on ``tokens_per_layer[i]``
+    tokens (dense or causal attention over them), the LM head on the last prefill token, and decode
+    step t (t >= 1) attends in layer i over ``tokens_per_layer[i] + t`` keys (each layer's own KV
+    cache). With a constant schedule ``[L] * layers`` this equals
+    ``count_flops(dims, vision_tiles=0, prefill_tokens=L, decode_steps=...).llm_flops``. The
+    ranking attention of FastV / PyramidDrop (one query row per stage) is not counted.
+
+    Args:
+        dims: model dimensions.
+        tokens_per_layer: prefill sequence length of every decoder layer (``dims.llm.layers``
+            values).
+        decode_steps: generated tokens (the first comes from the prefill).
+        causal_attention: as in :func:`count_flops`.
+
+    Returns:
+        LLM FLOPs (prefill + decode).
+
+    Raises:
+        ConfigError: the schedule's length differs from the layer count, or a count is negative.
+    """
+    llm = dims.llm
+    if len(tokens_per_layer) != llm.layers:
+        raise ConfigError(
+            f"tokens_per_layer has {len(tokens_per_layer)} entries for a {llm.layers}-layer LLM"
+        )
+    if decode_steps < 0 or any(tokens < 0 for tokens in tokens_per_layer):
+        raise ConfigError(
+            f"count_llm_flops_per_layer got negative counts (decode_steps={decode_steps}, "
+            f"min tokens={min(tokens_per_layer, default=0)})"
+        )
+    macs = 0
+    for tokens in tokens_per_layer:
+        pairs = _prefill_pairs(tokens, causal=causal_attention)
+        macs += _layer_macs(llm, new_tokens=tokens, attended_pairs=pairs)
+        for step in range(1, decode_steps):
+            macs += _layer_macs(llm, new_tokens=1, attended_pairs=tokens + step)
+    if tokens_per_layer and tokens_per_layer[-1]:
+        macs += llm.hidden * llm.vocab  # LM head on the last prefill token
+    macs += max(decode_steps - 1, 0) * llm.hidden * llm.vocab
+    return float(FLOPS_PER_MAC * macs)
