@@ -27,7 +27,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -87,6 +87,9 @@ CHECKSUM_DIGEST_BYTES = 16
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
 #: Suffix of the STAC item written beside each store.
 STAC_SUFFIX = ".stac.json"
+
+#: GDAL drivers that decode rows sequentially from the top (no tiles, no strip index).
+SEQUENTIAL_DRIVERS = frozenset({"PNG", "JPEG", "GIF"})
 
 IngestStatus = Literal["ingested", "skipped", "failed"]
 
@@ -309,6 +312,11 @@ def run_block(task: BlockTask) -> int:
     return n_valid
 
 
+def is_sequential(info: SceneInfo) -> bool:
+    """True for formats without random row access (PNG, JPEG, GIF): opens decode from row 0."""
+    return info.driver in SEQUENTIAL_DRIVERS
+
+
 def plan_passes(
     *,
     store: Path,
@@ -325,20 +333,22 @@ def plan_passes(
         top_level = min(base_level + config.levels_per_pass, last_level)
         height, width = level_shapes[base_level]
         block = config.block_px
+        # Sequential formats decode from the first row on every open: read whole-width bands.
+        block_w = width if base_level == 0 and is_sequential(info) else block
         tasks = [
             BlockTask(
                 store=store,
                 source=info.path,
                 base_level=base_level,
-                block_rc=(row // block, col // block),
-                window=Window(col, row, min(block, width - col), min(block, height - row)),
+                block_rc=(row // block, col // block_w),
+                window=Window(col, row, min(block_w, width - col), min(block, height - row)),
                 top_level=top_level,
                 info=info,
                 stretch=stretch,
                 gdal_cache_mb=config.gdal_cache_mb,
             )
             for row in range(0, height, block)
-            for col in range(0, width, block)
+            for col in range(0, width, block_w)
         ]
         passes.append(tasks)
         if top_level == last_level:
@@ -638,7 +648,12 @@ def ingest_scene(
 
     try:
         for pass_index, tasks in enumerate(passes):
-            _run_tasks(tasks, config=config, dask_address=dask_address, on_done=on_done)
+            # Bands of a sequential format run one at a time: each open decodes from row 0 down
+            # to its band (cost grows with the band index), but only one band is in memory.
+            pass_config = (
+                replace(config, n_workers=1) if pass_index == 0 and is_sequential(info) else config
+            )
+            _run_tasks(tasks, config=pass_config, dask_address=dask_address, on_done=on_done)
             if pass_index == 0:
                 n_valid = sum(int(t.marker.read_text()) for t in tasks)
                 if n_valid == 0:
