@@ -160,3 +160,25 @@ def test_cli_synth_json(tmp_path: Path) -> None:
     summary = json.loads(out.stdout)
     assert summary["scenes"][0]["size_wh"] == [1400, 700]
     assert len(read_questions(Path(summary["question_file"]))) == summary["questions"]
+
+
+def test_oracle_predictions_on_the_synthetic_set_score_100(small_set, tmp_path: Path) -> None:
+    from lrs_core.evaluation.lrs_vqa import append_predictions, make_prediction
+    from lrs_core.evaluation.scoring import score_files
+
+    class ExactOnly:
+        def are_synonyms(self, first: str, second: str) -> bool:
+            return False
+
+    pred = tmp_path / "oracle.jsonl"
+    append_predictions(
+        pred,
+        [make_prediction(q, answer=q.ground_truth, model_id="oracle") for q in small_set.questions],
+    )
+    report = score_files([pred], matcher=ExactOnly()).to_json()
+    assert report["lrs_vqa_mean"] == 100.0
+    assert {name: d["overall_accuracy"] for name, d in report["datasets"].items()} == {
+        "FAIR": 100.0,
+        "GLH-Bridge": 100.0,
+        "STAR": 100.0,
+    }
