@@ -19,7 +19,9 @@ model_app = typer.Typer(
 @model_app.command("init-tiny")
 def init_tiny_command(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
-    family: Annotated[str, typer.Option(help="llava (Llama, vicuna_v1) or qwen2 (Qwen2, ChatML).")] = "llava",
+    family: Annotated[
+        str, typer.Option(help="llava (Llama, vicuna_v1) or qwen2 (Qwen2, ChatML).")
+    ] = "llava",
     size: Annotated[str, typer.Option(help="tiny (~0.4 M params) or benchmark (~220 M).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
@@ -44,7 +46,8 @@ def convert_command(
         typer.Option(help="Paper layout: CLIP config.json or directory (when none is beside SRC)."),
     ] = None,
     llm_layer_list: Annotated[
-        str | None, typer.Option(help="llava-hf layout: RFM layer list, comma-separated (e.g. 8,16).")
+        str | None,
+        typer.Option(help="llava-hf layout: RFM layer list, comma-separated (e.g. 8,16)."),
     ] = None,
 ) -> None:
     """Convert a checkpoint (paper release, llava-hf) to the project format."""

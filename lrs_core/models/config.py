@@ -1,9 +1,9 @@
 """The configuration of a vision-language model as this project uses it.
 
 :class:`VlmConfig` holds what the method needs beyond the Hugging Face sub-configs (which stay stock
-``CLIPVisionConfig`` / ``SiglipVisionConfig`` and ``LlamaConfig`` / ``Qwen2Config`` and are stored beside it
-in ``lrs_model.json``): the tile geometry, where vision features are taken, the RFM layer list and the
-chat template. Spec references are to ``reference/algorithm.md``.
+``CLIPVisionConfig`` / ``SiglipVisionConfig`` and ``LlamaConfig`` / ``Qwen2Config`` and are stored
+beside it in ``lrs_model.json``): the tile geometry, where vision features are taken, the RFM layer
+list and the chat template. Spec references are to ``reference/algorithm.md``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class VlmConfig:
         ):
             raise ConfigError(
                 f"VlmConfig.rfm_llm_layers={layers!r} must be a non-empty, strictly increasing "
-                "list of LLM layer indices starting at 1 or more (the RFM also copies layer first-1)"
+                "list of LLM layer indices starting at 1 or more "
+                "(the RFM also copies layer first-1)"
             )
         object.__setattr__(self, "rfm_llm_layers", layers)
         if self.vision_family == "siglip" and self.drop_cls:
@@ -179,5 +180,5 @@ def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 def default_chat_template(llm_family: str) -> ChatTemplate:
-    """Return the reference's template for an LLM family (Qwen2: ChatML, Llama/Vicuna: vicuna_v1)."""
+    """Return the reference's chat template of an LLM family (Qwen2: chatml, Llama: vicuna_v1)."""
     return "chatml" if llm_family == "qwen2" else "vicuna_v1"

@@ -1,36 +1,39 @@
 """Read foreign checkpoint layouts into the project's model, and convert them to the project format.
 
-Supported layouts (auto-detected by :func:`detect_layout` from files and config fields, never from the
-directory name as the reference did):
+Supported layouts (auto-detected by :func:`detect_layout` from files and config fields, never from
+the directory name as the reference did):
 
 ``project``
     ``lrs_model.json`` present (see :mod:`lrs_core.models.io`).
 
 ``paper``
-    The paper's releases (``ll-13/llava-largeimg-Qwen2-7B``, ``ll-13/llava-largeimg-Vicuna-7B``): the
-    original LLaVA layout. ``config.json`` is the LLM config plus LLaVA fields (``mm_vision_tower``,
+    The paper's releases (``ll-13/llava-largeimg-Qwen2-7B``, ``ll-13/llava-largeimg-Vicuna-7B``):
+    the original LLaVA layout. ``config.json`` is the LLM config plus LLaVA fields
+    (``mm_vision_tower``,
     ``llm_layer_list``, ``mm_vision_select_layer``, ``mm_vision_select_feature``,
     ``mm_patch_merge_type``, ``mm_spatial_pool_mode``, ``tokenizer_model_max_length``,
     ``llm_use_last_text``, ``image_aspect_ratio``, ``mm_hidden_size``, ``mm_projector_type``); the
     family comes from ``model_type``/``architectures`` (``llava_qwen`` / ``LlavaQwenForCausalLM`` ->
     Qwen2, ``llava_llama`` / ``llava`` / ``LlavaLlamaForCausalLM`` -> Llama). Weight keys:
     ``model.embed_tokens``, ``model.layers.*``, ``model.norm``, ``lm_head``,
-    ``model.vision_tower.vision_tower.vision_model.*``, ``model.mm_projector.mlp_projector.{0,2}.*``,
-    ``model.mm_projector.token_pruner.layers.{i}.*``, ``model.mm_projector.token_pruner.norm.weight``,
+    ``model.vision_tower.vision_tower.vision_model.*``,
+    ``model.mm_projector.mlp_projector.{0,2}.*``,
+    ``model.mm_projector.token_pruner.layers.{i}.*``,
+    ``model.mm_projector.token_pruner.norm.weight``,
     ``model.image_newline``.
 
     The vision tower's config is not in that ``config.json``. It is taken, in this order, from: the
-    ``vision_config_path`` argument (``--vision-config``: a CLIP ``config.json`` or a directory holding
-    one; a full ``CLIPModel`` config is accepted); a ``vision_tower/`` directory beside the checkpoint;
-    ``mm_vision_tower`` when it is a local directory; the built-in copy of
-    ``openai/clip-vit-large-patch14-336`` (:data:`KNOWN_VISION_CONFIGS`). When the checkpoint holds no
-    vision weights (as original LLaVA-1.5 releases), they are read from that vision directory's
+    ``vision_config_path`` argument (``--vision-config``: a CLIP ``config.json`` or a directory
+    holding one; a full ``CLIPModel`` config is accepted); a ``vision_tower/`` directory beside the
+    checkpoint; ``mm_vision_tower`` when it is a local directory; the built-in copy of
+    ``openai/clip-vit-large-patch14-336`` (:data:`KNOWN_VISION_CONFIGS`). When the checkpoint holds
+    no vision weights (as original LLaVA-1.5 releases), they are read from that vision directory's
     safetensors (``CLIPVisionModel`` or ``CLIPModel``, text weights ignored).
 
 ``llava_hf``
     ``LlavaForConditionalGeneration`` (LLaVA-1.5) and ``LlavaNextForConditionalGeneration``
-    (LLaVA-NeXT) directories, ``model_type`` ``llava`` / ``llava_next`` with ``text_config`` (Llama or
-    Qwen2) and ``vision_config`` (CLIP or SigLIP). Both key spellings are read: transformers v4
+    (LLaVA-NeXT) directories, ``model_type`` ``llava`` / ``llava_next`` with ``text_config`` (Llama
+    or Qwen2) and ``vision_config`` (CLIP or SigLIP). Both key spellings are read: transformers v4
     (``language_model.model.*``, ``language_model.lm_head.*``, ``vision_tower.vision_model.*``,
     ``multi_modal_projector.linear_{1,2}.*``, ``image_newline``) and v5 (``model.language_model.*``,
     ``lm_head.*``, ``model.vision_tower.*``, ``model.multi_modal_projector.*``,
@@ -55,6 +58,8 @@ from lrs_core.models.config import (
     CLIP_IMAGE_STD,
     SIGLIP_IMAGE_MEAN,
     SIGLIP_IMAGE_STD,
+    LlmFamily,
+    VisionFamily,
     VlmConfig,
     default_chat_template,
 )
@@ -268,7 +273,7 @@ def read_paper_checkpoint(
     return model, load_tokenizer(source)
 
 
-def _paper_family(raw: dict[str, Any], source: Path) -> str:
+def _paper_family(raw: dict[str, Any], source: Path) -> LlmFamily:
     names = [raw.get("model_type", ""), *raw.get("architectures", [])]
     if any(name in _PAPER_QWEN_TYPES for name in names):
         return "qwen2"
@@ -344,7 +349,11 @@ def _image_norm(
     if not file.is_file():
         return mean, std
     data = read_json(file)
-    return tuple(data.get("image_mean", mean)), tuple(data.get("image_std", std))  # type: ignore[return-value]  # JSON lists of 3 floats, checked by VlmConfig
+    image_mean = tuple(float(v) for v in data.get("image_mean", mean))
+    image_std = tuple(float(v) for v in data.get("image_std", std))
+    if len(image_mean) != 3 or len(image_std) != 3:
+        raise WeightsError(f"{file}: image_mean and image_std must hold 3 values each")
+    return (image_mean[0], image_mean[1], image_mean[2]), (image_std[0], image_std[1], image_std[2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,10 +405,13 @@ def read_llava_hf_checkpoint(
     raw = read_json(source / "config.json")
     text_dict = dict(raw["text_config"])
     vision_dict = dict(raw.get("vision_config") or {})
-    family = {"llama": "llama", "qwen2": "qwen2"}.get(text_dict.get("model_type", "llama"))
-    vision_family = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}.get(
-        vision_dict.get("model_type", "clip_vision_model")
-    )
+    llm_families: dict[str, LlmFamily] = {"llama": "llama", "qwen2": "qwen2"}
+    vision_families: dict[str, VisionFamily] = {
+        "clip_vision_model": "clip",
+        "siglip_vision_model": "siglip",
+    }
+    family = llm_families.get(text_dict.get("model_type", "llama"))
+    vision_family = vision_families.get(vision_dict.get("model_type", "clip_vision_model"))
     if family is None or vision_family is None:
         raise WeightsError(
             f"{source / 'config.json'}: text model_type={text_dict.get('model_type')!r}, vision "
@@ -415,7 +427,8 @@ def read_llava_hf_checkpoint(
     feature_layer = raw.get("vision_feature_layer", -2)
     if not isinstance(feature_layer, int):
         raise ConfigError(
-            f"{source / 'config.json'}: vision_feature_layer={feature_layer!r}; only one layer is supported"
+            f"{source / 'config.json'}: vision_feature_layer={feature_layer!r}; "
+            "only one layer is supported"
         )
     layer_list = llm_layer_list or default_llm_layer_list(llm_config.num_hidden_layers)
     default_mean, default_std = (

@@ -3,10 +3,11 @@
 Project format (a directory)::
 
     lrs_model.json            {"format": "lrs-vlm", "format_version": 1, "model_id": ...,
-                               "vlm_config": VlmConfig, "vision_config": HF dict, "llm_config": HF dict}
+                               "vlm_config": VlmConfig, "vision_config": HF dict, "llm_config": HF
+                               dict}
     model.safetensors         the VisionLanguageModel state dict (keys ``vision_tower.*``,
-                              ``projector.{0,2}.*``, ``image_newline``, ``llm.*``, ``rfm.*``); a tied
-                              ``llm.lm_head.weight`` is stored once
+                              ``projector.{0,2}.*``, ``image_newline``, ``llm.*``, ``rfm.*``); a
+                              tied ``llm.lm_head.weight`` is stored once
     preprocessor_config.json  CLIP-style image-processor settings (informational; VlmConfig rules)
     tokenizer files           whatever ``tokenizer.save_pretrained`` writes
 
@@ -136,11 +137,12 @@ def load_model(
     """Load a model directory in any supported layout (auto-detected).
 
     Args:
-        path: a project-format directory, a paper release (LLaVA layout with ``llm_layer_list``) or a
-            llava-hf LLaVA-1.5 / LLaVA-NeXT directory.
+        path: a project-format directory, a paper release (LLaVA layout with ``llm_layer_list``) or
+            a llava-hf LLaVA-1.5 / LLaVA-NeXT directory.
         device: where to build the model.
         dtype: parameter dtype; None = :func:`default_dtype` of the device.
-        attn_implementation: the LLM's (and RFM's) attention; None = :func:`default_attn_implementation`.
+        attn_implementation: the LLM's (and RFM's) attention; None =
+            :func:`default_attn_implementation`.
         vision_config_path: paper layout only: a CLIP config (file or directory) when none is stored
             beside the checkpoint (see :mod:`lrs_core.models.convert`).
         llm_layer_list: llava-hf layout only: the RFM layer list (default
@@ -195,7 +197,8 @@ def _read_project(
     ):
         raise WeightsError(
             f"{source / PROJECT_CONFIG_FILE}: format {header.get('format')!r} version "
-            f"{header.get('format_version')!r} is not {PROJECT_FORMAT!r} v{PROJECT_FORMAT_VERSION}; "
+            f"{header.get('format_version')!r} is not "
+            f"{PROJECT_FORMAT!r} v{PROJECT_FORMAT_VERSION}; "
             "re-create it with this version of lrs ('lrs model convert')"
         )
     try:
@@ -228,13 +231,17 @@ def build_and_load(
     optional_prefixes: tuple[str, ...] = (),
     extra_weights: dict[str, torch.Tensor] | None = None,
 ) -> VisionLanguageModel:
-    """Build the model without random init and fill it from ``source``'s safetensors, shard by shard.
+    """Build the model without random init and fill it from ``source``'s safetensors by shard.
 
     Args:
-        config, vision_config, llm_config: the architecture.
-        source: a directory with ``model.safetensors`` or a sharded ``model.safetensors.index.json``.
+        config: the project config.
+        vision_config: the vision tower's Hugging Face config.
+        llm_config: the LLM's Hugging Face config.
+        source: a directory with ``model.safetensors`` or a sharded
+            ``model.safetensors.index.json``.
         key_map: checkpoint key -> project key (None skips the tensor).
-        device, dtype: target placement.
+        device: target device.
+        dtype: target parameter dtype.
         optional_prefixes: project keys allowed to be missing (left uninitialised by the file; the
             caller fills them, e.g. the RFM from layer copies).
         extra_weights: project-keyed tensors from elsewhere (a separate vision tower).
@@ -302,7 +309,8 @@ def safetensors_files(source: Path) -> list[Path]:
     pickles = sorted(p.name for p in source.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickles:
         raise WeightsError(
-            f"{source}: only pickled weights ({pickles[:3]}) were found; lrs loads safetensors only. "
+            f"{source}: only pickled weights ({pickles[:3]}) were found; "
+            "lrs loads safetensors only. "
             "Download the safetensors revision of the checkpoint, or convert it with a trusted tool"
         )
     raise WeightsError(f"{source}: no model.safetensors or {WEIGHTS_INDEX_FILE} found")

@@ -2,16 +2,17 @@
 
 The reference sequence is::
 
-    [text before <image>] [thumbnail tokens] [separator ':'] [level tokens + newline per row] [text after]
+    [text before <image>] [thumbnail tokens] [separator ':'] [level tokens + newline per row] [text
+    after]
 
 A :class:`SequenceLayout` stores, for every position, the kind of token and where it comes from
-(prompt token id, DIP level, tile and token-grid coordinates), so callers select, score and prune tokens
-by asking the layout instead of doing index arithmetic.
+(prompt token id, DIP level, tile and token-grid coordinates), so callers select, score and prune
+tokens by asking the layout instead of doing index arithmetic.
 
 Coordinates: ``grid_rc`` is (row, col) in a level's **global** token grid (the ``Ht x Wt`` canvas of
-pooled tokens over the whole level, newline excluded; for the thumbnail its unpooled ``24 x 24`` grid).
-``tile_rc`` is (row, col) of the tile holding that token in the level's tile grid. Newline tokens carry
-their row in ``grid_r`` and ``Wt`` in ``grid_c``.
+pooled tokens over the whole level, newline excluded; for the thumbnail its unpooled ``24 x 24``
+grid). ``tile_rc`` is (row, col) of the tile holding that token in the level's tile grid. Newline
+tokens carry their row in ``grid_r`` and ``Wt`` in ``grid_c``.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def build_layout(
         prompt: the prompt's ids around the image.
         thumbnail_tokens: tokens of the thumbnail, a square number (576 at 336 px, unpooled).
         separator_id: vocabulary id of the separator token (``':'``).
-        level_grid_hw: (Ht, Wt) pooled tokens of the level over the whole (unpadded) canvas; None for
-            a thumbnail-only sequence (no separator, no level).
+        level_grid_hw: (Ht, Wt) pooled tokens of the level over the whole (unpadded) canvas; None
+            for a thumbnail-only sequence (no separator, no level).
         tile_tokens_hw: (rows, cols) of pooled tokens per tile (12, 12), maps tokens to tiles.
         dip_level: DIP level of the level tokens (>= 1, coarse to fine).
         level_keep: bool (Ht, Wt); tokens to include (None = all). A row's newline is kept when the
@@ -264,7 +265,8 @@ def assemble_embeddings(
             raise ValueError("the layout has level tokens but level_feats is None")
         if tuple(level_feats.shape[:2]) != layout.level_grid_hw:
             raise ValueError(
-                f"level_feats has grid {tuple(level_feats.shape[:2])}, the layout {layout.level_grid_hw}"
+                f"level_feats has grid {tuple(level_feats.shape[:2])}, "
+                f"the layout {layout.level_grid_hw}"
             )
         rows = torch.from_numpy(layout.grid_r[level_pos]).to(device)
         cols = torch.from_numpy(layout.grid_c[level_pos]).to(device)
@@ -299,9 +301,9 @@ def assemble_batch(
 ) -> BatchedEmbeddings:
     """Return the right-padded embeddings of several sequences (see :func:`assemble_embeddings`).
 
-    Right padding keeps each sequence's positions ``0..len-1`` unchanged, so a padded row gives the same
-    result as the row alone once the attention mask hides the padding; generation from a batch should
-    use left padding instead (done by the generation module).
+    Right padding keeps each sequence's positions ``0..len-1`` unchanged, so a padded row gives the
+    same result as the row alone once the attention mask hides the padding; generation from a batch
+    should use left padding instead (done by the generation module).
     """
     if not (len(layouts) == len(thumbnail_feats) == len(level_feats)) or not layouts:
         raise ValueError(

@@ -1,9 +1,9 @@
-"""Chat templates of the reference and LLaVA-style tokenization around the image placeholder.
+r"""Chat templates of the reference and LLaVA-style tokenization around the image placeholder.
 
 The rendered strings are exactly those of spec §2.6 (``model_rsvqa.py``): the question becomes
-``"<image>\\n" + question + "\\n"`` inside the template. Tokenization follows LLaVA's
-``tokenizer_image_token``: the text is split at the placeholder, each chunk is tokenized on its own and
-only the first BOS is kept.
+``"<image>\n" + question + "\n"`` inside the template. Tokenization follows LLaVA's
+``tokenizer_image_token``: the text is split at the placeholder, each chunk is tokenized on its own
+and only the first BOS is kept.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def tokenize_prompt(
 ) -> PromptIds:
     """Return the prompt's token ids around the image, as LLaVA's ``tokenizer_image_token`` does.
 
-    Each text chunk is tokenized separately with the tokenizer's special tokens; when the first chunk
-    starts with BOS, that BOS is kept once and the leading token of every chunk is dropped.
+    Each text chunk is tokenized separately with the tokenizer's special tokens; when the first
+    chunk starts with BOS, that BOS is kept once and the leading token of every chunk is dropped.
     """
     text = render_prompt(question, template=template)
     chunks = [tokenizer(chunk).input_ids for chunk in text.split(IMAGE_PLACEHOLDER)]

@@ -11,21 +11,21 @@ Sizes:
       (12 query / 4 KV heads, MLP 2048), RFM list ``(4, 8)``: about 220 M parameters.
 
 The tokenizer is a byte-level BPE trained with ``tokenizers`` on a small built-in corpus, wrapped in
-``PreTrainedTokenizerFast`` with named special tokens. The llava family behaves like Llama (BOS added
-to every encoding, ``</s>`` as EOS); the qwen2 family like Qwen2 (no BOS, ``<|im_end|>`` EOS).
+``PreTrainedTokenizerFast`` with named special tokens. The llava family behaves like Llama (BOS
+added to every encoding, ``</s>`` as EOS); the qwen2 family like Qwen2 (no BOS, ``<|im_end|>`` EOS).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
 
-from lrs_core.models.config import VlmConfig, default_chat_template
-from lrs_core.models.vlm import VisionLanguageModel, llm_config_class, vision_config_class
+from lrs_core.models.config import LlmFamily, VlmConfig, default_chat_template
+from lrs_core.models.vlm import VisionLanguageModel
 
 TinyFamily = Literal["llava", "qwen2"]
 TinySize = Literal["tiny", "benchmark"]
@@ -60,13 +60,14 @@ _CORPUS = (
     "system user assistant You are a helpful assistant. "
     "What is the color of the roof? How many ships are in the harbour? Is there a bridge over the "
     "river? Where is the airport runway? Answer the question using a single word or phrase. "
-    "Which building is the largest? Are there any cars parked near the stadium? yes no one two three "
-    "four five red green blue white black gray small large left right top bottom center north south "
+    "Which building is the largest? Are there any cars parked near the stadium? "
+    "yes no one two three four five red green blue white black gray small large "
+    "left right top bottom center north south "
     "east west road field forest water lake sea port tank farmland residential industrial vehicle "
     "plane storage roundabout swimming pool tennis court baseball diamond ground track. 0123456789 "
 )
 
-_SIZES: dict[str, dict[str, dict[str, int]]] = {
+_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "vision": {
             "hidden_size": 32,
@@ -125,7 +126,7 @@ def build_tokenizer(*, family: TinyFamily = "llava") -> PreTrainedTokenizerFast:
             pair=f"{BOS_TOKEN} $A $B",
             special_tokens=[(BOS_TOKEN, bos_id)],
         )
-        return PreTrainedTokenizerFast(
+        return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # untyped upstream
             tokenizer_object=tokenizer,
             bos_token=BOS_TOKEN,
             eos_token=EOS_TOKEN,
@@ -135,7 +136,7 @@ def build_tokenizer(*, family: TinyFamily = "llava") -> PreTrainedTokenizerFast:
             model_max_length=TINY_MAX_CONTEXT_TOKENS,
         )
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # untyped upstream
         tokenizer_object=tokenizer,
         eos_token=IM_END_TOKEN,
         pad_token=ENDOFTEXT_TOKEN,
@@ -153,7 +154,7 @@ def build_tiny(
     if size not in _SIZES:
         raise ValueError(f"size={size!r} must be one of {sorted(_SIZES)}")
     tokenizer = build_tokenizer(family=family)
-    llm_family = "llama" if family == "llava" else "qwen2"
+    llm_family: LlmFamily = "llama" if family == "llava" else "qwen2"
     config = VlmConfig(
         llm_family=llm_family,
         vision_family="clip",
@@ -161,7 +162,7 @@ def build_tiny(
         rfm_llm_layers=_RFM_LAYERS[size],
         max_context_tokens=TINY_MAX_CONTEXT_TOKENS,
     )
-    vision_config = vision_config_class("clip")(
+    vision_config = CLIPVisionConfig(
         **_SIZES[size]["vision"],
         image_size=config.tile_size_px,
         patch_size=config.patch_size_px,
@@ -173,7 +174,8 @@ def build_tiny(
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    llm_config = llm_config_class(llm_family)(
+    llm_class = LlamaConfig if llm_family == "llama" else Qwen2Config
+    llm_config = llm_class(
         **_SIZES[size]["llm"],
         vocab_size=len(tokenizer),
         max_position_embeddings=TINY_MAX_CONTEXT_TOKENS,

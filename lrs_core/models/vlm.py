@@ -1,11 +1,12 @@
 """The vision-language model: vision tower, projector, image-newline vector, LLM and RFM layers.
 
 Every part is a stock Hugging Face class (``CLIPVisionModel`` / ``SiglipVisionModel``,
-``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` and their decoder-layer classes); nothing is patched. The
-tokenizer is not a module attribute: :class:`lrs_core.models.io.LoadedModel` carries it.
+``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` and their decoder-layer classes); nothing is patched.
+The tokenizer is not a module attribute: :class:`lrs_core.models.io.LoadedModel` carries it.
 
-Shapes use the project glossary: ``n`` tiles, ``S`` tile side in pixels, ``P`` patches per tile side,
-``D`` the LLM hidden size, ``C`` the vision width, ``B`` batch, ``T`` tokens, ``L`` sequence length.
+Shapes use the project glossary: ``n`` tiles, ``S`` tile side in pixels, ``P`` patches per tile
+side, ``D`` the LLM hidden size, ``C`` the vision width, ``B`` batch, ``T`` tokens, ``L`` sequence
+length.
 """
 
 from __future__ import annotations
@@ -54,15 +55,15 @@ def llm_config_class(llm_family: str) -> type[PreTrainedConfig]:
 
 
 def vision_config_class(vision_family: str) -> type[PreTrainedConfig]:
-    """Return the stock config class of a vision family (``CLIPVisionConfig``/``SiglipVisionConfig``)."""
+    """Return the stock config class of a vision family (CLIP or SigLIP vision config)."""
     return _VISION_CLASSES[vision_family][0]
 
 
 class RfmLayers(nn.Module):
-    """The Region Focus Module's parameters: LLM decoder layers, a final norm and the rotary embedding.
+    """The Region Focus Module's parameters: LLM decoder layers, final norm, rotary embedding.
 
-    The layers are instances of the LLM's own decoder-layer class built from the LLM config, so the RFM
-    runs whatever attention implementation the config names (spec §3).
+    The layers are instances of the LLM's own decoder-layer class built from the LLM config, so the
+    RFM runs whatever attention implementation the config names (spec §3).
 
     Attributes:
         layers: ``nn.ModuleList`` of ``num_layers`` decoder layers (``LlamaDecoderLayer`` or
@@ -99,14 +100,15 @@ class RfmLayers(nn.Module):
         n_llm = len(llm.model.layers)
         if min(sources) < 0 or max(sources) >= n_llm:
             raise ConfigError(
-                f"llm_layer_list={list(llm_layer_list)} names layers outside the LLM's 0..{n_llm - 1}"
+                f"llm_layer_list={list(llm_layer_list)} names layers outside "
+                f"the LLM's 0..{n_llm - 1}"
             )
         rfm = cls(llm.config, num_layers=len(sources), llm=llm)
         rfm.copy_from_llm(llm, sources)
         return rfm
 
     def copy_from_llm(self, llm: PreTrainedModel, source_layers: Sequence[int]) -> None:
-        """Overwrite every RFM layer ``i`` with LLM layer ``source_layers[i]`` and the norm with the LLM's."""
+        """Copy LLM layer ``source_layers[i]`` into RFM layer ``i``, and the LLM's final norm."""
         with torch.no_grad():
             for layer, source in zip(self.layers, source_layers, strict=True):
                 layer.load_state_dict(llm.model.layers[source].state_dict())
@@ -123,7 +125,8 @@ class RfmLayers(nn.Module):
 
         Args:
             inputs_embeds: float (B, L, D); the same embeddings the LLM gets.
-            attention_mask: int/bool (B, L); 1 for real tokens, 0 for (right) padding; None = all real.
+            attention_mask: int/bool (B, L); 1 for real tokens, 0 for (right) padding; None = all
+                real.
             num_layers: how many layers to run; None runs all of them.
 
         Returns:
@@ -273,7 +276,8 @@ class VisionLanguageModel(nn.Module):
                 features = features[:, 1:]
             if features.shape[1] != side * side:
                 raise ConfigError(
-                    f"vision tower gave {features.shape[1]} patch tokens per tile, the config expects "
+                    f"vision tower gave {features.shape[1]} patch tokens per tile, "
+                    "the config expects "
                     f"{side}x{side}; check tile_size_px/patch_size_px/drop_cls against the tower"
                 )
             tokens = self.projector(features)
@@ -309,7 +313,7 @@ class VisionLanguageModel(nn.Module):
         return embeddings
 
     def sub_configs(self) -> dict[str, Any]:
-        """Return the Hugging Face sub-configs as JSON-ready dicts (``vision_config``, ``llm_config``)."""
+        """Return the Hugging Face sub-configs as JSON-ready dicts (vision_config, llm_config)."""
         return {
             "vision_config": self.vision_tower.config.to_dict(),
             "llm_config": self.llm.config.to_dict(),
@@ -360,7 +364,11 @@ def copy_llm_into_rfm(model: VisionLanguageModel) -> None:
 
 
 def check_state_dict_keys(
-    model: nn.Module, keys: set[str], *, source: str, optional_prefixes: tuple[str, ...] = ()
+    model: VisionLanguageModel,
+    keys: set[str],
+    *,
+    source: str,
+    optional_prefixes: tuple[str, ...] = (),
 ) -> None:
     """Raise :class:`WeightsError` when ``keys`` do not match the model's state dict.
 
@@ -371,7 +379,7 @@ def check_state_dict_keys(
         optional_prefixes: model keys that may be absent (they keep their initial values).
     """
     expected = set(model.state_dict())
-    if getattr(model, "llm", None) is not None and model.llm.config.tie_word_embeddings:
+    if model.llm.config.tie_word_embeddings:
         expected.discard("llm.lm_head.weight")
         keys = keys - {"llm.lm_head.weight"}
     missing = sorted(k for k in expected - keys if not k.startswith(optional_prefixes))
@@ -379,6 +387,7 @@ def check_state_dict_keys(
     if missing or unexpected:
         raise WeightsError(
             f"{source}: the weights do not match the architecture in its config "
-            f"(missing {len(missing)}: {missing[:5]}, unexpected {len(unexpected)}: {unexpected[:5]}); "
+            f"(missing {len(missing)}: {missing[:5]}, "
+            f"unexpected {len(unexpected)}: {unexpected[:5]}); "
             "check that the config belongs to these weights"
         )

@@ -28,7 +28,9 @@ def test_init_tiny_then_info(tmp_path):
 
 def test_usage_errors_exit_2(tmp_path):
     assert run("init-tiny", str(tmp_path), "--family", "gpt").exit_code == 2
-    assert run("convert", str(tmp_path), str(tmp_path / "o"), "--llm-layer-list", "a,b").exit_code == 2
+    assert (
+        run("convert", str(tmp_path), str(tmp_path / "o"), "--llm-layer-list", "a,b").exit_code == 2
+    )
 
 
 def test_convert_reports_a_bad_source(tmp_path):
@@ -39,13 +41,27 @@ def test_convert_reports_a_bad_source(tmp_path):
 
 def test_flops_json_for_known_configs():
     pytest.importorskip("lrs_core.models.flops")
-    result = run("flops", "--config", "qwen2-7b", "--vision-tiles", "5", "--prefill-tokens", "2000", "--json")
+    result = run(
+        "flops", "--config", "qwen2-7b", "--vision-tiles", "5", "--prefill-tokens", "2000", "--json"
+    )
     assert result.exit_code == 0, result.output
     counts = json.loads(result.stdout)
     assert counts["total_flops"] == pytest.approx(counts["vision_flops"] + counts["llm_flops"])
     assert counts["llm_flops"] > 2 * 7e9 * 2000 * 0.9  # about 2 FLOPs per parameter per token
     bigger = json.loads(
-        run("flops", "--config", "qwen2-7b", "--vision-tiles", "10", "--prefill-tokens", "2000", "--json").stdout
+        run(
+            "flops",
+            "--config",
+            "qwen2-7b",
+            "--vision-tiles",
+            "10",
+            "--prefill-tokens",
+            "2000",
+            "--json",
+        ).stdout
     )
     assert bigger["vision_flops"] == pytest.approx(2 * counts["vision_flops"])
-    assert run("flops", "--config", "gpt-4", "--vision-tiles", "1", "--prefill-tokens", "1").exit_code == 2
+    assert (
+        run("flops", "--config", "gpt-4", "--vision-tiles", "1", "--prefill-tokens", "1").exit_code
+        == 2
+    )

@@ -80,18 +80,28 @@ def write_paper_checkpoint(directory, model, tokenizer, *, vision_beside=True, w
         tensors = {k: v for k, v in tensors.items() if not k.startswith("model.vision_tower.")}
     write_shards(directory, tensors)
     family = model.config.llm_family
-    config = model.llm.config.to_dict() | PAPER_FIELDS | {
-        "model_type": "llava_qwen" if family == "qwen2" else "llava_llama",
-        "architectures": ["LlavaQwenForCausalLM" if family == "qwen2" else "LlavaLlamaForCausalLM"],
-        "llm_layer_list": list(model.config.rfm_llm_layers),
-        "mm_hidden_size": model.vision_tower.config.hidden_size,
-    }
+    config = (
+        model.llm.config.to_dict()
+        | PAPER_FIELDS
+        | {
+            "model_type": "llava_qwen" if family == "qwen2" else "llava_llama",
+            "architectures": [
+                "LlavaQwenForCausalLM" if family == "qwen2" else "LlavaLlamaForCausalLM"
+            ],
+            "llm_layer_list": list(model.config.rfm_llm_layers),
+            "mm_hidden_size": model.vision_tower.config.hidden_size,
+        }
+    )
     (directory / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(str(directory))
-    vision_dir = directory / "vision_tower" if vision_beside else directory.parent / f"{directory.name}_clip"
+    vision_dir = (
+        directory / "vision_tower" if vision_beside else directory.parent / f"{directory.name}_clip"
+    )
     vision_dir.mkdir()
     vision_dict = model.vision_tower.config.to_dict()
-    (vision_dir / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": vision_dict}))
+    (vision_dir / "config.json").write_text(
+        json.dumps({"model_type": "clip", "vision_config": vision_dict})
+    )
     vision_weights = {"vision_model." + k: v for k, v in model.vision_tower.state_dict().items()}
     vision_weights["text_model.embeddings.token_embedding.weight"] = torch.zeros(3, 2)
     save_file(vision_weights, str(vision_dir / "model.safetensors"))
@@ -111,10 +121,17 @@ def assert_same_model(loaded, original):
 def assert_same_outputs(loaded, original):
     tiles = np.random.default_rng(0).integers(0, 256, (3, 336, 336, 3), dtype=np.uint8)
     feats = loaded.encode_tiles(loaded.preprocess_tiles(tiles), batch_size=2)
-    torch.testing.assert_close(feats, original.encode_tiles(original.preprocess_tiles(tiles)), rtol=0, atol=0)
-    embeds = torch.cat([feats[:, :5].flatten(0, 1)[None], loaded.embed_text(torch.tensor([[5, 6, 7]]))], 1)
     torch.testing.assert_close(
-        loaded.llm(inputs_embeds=embeds).logits, original.llm(inputs_embeds=embeds).logits, rtol=0, atol=0
+        feats, original.encode_tiles(original.preprocess_tiles(tiles)), rtol=0, atol=0
+    )
+    embeds = torch.cat(
+        [feats[:, :5].flatten(0, 1)[None], loaded.embed_text(torch.tensor([[5, 6, 7]]))], 1
+    )
+    torch.testing.assert_close(
+        loaded.llm(inputs_embeds=embeds).logits,
+        original.llm(inputs_embeds=embeds).logits,
+        rtol=0,
+        atol=0,
     )
 
 
@@ -127,7 +144,9 @@ def test_paper_layout_loads_and_converts(source, tmp_path):
     assert_same_model(loaded.model, model)
     assert_same_outputs(loaded.model, model)
     assert loaded.model.config.max_context_tokens == 8192
-    assert loaded.model.config.chat_template == ("chatml" if model.config.llm_family == "qwen2" else "vicuna_v1")
+    assert loaded.model.config.chat_template == (
+        "chatml" if model.config.llm_family == "qwen2" else "vicuna_v1"
+    )
     assert loaded.tokenizer("ASSISTANT:").input_ids == tokenizer("ASSISTANT:").input_ids
     dst = convert_checkpoint(src, tmp_path / "converted")
     assert detect_layout(dst) == "project"
@@ -137,7 +156,9 @@ def test_paper_layout_loads_and_converts(source, tmp_path):
 def test_paper_layout_with_separate_vision_tower(source, tmp_path):
     model, tokenizer = source
     src = tmp_path / "ckpt"
-    vision_dir = write_paper_checkpoint(src, model, tokenizer, vision_beside=False, with_vision=False)
+    vision_dir = write_paper_checkpoint(
+        src, model, tokenizer, vision_beside=False, with_vision=False
+    )
     with pytest.raises(WeightsError, match="vision"):
         load_model(src)  # the built-in ViT-L config has no weights here
     loaded = load_model(src, vision_config_path=vision_dir)
@@ -170,7 +191,9 @@ def test_paper_keys_map_to_project_keys():
 
 def llava_hf_model(model, tokenizer, *, next_):
     config_class, model_class = (
-        (LlavaNextConfig, LlavaNextForConditionalGeneration) if next_ else (LlavaConfig, LlavaForConditionalGeneration)
+        (LlavaNextConfig, LlavaNextForConditionalGeneration)
+        if next_
+        else (LlavaConfig, LlavaForConditionalGeneration)
     )
     config = config_class(
         vision_config=model.vision_tower.config.to_dict(),
@@ -216,7 +239,9 @@ def test_llava_hf_layouts_load_with_rfm_copies(source, tmp_path, spelling, next_
         if key.startswith("rfm.") or (key == "image_newline" and not next_):
             continue
         torch.testing.assert_close(ours[key], value, rtol=0, atol=0, msg=key)
-    for rfm_layer, source_layer in zip(loaded.rfm.layers, loaded.config.rfm_source_layers, strict=True):
+    for rfm_layer, source_layer in zip(
+        loaded.rfm.layers, loaded.config.rfm_source_layers, strict=True
+    ):
         torch.testing.assert_close(
             rfm_layer.mlp.up_proj.weight, loaded.llm.model.layers[source_layer].mlp.up_proj.weight
         )
@@ -230,7 +255,7 @@ def test_llava_hf_layouts_load_with_rfm_copies(source, tmp_path, spelling, next_
 
 @torch.no_grad()
 def check_llava_forward(loaded, hf, tokenizer):
-    """Our pieces reproduce the stock LlavaForConditionalGeneration logits (thumbnail-only input)."""
+    """Our parts reproduce stock LlavaForConditionalGeneration logits (thumbnail only)."""
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     n_image = loaded.config.tokens_per_tile_unpooled
     ids = torch.tensor([[tokenizer.bos_token_id or 1, 40, 41] + [image_id] * n_image + [42, 43]])
@@ -239,7 +264,9 @@ def check_llava_forward(loaded, hf, tokenizer):
     reference = hf(input_ids=ids, pixel_values=pixels).logits
     embeds = loaded.embed_text(ids)
     embeds[0, 3 : 3 + n_image] = loaded.encode_tiles(pixels, pooled=False)[0]
-    torch.testing.assert_close(loaded.llm(inputs_embeds=embeds).logits, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        loaded.llm(inputs_embeds=embeds).logits, reference, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_unknown_and_pickled_checkpoints_are_refused(tmp_path):

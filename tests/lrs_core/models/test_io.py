@@ -16,18 +16,18 @@ def prompt_logits(loaded, questions):
     model, tokenizer = loaded.model, loaded.tokenizer
     config = model.config
     separator = tokenizer.convert_tokens_to_ids([config.separator_token])[0]
-    tiles = np.random.default_rng(0).integers(0, 256, (3, config.tile_size_px, config.tile_size_px, 3), np.uint8)
+    size = config.tile_size_px
+    tiles = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), np.uint8)
     pixels = model.preprocess_tiles(tiles)
     thumb = model.encode_tiles(pixels[:1], pooled=False)[0]
     side = config.pooled_per_side
-    level = model.encode_tiles(pixels[1:]).view(1, 2, side, side, -1).permute(0, 2, 1, 3, 4)
-    level = level.reshape(side, 2 * side, -1)  # two tiles side by side: (Ht, Wt, D)
+    level = model.encode_tiles(pixels[1:])[0].view(side, side, -1)  # one tile: (Ht, Wt, D)
     layouts = [
         build_layout(
             tokenize_prompt(tokenizer, question, template=config.chat_template),
             thumbnail_tokens=config.tokens_per_tile_unpooled,
             separator_id=separator,
-            level_grid_hw=(side, 2 * side),
+            level_grid_hw=(side, side),
             tile_tokens_hw=(side, side),
         )
         for question in questions
@@ -35,11 +35,17 @@ def prompt_logits(loaded, questions):
     batch = assemble_batch(
         model, layouts, thumbnail_feats=[thumb] * len(layouts), level_feats=[level] * len(layouts)
     )
-    logits = model.llm(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask).logits
+    logits = model.llm(
+        inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask
+    ).logits
     return torch.stack([logits[i, layout.query_position] for i, layout in enumerate(layouts)])
 
 
-QUESTIONS = ["What is the color of the roof?", "How many ships?", "Is there a bridge over the river?"]
+QUESTIONS = [
+    "What is the color of the roof?",
+    "How many ships?",
+    "Is there a bridge over the river?",
+]
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2"])
@@ -51,14 +57,17 @@ def test_project_format_round_trips_with_identical_logits(
     loaded = load_model(source)
     again = load_model(save_model(loaded.model, loaded.tokenizer, tmp_path / "copy"))
     assert again.model.config == loaded.model.config
-    assert again.tokenizer("USER: ASSISTANT:").input_ids == loaded.tokenizer("USER: ASSISTANT:").input_ids
-    torch.testing.assert_close(
-        prompt_logits(again, QUESTIONS[:batch]), prompt_logits(loaded, QUESTIONS[:batch]), rtol=0, atol=0
+    assert (
+        again.tokenizer("USER: ASSISTANT:").input_ids
+        == loaded.tokenizer("USER: ASSISTANT:").input_ids
     )
-    if batch == 3:  # a padded row equals the row alone
-        torch.testing.assert_close(
-            prompt_logits(loaded, QUESTIONS)[1], prompt_logits(loaded, QUESTIONS[1:2])[0], rtol=1e-5, atol=1e-5
-        )
+    for key, value in loaded.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    logits = prompt_logits(loaded, QUESTIONS[:batch])
+    torch.testing.assert_close(prompt_logits(again, QUESTIONS[:batch]), logits, rtol=0, atol=0)
+    if batch == 3:  # the shortest (padded) row equals the row alone
+        alone = prompt_logits(loaded, QUESTIONS[1:2])[0]
+        torch.testing.assert_close(logits[1], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_loads_in_another_dtype_with_eager_attention(tiny_model_dir):

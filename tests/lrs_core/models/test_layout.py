@@ -10,7 +10,9 @@ SEPARATOR = 33
 
 
 def make_layout(**overrides):
-    args = dict(thumbnail_tokens=16, separator_id=SEPARATOR, level_grid_hw=(3, 5), tile_tokens_hw=(2, 2))
+    args = dict(
+        thumbnail_tokens=16, separator_id=SEPARATOR, level_grid_hw=(3, 5), tile_tokens_hw=(2, 2)
+    )
     args.update(overrides)
     return build_layout(PROMPT, **args)
 
@@ -29,10 +31,17 @@ def test_sequence_order_and_counts():
     level = layout.positions_of(TokenKind.LEVEL)
     # global raster order: row-major over the whole level, tile coordinates follow the 2x2 tiles
     assert list(zip(layout.grid_r[level][:6], layout.grid_c[level][:6], strict=True)) == [
-        (0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0)
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (0, 3),
+        (0, 4),
+        (1, 0),
     ]
     assert list(layout.tile_c[level][:5]) == [0, 0, 1, 1, 2]
-    assert list(layout.tile_r[level][5:10]) == [0] * 5 and list(layout.tile_r[level][10:]) == [1] * 5
+    assert (
+        list(layout.tile_r[level][5:10]) == [0] * 5 and list(layout.tile_r[level][10:]) == [1] * 5
+    )
     assert set(layout.dip_level[level]) == {1}
     assert set(layout.dip_level[layout.positions_of(TokenKind.THUMBNAIL)]) == {0}
     newline = layout.positions_of(TokenKind.NEWLINE)
@@ -45,7 +54,11 @@ def test_thumbnail_only_and_kept_subsets():
     keep[0, 1] = keep[2, 3] = keep[2, 4] = True
     layout = make_layout(level_keep=keep)
     level = layout.positions_of(TokenKind.LEVEL)
-    assert list(zip(layout.grid_r[level], layout.grid_c[level], strict=True)) == [(0, 1), (2, 3), (2, 4)]
+    assert list(zip(layout.grid_r[level], layout.grid_c[level], strict=True)) == [
+        (0, 1),
+        (2, 3),
+        (2, 4),
+    ]
     assert len(layout.positions_of(TokenKind.NEWLINE)) == 2  # row 1 keeps nothing
     assert len(make_layout(include_newline=False).positions_of(TokenKind.NEWLINE)) == 0
     full = make_layout()
@@ -89,7 +102,9 @@ def test_batched_right_padding_gives_the_same_logits(tiny_model, batch):
     )
     assert batched.inputs_embeds.shape[0] == batch
     assert batched.attention_mask.sum(1).tolist() == [layout.length for layout in layouts]
-    logits = model.llm(inputs_embeds=batched.inputs_embeds, attention_mask=batched.attention_mask).logits
+    logits = model.llm(
+        inputs_embeds=batched.inputs_embeds, attention_mask=batched.attention_mask
+    ).logits
     for i, (layout, (thumb, level)) in enumerate(zip(layouts, feats, strict=True)):
         single = assemble_embeddings(model, layout, thumbnail_feats=thumb, level_feats=level)
         alone = model.llm(inputs_embeds=single[None]).logits[0]

@@ -16,8 +16,9 @@ def test_chatml_string_is_the_reference_one():
 
 def test_vicuna_string_is_the_reference_one():
     assert render_prompt(QUESTION, template="vicuna_v1") == (
-        "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-        "helpful, detailed, and polite answers to the user's questions. USER: <image>\n"
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions. "
+        "USER: <image>\n"
         f"{QUESTION}\n ASSISTANT:"
     )
 

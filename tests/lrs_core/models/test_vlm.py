@@ -49,7 +49,11 @@ def test_encode_tiles_does_not_depend_on_the_batch_size(tiny_model, batch_size):
     pixels = model.preprocess_tiles(random_tiles(3, model.config.tile_size_px, seed=1))
     reference = torch.cat([model.encode_tiles(pixels[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(model.encode_tiles(pixels, batch_size=batch_size), reference)
-    assert model.encode_tiles(pixels[:0]).shape == (0, model.config.tokens_per_tile, model.hidden_size)
+    assert model.encode_tiles(pixels[:0]).shape == (
+        0,
+        model.config.tokens_per_tile,
+        model.hidden_size,
+    )
 
 
 @torch.no_grad()
@@ -68,12 +72,16 @@ def test_rfm_copied_from_a_prefix_reproduces_the_llm_hidden_states(tiny_model, b
     rfm = RfmLayers.from_llm(llm, [1, 2])  # copies of LLM layers 0, 1, 2
     assert type(rfm.layers[0]) is type(llm.model.layers[0])
     lengths = [9, 5, 7][:batch]
-    embeds = torch.randn(batch, max(lengths), llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    embeds = torch.randn(
+        batch, max(lengths), llm.config.hidden_size, generator=torch.Generator().manual_seed(0)
+    )
     mask = torch.zeros(batch, max(lengths), dtype=torch.int64)
     for i, n in enumerate(lengths):
         mask[i, :n] = 1
     hidden = rfm(embeds, attention_mask=mask)
-    reference = llm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[3]
+    reference = llm(
+        inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True
+    ).hidden_states[3]
     for i, n in enumerate(lengths):
         torch.testing.assert_close(hidden[i, :n], reference[i, :n])
     torch.testing.assert_close(rfm.norm.weight, llm.model.norm.weight)
@@ -88,6 +96,8 @@ def test_model_rfm_holds_copies_of_the_configured_layers(tiny_model):
     model = tiny_model.model
     for rfm_layer, source in zip(model.rfm.layers, model.config.rfm_source_layers, strict=True):
         for (name, value), (_, original) in zip(
-            rfm_layer.state_dict().items(), model.llm.model.layers[source].state_dict().items(), strict=True
+            rfm_layer.state_dict().items(),
+            model.llm.model.layers[source].state_dict().items(),
+            strict=True,
         ):
             torch.testing.assert_close(value, original, msg=name)
