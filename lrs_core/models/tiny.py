@@ -8,7 +8,7 @@ Sizes:
     * ``tiny``: vision tower 2 layers x 32 wide; LLM 4 layers x 64 wide (4 query / 2 KV heads);
       RFM list ``(2, 3)`` (copies of LLM layers 1, 2, 3). About 0.3 M parameters; loads in < 1 s.
     * ``benchmark``: a ViT-B/14 tower at 336 px (12 x 768) and a 12-layer, 768-wide LLM
-      (12 query / 4 KV heads, MLP 2048), RFM list ``(4, 8)``: about 220 M parameters.
+      (12 query / 4 KV heads, MLP 3072), RFM list ``(4, 8)``: about 220 M parameters.
 
 The tokenizer is a byte-level BPE trained with ``tokenizers`` on a small built-in corpus, wrapped in
 ``PreTrainedTokenizerFast`` with named special tokens. The llava family behaves like Llama (BOS
@@ -92,7 +92,7 @@ _SIZES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "llm": {
             "hidden_size": 768,
-            "intermediate_size": 2048,
+            "intermediate_size": 3072,
             "num_hidden_layers": 12,
             "num_attention_heads": 12,
             "num_key_value_heads": 4,
