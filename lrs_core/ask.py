@@ -1,0 +1,171 @@
+"""Answer questions about ingested scenes: load an engine, read question files, run them.
+
+The library face of ``lrs ask`` (and of the ask flow): :func:`load_engine` builds a
+:class:`~lrs_core.focus.FocusEngine` from a model directory and a preset, :func:`answer_questions`
+answers a list of :class:`Question` about one scene store, sharing tile features between them, and
+:func:`read_questions_file` reads questions from JSONL, CSV or plain text.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrs_core.errors import ConfigError, DatasetError
+from lrs_core.features import FeatureCache
+from lrs_core.focus import FocusConfig, FocusEngine
+from lrs_core.models.io import load_model
+from lrs_core.pyramid import open_pyramid
+from lrs_core.records import AnswerRecord
+
+#: Column / key names accepted for the question id and text (first match wins).
+ID_KEYS = ("question_id", "id", "qid")
+TEXT_KEYS = ("question", "text")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question about a scene.
+
+    Attributes:
+        question_id: id carried into the answer record.
+        text: the question.
+    """
+
+    question_id: str
+    text: str
+
+
+def load_engine(
+    model_dir: str | Path,
+    *,
+    preset: str = "default",
+    budget: int | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    feature_cache: FeatureCache | None = None,
+) -> FocusEngine:
+    """Load a model and return an engine for a preset.
+
+    Args:
+        model_dir: a model directory (:func:`lrs_core.models.io.load_model` layouts).
+        preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or
+            ``pdrop``.
+        budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
+        device: torch device string (``cpu``, ``cuda``, ``cuda:1`` ...).
+        dtype: ``float32``, ``float16`` or ``bfloat16``; None = the device's default.
+        overrides: further :class:`FocusConfig` fields.
+        feature_cache: a cache to share between engines (a fresh one if None).
+
+    Raises:
+        ConfigError: unknown preset, field or dtype.
+        WeightsError: the model cannot be loaded.
+    """
+    values = dict(overrides or {})
+    if budget is not None:
+        values["token_budget"] = budget
+    config = FocusConfig.preset(preset, **values)
+    if dtype is not None and dtype not in _DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not one of {sorted(_DTYPES)}")
+    loaded = load_model(model_dir, device=device, dtype=None if dtype is None else _DTYPES[dtype])
+    return FocusEngine(loaded, config=config, feature_cache=feature_cache)
+
+
+def answer_questions(
+    engine: FocusEngine,
+    store: str | Path,
+    questions: Sequence[Question],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[AnswerRecord]:
+    """Answer questions about one scene store; a failed question gets a record with ``error`` set.
+
+    Raises:
+        SceneNotFoundError: the store does not exist.
+        IncompletePyramidError: the store's ingest did not finish.
+    """
+    pyramid = open_pyramid(store)
+    return engine.answer_many(
+        pyramid, [(q.question_id, q.text) for q in questions], progress=progress
+    )
+
+
+def _pick(row: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        if key in row and row[key] not in (None, ""):
+            return row[key]
+    return None
+
+
+def _question_from_row(row: Mapping[str, Any], *, path: Path, line: int) -> Question:
+    text = _pick(row, TEXT_KEYS)
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetError(
+            f"{path}:{line}: no question text; give a '{TEXT_KEYS[0]}' (or 'text') field"
+        )
+    qid = _pick(row, ID_KEYS)
+    return Question(question_id=str(qid) if qid is not None else f"q{line}", text=text.strip())
+
+
+def read_questions_file(path: str | Path) -> list[Question]:
+    """Read questions from a JSONL, CSV or plain-text file.
+
+    * ``.jsonl`` / ``.json``: one JSON object per line with ``question`` (or ``text``) and an
+      optional ``question_id`` (or ``id``/``qid``).
+    * ``.csv``: a header row naming the same columns.
+    * anything else: one question per non-empty line; ids are ``q<line number>``.
+
+    Lines without an id get ``q<line number>``. Blank lines are skipped.
+
+    Raises:
+        DatasetError: the file is missing, empty, or a row is malformed (naming file and line).
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise DatasetError(f"{source}: questions file not found")
+    suffix = source.suffix.lower()
+    questions: list[Question] = []
+    text = source.read_text(encoding="utf-8")
+    if suffix in (".jsonl", ".json"):
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{source}:{line_no}: not a JSON object ({err.msg})") from err
+            if not isinstance(row, dict):
+                raise DatasetError(
+                    f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}"
+                )
+            questions.append(_question_from_row(row, path=source, line=line_no))
+    elif suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if reader.fieldnames is None or not set(reader.fieldnames) & set(TEXT_KEYS):
+            raise DatasetError(
+                f"{source}:1: the CSV header must name a 'question' (or 'text') column"
+            )
+        for line_no, row in enumerate(reader, start=2):
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue
+            questions.append(_question_from_row(row, path=source, line=line_no))
+    else:
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                questions.append(Question(question_id=f"q{line_no}", text=line.strip()))
+    if not questions:
+        raise DatasetError(f"{source}: no questions found")
+    seen: set[str] = set()
+    for question in questions:
+        if question.question_id in seen:
+            raise DatasetError(f"{source}: question_id {question.question_id!r} appears twice")
+        seen.add(question.question_id)
+    return questions

@@ -1,0 +1,146 @@
+"""``lrs ask``: answer questions about an ingested scene (or plan what they would cost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from lrs_core.cli._common import console, fail, print_json
+
+if TYPE_CHECKING:
+    from lrs_core.records import AnswerRecord
+
+
+def record_json(record: AnswerRecord) -> dict[str, Any]:
+    """Return one ``--json`` line: the record's fields plus convenience keys.
+
+    Top level: every field of ``record.to_dict()`` except ``accounting``, plus ``evidence`` (tiles
+    as ``{level, tile_rc, bbox_px: [x0, y0, x1, y1], score, is_final}``) and ``accounting`` as plain
+    numbers (``flops`` = total FLOPs, ``seconds`` = total wall time). ``record`` holds the untouched
+    ``record.to_dict()``, which :meth:`AnswerRecord.from_dict` reads back.
+    """
+    full = record.to_dict()
+    acc = record.accounting
+    data = {key: value for key, value in full.items() if key != "accounting"}
+    data["evidence"] = [
+        {
+            "level": tile.dip_level,
+            "tile_rc": list(tile.tile_rc),
+            "bbox_px": list(tile.bbox_px),
+            "score": tile.score,
+            "is_final": tile.is_final,
+        }
+        for tile in record.evidence_tiles
+    ]
+    data["accounting"] = {
+        "vision_tiles_encoded": acc.vision_tiles_encoded,
+        "vision_tiles_cached": acc.vision_tiles_cached,
+        "tokens_per_level": list(acc.tokens_per_level),
+        "vision_tokens_to_llm": acc.vision_tokens_to_llm,
+        "llm_text_tokens": acc.llm_text_tokens,
+        "llm_prefill_tokens": acc.llm_prefill_tokens,
+        "decode_steps": acc.decode_steps,
+        "flops": acc.flops.total_flops,
+        "seconds": acc.seconds.get("total", 0.0),
+        "peak_memory_bytes": acc.peak_memory_bytes,
+        "planned": acc.planned,
+    }
+    data["record"] = full
+    return data
+
+
+def _summary(record: AnswerRecord) -> str:
+    acc = record.accounting
+    kind = "planned" if acc.planned else "measured"
+    return (
+        f"{kind}: tiles {acc.vision_tiles_encoded} (+{acc.vision_tiles_cached} cached), "
+        f"vision tokens {acc.vision_tokens_to_llm}, prefill {acc.llm_prefill_tokens}, "
+        f"{acc.flops.total_flops / 1e12:.3f} TFLOPs, {acc.seconds.get('total', 0.0):.2f} s"
+    )
+
+
+def ask(
+    scene: Annotated[Path, typer.Option("--scene", help="Scene store (<scene_id>.zarr).")],
+    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    question: Annotated[str | None, typer.Option("--question", help="One question.")] = None,
+    questions: Annotated[
+        Path | None, typer.Option("--questions", help="JSONL / CSV / text file of questions.")
+    ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset", help="default | parity | thumbnail | grid-N | full | fastv | pdrop."
+        ),
+    ] = "default",
+    budget: Annotated[
+        int | None, typer.Option("--budget", help="Most vision tokens sent to the LLM.")
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")
+    ] = "cpu",
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help="Most generated tokens.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count tiles, tokens and FLOPs; run no model.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per question.")] = False,
+) -> None:
+    """Answer questions about a scene with a coarse-to-fine pruned vision-language model."""
+    from lrs_core.ask import Question, load_engine, read_questions_file
+    from lrs_core.cli._common import progress_bar
+    from lrs_core.errors import ConfigError, LrsError
+    from lrs_core.pyramid import open_pyramid
+
+    if (question is None) == (questions is None):
+        fail("give exactly one of --question TEXT or --questions FILE", code=EXIT_USAGE)
+    overrides: dict[str, Any] = {}
+    if max_new_tokens is not None:
+        overrides["max_new_tokens"] = max_new_tokens
+    try:
+        items = (
+            [Question(question_id="q1", text=question)]
+            if question is not None
+            else read_questions_file(questions)  # type: ignore[arg-type]  # checked above
+        )
+        engine = load_engine(
+            model, preset=preset, budget=budget, device=device, overrides=overrides
+        )
+        pyramid = open_pyramid(scene)
+    except ConfigError as err:
+        fail(str(err), code=EXIT_USAGE)
+        return
+    except LrsError as err:
+        fail(str(err), code=EXIT_FAILED)
+        return
+    if dry_run:
+        records = []
+        for item in items:
+            try:
+                records.append(engine.plan(pyramid, item.text, question_id=item.question_id))
+            except LrsError as err:
+                fail(f"{item.question_id}: {err}", code=EXIT_FAILED)
+    else:
+        with progress_bar("ask", enabled=not as_json and len(items) > 1) as update:
+            records = engine.answer_many(
+                pyramid, [(q.question_id, q.text) for q in items], progress=update
+            )
+    for record in records:
+        if as_json:
+            print_json(record_json(record))
+        elif record.error is not None:
+            console.print(
+                f"[bold red]failed[/] {record.question_id}: {record.error}", highlight=False
+            )
+        else:
+            typer.echo(record.answer if not dry_run else f"[dry run] {record.question_id}")
+            console.print(_summary(record), highlight=False)
+    raise typer.Exit(EXIT_FAILED if any(r.error is not None for r in records) else EXIT_OK)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``ask`` command to the ``lrs`` application."""
+    app.command("ask")(ask)

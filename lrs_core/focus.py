@@ -1,0 +1,1027 @@
+"""The coarse-to-fine engine: Dynamic Image Pyramid + Region Focus Module, and its baselines.
+
+Reads top to bottom: the config (:mod:`lrs_core.focus_config`), the scorer seam, the loop state,
+then :class:`FocusEngine`. One question goes through these stages::
+
+    thumbnail + all tiles of dip_level 1 -> RFM scores -> tiles of the next level (zoom)
+        -> encode only those tiles -> RFM on their tokens -> ... -> prune at the last level
+        -> LLM on [text | thumbnail | ':' | kept tokens, raster order, newline per row | text]
+
+Baselines (``thumbnail``, ``grid-N``, ``full``, ``fastv``, ``pdrop``) share the tile reading,
+feature cache, sequence building and accounting. Every answer is an
+:class:`~lrs_core.records.AnswerRecord` with evidence tiles of every level, kept tokens, a heat map
+and the accounting. ``plan`` counts the same figures without running a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import psutil
+import torch
+
+from lrs_core.dip import (
+    DipConfig,
+    DipLevel,
+    DipPlan,
+    plan_pyramid,
+    resized_hw,
+    unpadded_token_grid_hw,
+)
+from lrs_core.errors import LrsError, TokenBudgetError
+from lrs_core.features import FeatureCache, FeatureKey
+from lrs_core.focus_config import FocusConfig
+from lrs_core.focus_select import (
+    TileChoice,
+    prune_tokens,
+    pruned_size,
+    select_tiles_parity,
+    select_tiles_ranked,
+    top_indices,
+    valid_token_mask,
+)
+from lrs_core.focus_sequence import LevelSequence, build_level_sequence, embed_sequence
+from lrs_core.heatmap import splat_levels
+from lrs_core.models.flops import ModelDims, count_flops, dims_from_configs
+from lrs_core.models.generation import generate_from_embeds
+from lrs_core.models.io import LoadedModel
+from lrs_core.models.layout import TokenKind
+from lrs_core.models.prompt import PromptIds, tokenize_prompt
+from lrs_core.records import (
+    Accounting,
+    AnswerRecord,
+    FlopCount,
+    SceneRef,
+    TileEvidence,
+    TokenEvidence,
+)
+from lrs_core.rfm import RfmConfig, score_level_tokens
+from lrs_core.tiles import read_thumbnail, read_tiles
+
+__all__ = ["FocusConfig", "FocusEngine", "FocusState", "RfmScorer", "ScoreRequest", "TokenScorer"]
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+TileRc = tuple[int, int]
+#: Stages timed in ``Accounting.seconds`` (``total`` is added).
+STAGES = ("read", "vision", "rfm", "llm")
+
+
+# -- the scorer seam ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreRequest:
+    """One RFM pass: a level's sequence and the keys to score (batch of one question).
+
+    Attributes:
+        level: the DIP level being scored.
+        key_grid_rc: int64 (K, 2) token (row, col) of each key; newline keys have col ``Wt``.
+        key_is_newline: bool (K,).
+        key_valid: bool (K,); False for placeholders (they must score 0).
+        inputs_embeds: float (1, L, D).
+        position_ids: int64 (1, L).
+        attention_mask: int64 (1, L); 0 for placeholders.
+        query_positions: int64 (1, 1); the last prompt token.
+        key_positions: int64 (1, K).
+        question: the question text.
+    """
+
+    level: DipLevel
+    key_grid_rc: npt.NDArray[np.int64]
+    key_is_newline: BoolArray
+    key_valid: BoolArray
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    query_positions: torch.Tensor
+    key_positions: torch.Tensor
+    question: str
+
+
+class TokenScorer(Protocol):
+    """Scores the keys of a :class:`ScoreRequest`: float32 (K,), 0 at invalid keys."""
+
+    def __call__(self, request: ScoreRequest) -> FloatArray:
+        """Return float32 (K,) scores."""
+        ...
+
+
+class RfmScorer:
+    """The Region Focus Module as a :class:`TokenScorer` (spec §3)."""
+
+    def __init__(self, loaded: LoadedModel, *, config: RfmConfig | None = None) -> None:
+        self.model = loaded.model
+        self.config = config or RfmConfig()
+
+    def __call__(self, request: ScoreRequest) -> FloatArray:
+        """Return the RFM probabilities of the request's keys, float32 (K,)."""
+        scores = score_level_tokens(
+            self.model,
+            request.inputs_embeds,
+            position_ids=request.position_ids,
+            attention_mask=request.attention_mask,
+            query_positions=request.query_positions,
+            key_positions=request.key_positions,
+            key_mask=torch.from_numpy(request.key_valid)[None],
+            config=self.config,
+        )
+        return scores[0].float().cpu().numpy()
+
+
+# -- loop state --------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoredLevel:
+    """One level the loop visited: its encoded tiles and the RFM scores of their tokens.
+
+    Attributes:
+        level: the DIP level.
+        tiles_rc: encoded tiles, row-major.
+        valid: bool (Ht, Wt); tokens of the encoded tiles.
+        token_scores: float32 (Ht, Wt); RFM probabilities (0 where not scored).
+        newline_scores: float32 (Ht,); newline probabilities (0 unless newlines are keys).
+        scored: whether the RFM ran on it.
+    """
+
+    level: DipLevel
+    tiles_rc: list[TileRc]
+    valid: BoolArray
+    token_scores: FloatArray
+    newline_scores: FloatArray
+    scored: bool = False
+
+
+@dataclass
+class FocusState:
+    """Everything one question's loop carries from stage to stage (passed explicitly).
+
+    Attributes:
+        question: the question text.
+        prompt: its token ids around the image.
+        plan: the scene's DIP.
+        allowance: vision tokens the LLM may receive (thumbnail + separator included).
+        visited: levels visited, coarse to fine.
+        tile_feats: float (n, 144, D) features of the current level's tiles (aligned with
+            ``visited[-1].tiles_rc``).
+        tiles_encoded: vision-tower tile passes run (thumbnail included).
+        tiles_cached: tiles served by the feature cache.
+        rfm_tokens: RFM sequence length of each pass.
+        stop_reason: why zooming stopped.
+        seconds: wall time per stage.
+    """
+
+    question: str
+    prompt: PromptIds
+    plan: DipPlan
+    allowance: int
+    visited: list[ScoredLevel] = field(default_factory=list)
+    tile_feats: torch.Tensor | None = None
+    tiles_encoded: int = 0
+    tiles_cached: int = 0
+    rfm_tokens: list[int] = field(default_factory=list)
+    stop_reason: str = ""
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+@dataclass(frozen=True, eq=False)
+class LlmInput:
+    """The sequence the LLM gets and what it is made of.
+
+    Attributes:
+        sequence: the kept slots (layout + full-sequence positions).
+        inputs_embeds: float (1, L, D).
+        position_ids: int64 (1, L) in the configured position mode.
+        level: the DIP level of the level tokens (None for thumbnail only).
+    """
+
+    sequence: LevelSequence
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    level: DipLevel | None
+
+    @property
+    def n_text(self) -> int:
+        """Text tokens (separator excluded)."""
+        return int((self.sequence.layout.kind == TokenKind.TEXT.value).sum())
+
+    @property
+    def n_vision(self) -> int:
+        """Vision tokens: thumbnail, separator, level tokens and newlines."""
+        return self.sequence.length - self.n_text
+
+
+class _MemoryProbe:
+    """Peak memory of a question: CUDA ``max_memory_allocated``, else sampled RSS growth."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.process = psutil.Process()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.start = self.process.memory_info().rss
+        self.peak = self.start
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        self.sample()
+        return int(self.peak - self.start)
+
+
+def question_id_of(text: str) -> str:
+    """A stable id for a question without one: ``q-`` + 12 hex digits of its SHA-256."""
+    return "q-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def grid_level(image_hw: tuple[int, int], n: int, *, config: DipConfig) -> DipLevel:
+    """The ``grid-N`` view: the scene resized so its long side is N tiles, fill-to-grid (§1.3)."""
+    tile = config.tile_size_px
+    ratio = n * tile / max(image_hw)
+    resize = resized_hw(image_hw[0], image_hw[1], ratio, tile_size_px=tile)
+    grid_h, grid_w = -(-resize[0] // tile), -(-resize[1] // tile)
+    canvas = (grid_h * config.tokens_per_tile_side, grid_w * config.tokens_per_tile_side)
+    return DipLevel(
+        dip_level=1,
+        ratio=ratio,
+        image_hw=image_hw,
+        resize_hw=resize,
+        token_grid_hw=unpadded_token_grid_hw(canvas, resize),
+        tile_size_px=tile,
+        tokens_per_tile_side=config.tokens_per_tile_side,
+    )
+
+
+def all_tiles(level: DipLevel) -> list[TileRc]:
+    """Every tile of a level, row-major."""
+    rows, cols = level.grid_hw
+    return [(r, c) for r in range(rows) for c in range(cols)]
+
+
+def level_view_tokens(level: DipLevel) -> int:
+    """Vision tokens of a whole level in the LLM: separator + ``Ht * (Wt + 1)``."""
+    return 1 + level.n_tokens
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+class FocusEngine:
+    """Answers questions about scenes with one model and one :class:`FocusConfig`.
+
+    Args:
+        loaded: the model and tokenizer (:func:`lrs_core.models.io.load_model`).
+        config: the preset and its parameters.
+        feature_cache: tile features shared across questions (a fresh 512 MiB cache if None).
+        scorer: the token scorer; None = :class:`RfmScorer` (inject another to test the loop).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        config: FocusConfig,
+        feature_cache: FeatureCache | None = None,
+        scorer: TokenScorer | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.config = config
+        vlm = self.model.config
+        self.dip_config = DipConfig.preset(
+            config.pyramid_rule,
+            tile_size_px=vlm.tile_size_px,
+            patch_size_px=vlm.patch_size_px,
+            tokens_per_tile_side=vlm.pooled_per_side,
+        )
+        self.feature_cache = FeatureCache() if feature_cache is None else feature_cache
+        rfm_config = RfmConfig(exclude_newline_keys=not config.include_newline_in_selection)
+        self.scorer: TokenScorer = scorer or RfmScorer(loaded, config=rfm_config)
+        vision_config: Any = self.model.vision_tower.config
+        self.dims: ModelDims = dims_from_configs(
+            vision_config,
+            self.model.llm.config,
+            rfm_layers=len(self.model.rfm.layers) - 1,
+            projector_in=int(vision_config.hidden_size),
+        )
+        self.thumbnail_tokens = self.dip_config.thumbnail_tokens
+        separator = self.tokenizer.convert_tokens_to_ids(vlm.separator_token)
+        if separator is None or separator == self.tokenizer.unk_token_id:
+            separator = self.tokenizer(vlm.separator_token, add_special_tokens=False).input_ids[-1]
+        self.separator_id = int(separator)
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def answer(
+        self, pyramid: Any, question: str, *, question_id: str | None = None
+    ) -> AnswerRecord:
+        """Answer one question about a scene.
+
+        Args:
+            pyramid: an opened scene store (:func:`lrs_core.pyramid.open_pyramid`).
+            question: the question text.
+            question_id: id for the record (default: a hash of the text).
+
+        Raises:
+            TokenBudgetError: the text alone does not fit the context, or a non-pruning view
+                exceeds ``token_budget``.
+        """
+        start = time.perf_counter()
+        probe = _MemoryProbe(self.model.device)
+        with torch.inference_mode():
+            state, llm_input, evidence_levels = self._build(pyramid, question, probe)
+            answer, decode_steps, llm_flops, extra = self._generate(state, llm_input)
+        probe.sample()
+        state.seconds["total"] = time.perf_counter() - start
+        return self._record(
+            scene=pyramid.scene_ref(),
+            question=question,
+            question_id=question_id or question_id_of(question),
+            answer=answer,
+            state=state,
+            llm_input_counts=(llm_input.n_vision, llm_input.n_text),
+            levels=evidence_levels,
+            kept=llm_input,
+            decode_steps=decode_steps,
+            llm_flops=llm_flops,
+            peak=probe.peak_bytes(),
+            extra=extra,
+            planned=False,
+        )
+
+    def answer_many(
+        self,
+        pyramid: Any,
+        questions: Sequence[tuple[str, str]],
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[AnswerRecord]:
+        """Answer several ``(question_id, text)`` questions about one scene, sharing tile features.
+
+        The thumbnail and every tile are encoded once per scene (the feature cache). A question that
+        fails with an :class:`LrsError` gets a record with ``error`` set and an empty answer.
+        """
+        records = []
+        for index, (question_id, text) in enumerate(questions):
+            try:
+                records.append(self.answer(pyramid, text, question_id=question_id))
+            except LrsError as err:
+                log.warning(
+                    "%s: question %s failed: %s", getattr(pyramid, "store", "?"), question_id, err
+                )
+                records.append(
+                    AnswerRecord(
+                        question_id=question_id,
+                        scene=pyramid.scene_ref(),
+                        question=text,
+                        answer="",
+                        model_id=self.loaded.model_id,
+                        preset=self.config.preset,
+                        preset_params=self.config.to_dict(),
+                        error=f"{type(err).__name__}: {err}",
+                    )
+                )
+            if progress is not None:
+                progress(index + 1, len(questions))
+        return records
+
+    def prepare(self, pyramid: Any, question: str) -> LlmInput:
+        """Run everything up to the LLM and return its input (for tests and inspection)."""
+        probe = _MemoryProbe(self.model.device)
+        with torch.inference_mode():
+            _, llm_input, _ = self._build(pyramid, question, probe)
+        return llm_input
+
+    def plan(
+        self, pyramid_or_size_wh: Any, question: str, *, question_id: str | None = None
+    ) -> AnswerRecord:
+        """Count tiles, tokens and FLOPs of a question without running any model (a dry run).
+
+        Exact for ``thumbnail``, ``grid-N``, ``full``; ``fastv``/``pdrop`` add the schedule's
+        per-layer lengths. For ``focus`` presets the zoom tiles depend on the RFM, so the plan is an
+        upper bound: every tile of each reachable level, capped by ``tiles_cap`` and the budget
+        (``preset_params["run"]["plan"]`` says so). Decode steps are ``max_new_tokens``.
+        """
+        from lrs_core.focus_plan import plan_question
+
+        return plan_question(self, pyramid_or_size_wh, question, question_id=question_id)
+
+    # -- tiles and features --------------------------------------------------------------------
+
+    def _scene_key(self, pyramid: Any) -> str:
+        lrs = getattr(pyramid, "attributes", {}).get("lrs", {})
+        checksum = lrs.get("checksum") if isinstance(lrs, dict) else None
+        return f"{pyramid.scene_id}:{checksum or pyramid.store}"
+
+    def _model_key(self) -> str:
+        return f"{self.loaded.model_id}@{str(self.model.dtype).removeprefix('torch.')}"
+
+    @contextmanager
+    def _timed(self, state: FocusState, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            state.seconds[stage] += time.perf_counter() - start
+
+    def _encode(self, state: FocusState, tiles: np.ndarray, *, pooled: bool) -> torch.Tensor:
+        with self._timed(state, "vision"):
+            pixels = self.model.preprocess_tiles(tiles)
+            feats = self.model.encode_tiles(
+                pixels, pooled=pooled, batch_size=self.config.vision_batch_size
+            )
+        state.tiles_encoded += tiles.shape[0]
+        return feats
+
+    def _thumbnail_feats(self, state: FocusState, pyramid: Any) -> torch.Tensor:
+        thumb = state.plan.thumbnail
+        key = FeatureKey(
+            scene_key=self._scene_key(pyramid),
+            model_key=self._model_key(),
+            view_key=f"{self.config.resampler}-thumbnail-{thumb.resize_hw[0]}x{thumb.resize_hw[1]}",
+            dip_level=0,
+            tile_rc=(0, 0),
+        )
+        cached = self.feature_cache.get(key, store=pyramid.store)
+        if cached is not None:
+            state.tiles_cached += 1
+            return cached.to(self.model.device, self.model.dtype)
+        with self._timed(state, "read"):
+            pixels = read_thumbnail(pyramid, thumb, resampler=self.config.resampler)
+        feats = self._encode(state, pixels[None], pooled=False)[0]
+        self.feature_cache.put(key, feats, store=pyramid.store)
+        return feats
+
+    def _tile_feats(
+        self,
+        state: FocusState,
+        pyramid: Any,
+        level: DipLevel,
+        tiles_rc: list[TileRc],
+        *,
+        bypass_cache: bool = False,
+    ) -> torch.Tensor:
+        """Float (n, 144, D) features of a level's tiles, from the cache or encoded (read lazily)."""
+        rows, cols = level.resize_hw
+        view_key = f"{self.config.resampler}-{level.tile_size_px}-{rows}x{cols}"
+        keys = [
+            FeatureKey(
+                scene_key=self._scene_key(pyramid),
+                model_key=self._model_key(),
+                view_key=view_key,
+                dip_level=level.dip_level,
+                tile_rc=tile,
+            )
+            for tile in tiles_rc
+        ]
+        found: dict[int, torch.Tensor] = {}
+        if not bypass_cache:
+            for index, key in enumerate(keys):
+                cached = self.feature_cache.get(key, store=pyramid.store)
+                if cached is not None:
+                    found[index] = cached
+        state.tiles_cached += len(found)
+        missing = [i for i in range(len(tiles_rc)) if i not in found]
+        if missing:
+            with self._timed(state, "read"):
+                pixels = read_tiles(
+                    pyramid, level, [tiles_rc[i] for i in missing], resampler=self.config.resampler
+                )
+            feats = self._encode(state, pixels, pooled=True)
+            for row, index in enumerate(missing):
+                found[index] = feats[row]
+                self.feature_cache.put(keys[index], feats[row], store=pyramid.store)
+        device, dtype = self.model.device, self.model.dtype
+        if not tiles_rc:
+            per_tile = level.tokens_per_tile_side**2
+            return torch.zeros(0, per_tile, self.model.hidden_size, device=device, dtype=dtype)
+        return torch.stack([found[i].to(device, dtype) for i in range(len(tiles_rc))])
+
+    # -- budget --------------------------------------------------------------------------------
+
+    def allowance(self, prompt: PromptIds) -> int:
+        """Vision tokens the LLM may receive: ``min(token_budget, context - text)``.
+
+        Raises:
+            TokenBudgetError: the text alone does not fit the model's context.
+        """
+        context = self.model.config.max_context_tokens
+        left = context - prompt.n_text_tokens
+        if left < 0:
+            raise TokenBudgetError(
+                f"the prompt holds {prompt.n_text_tokens} text tokens but the model's context is "
+                f"{context}; shorten the question (vision tokens are already prunable, text is not)"
+            )
+        budget = self.config.token_budget
+        return left if budget is None else min(budget, left)
+
+    def _check_thumbnail_fits(self, allowance: int, *, with_level: bool) -> None:
+        need = self.thumbnail_tokens + int(with_level)
+        if allowance < need:
+            raise TokenBudgetError(
+                f"only {allowance} vision tokens fit (token_budget={self.config.token_budget}, "
+                f"context {self.model.config.max_context_tokens}) but the thumbnail needs {need}; "
+                "raise --budget or shorten the question"
+            )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _build(
+        self, pyramid: Any, question: str, probe: _MemoryProbe
+    ) -> tuple[FocusState, LlmInput, list[ScoredLevel]]:
+        prompt = tokenize_prompt(self.tokenizer, question, template=self.model.config.chat_template)
+        width, height = pyramid.size_wh
+        plan = plan_pyramid(int(width), int(height), config=self.dip_config)
+        state = FocusState(
+            question=question, prompt=prompt, plan=plan, allowance=self.allowance(prompt)
+        )
+        strategy = self.config.strategy
+        if strategy == "focus":
+            self._check_thumbnail_fits(state.allowance, with_level=True)
+            thumb = self._thumbnail_feats(state, pyramid)
+            self._focus_loop(state, pyramid, thumb)
+            probe.sample()
+            last = state.visited[-1]
+            pruned = prune_tokens(
+                last.token_scores,
+                last.newline_scores,
+                last.valid,
+                keep_ratio=self.config.keep_ratio,
+                newlines_in_ratio=self.config.include_newline_in_selection,
+                keep_all_newlines=self.config.keep_all_newlines,
+                allowance=state.allowance - self.thumbnail_tokens - 1,
+            )
+            sequence = build_level_sequence(
+                prompt,
+                thumbnail_tokens=self.thumbnail_tokens,
+                separator_id=self.separator_id,
+                level=last.level,
+                include=pruned.keep,
+                newline_rows=pruned.newline_rows,
+            )
+            llm_input = self._llm_input(
+                sequence, thumb, last.level, last.tiles_rc, state.tile_feats
+            )
+            return state, llm_input, state.visited
+        level = self.baseline_level(plan, state.allowance)
+        if level is None:
+            self._check_thumbnail_fits(state.allowance, with_level=False)
+        thumb = self._thumbnail_feats(state, pyramid)
+        tiles = [] if level is None else all_tiles(level)
+        feats = None if level is None else self._tile_feats(state, pyramid, level, tiles)
+        probe.sample()
+        sequence = build_level_sequence(
+            prompt,
+            thumbnail_tokens=self.thumbnail_tokens,
+            separator_id=self.separator_id,
+            level=level,
+        )
+        llm_input = self._llm_input(sequence, thumb, level, tiles, feats)
+        visited = []
+        if level is not None:
+            rows, cols = level.token_grid_hw
+            visited.append(
+                ScoredLevel(
+                    level=level,
+                    tiles_rc=tiles,
+                    valid=np.ones((rows, cols), dtype=bool),
+                    token_scores=np.zeros((rows, cols), dtype=np.float32),
+                    newline_scores=np.zeros(rows, dtype=np.float32),
+                )
+            )
+        return state, llm_input, visited
+
+    def baseline_level(self, plan: DipPlan, allowance: int) -> DipLevel | None:
+        """The level a baseline feeds whole (None = thumbnail only).
+
+        ``grid``: the ``grid-N`` view. ``full``/``fastv``/``pdrop``: the finest level ``default``
+        would reach (``max_zoom_steps`` counted from level 1), stepping down to the finest level
+        that fits an explicit ``token_budget``.
+
+        Raises:
+            TokenBudgetError: an explicit ``token_budget`` is too small for the view.
+        """
+        strategy, budget = self.config.strategy, self.config.token_budget
+        if strategy == "thumbnail":
+            return None
+        if strategy == "grid":
+            level = grid_level(plan.image_hw, self.config.grid_n, config=self.dip_config)
+            candidates = [level]
+        else:
+            steps = self.config.max_zoom_steps
+            finest = plan.n_levels if steps is None else min(plan.n_levels, 1 + steps)
+            candidates = [plan.level(k) for k in range(finest, 0, -1)]
+        for level in candidates:
+            need = self.thumbnail_tokens + level_view_tokens(level)
+            if budget is None or need <= allowance:
+                if need > allowance:
+                    log.warning(
+                        "the %s view needs %d vision tokens, over the %d left in the context",
+                        self.config.preset,
+                        need,
+                        allowance,
+                    )
+                return level
+        raise TokenBudgetError(
+            f"the {self.config.preset} view needs "
+            f"{self.thumbnail_tokens + level_view_tokens(candidates[-1])} "
+            f"vision tokens but token_budget={budget} allows {allowance}; raise --budget or use a "
+            "pruning preset (default, parity)"
+        )
+
+    def _focus_loop(self, state: FocusState, pyramid: Any, thumb: torch.Tensor) -> None:
+        cfg, plan = self.config, state.plan
+        level = plan.level(1)
+        tiles = all_tiles(level)
+        state.tile_feats = self._tile_feats(state, pyramid, level, tiles)
+        level_allowance = state.allowance - self.thumbnail_tokens - 1
+        zoom_steps = 0
+        while True:
+            current = self._score(state, level, tiles, thumb)
+            state.visited.append(current)
+            if cfg.max_zoom_steps is not None and zoom_steps >= cfg.max_zoom_steps:
+                state.stop_reason = f"max_zoom_steps={cfg.max_zoom_steps} reached"
+                break
+            if level.dip_level < plan.n_levels:
+                next_level = plan.level(level.dip_level + 1)
+            elif cfg.reencode_single_level and plan.n_levels == 1:
+                next_level = level
+            else:
+                state.stop_reason = "finest level reached"
+                break
+            choice = self._choose_tiles(current, next_level)
+            next_tiles = sorted(choice.tiles_rc)
+            valid = valid_token_mask(next_level, next_tiles)
+            need = pruned_size(
+                int(valid.sum()),
+                int(valid.any(axis=1).sum()),
+                keep_ratio=cfg.keep_ratio,
+                all_newlines=cfg.keep_all_newlines,
+                total_rows=next_level.token_grid_hw[0],
+            )
+            if not next_tiles or need > level_allowance:
+                state.stop_reason = (
+                    f"dip_level {next_level.dip_level} would need {need} vision tokens after "
+                    "pruning, "
+                    f"over the {level_allowance} allowed"
+                )
+                break
+            same_level = next_level is level
+            level, tiles = next_level, next_tiles
+            state.tile_feats = self._tile_feats(
+                state, pyramid, level, tiles, bypass_cache=same_level
+            )
+            zoom_steps += 1
+
+    def _choose_tiles(self, current: ScoredLevel, next_level: DipLevel) -> TileChoice:
+        cfg = self.config
+        if cfg.include_newline_in_selection:
+            return select_tiles_parity(
+                current.token_scores,
+                current.newline_scores,
+                current.valid,
+                level=current.level,
+                next_level=next_level,
+                ratio=cfg.select_ratio,
+            )
+        return select_tiles_ranked(
+            current.token_scores,
+            current.valid,
+            level=current.level,
+            next_level=next_level,
+            ratio=cfg.select_ratio,
+            tiles_cap=cfg.tiles_cap,
+            neighbour_expansion=cfg.neighbour_expansion,
+        )
+
+    def _score(
+        self, state: FocusState, level: DipLevel, tiles: list[TileRc], thumb: torch.Tensor
+    ) -> ScoredLevel:
+        """One RFM pass over a level's encoded tiles (spec §3, §5.1)."""
+        cfg = self.config
+        rows_n, cols_n = level.token_grid_hw
+        valid = valid_token_mask(level, tiles)
+        newline_rows = np.ones(rows_n, dtype=bool) if cfg.keep_all_newlines else valid.any(axis=1)
+        if cfg.rfm_gather_valid_only:
+            sequence = build_level_sequence(
+                state.prompt,
+                thumbnail_tokens=self.thumbnail_tokens,
+                separator_id=self.separator_id,
+                level=level,
+                include=valid,
+                newline_rows=newline_rows,
+            )
+        else:
+            sequence = build_level_sequence(
+                state.prompt,
+                thumbnail_tokens=self.thumbnail_tokens,
+                separator_id=self.separator_id,
+                level=level,
+                newline_rows=np.ones(rows_n, dtype=bool),
+                placeholder=~valid,
+            )
+        kinds = (
+            (TokenKind.LEVEL, TokenKind.NEWLINE)
+            if cfg.include_newline_in_selection
+            else (TokenKind.LEVEL,)
+        )
+        key_index = sequence.positions_of(*kinds)
+        layout = sequence.layout
+        key_rc = np.stack([layout.grid_r[key_index], layout.grid_c[key_index]], axis=1)
+        is_newline = layout.kind[key_index] == TokenKind.NEWLINE.value
+        key_valid = ~sequence.is_placeholder[key_index]
+        with self._timed(state, "rfm"):
+            embeds = embed_sequence(
+                self.model,
+                sequence,
+                thumbnail_feats=thumb,
+                level=level,
+                tiles_rc=tiles,
+                tile_feats=state.tile_feats,
+            )
+            device = self.model.device
+            request = ScoreRequest(
+                level=level,
+                key_grid_rc=key_rc,
+                key_is_newline=is_newline,
+                key_valid=key_valid,
+                inputs_embeds=embeds[None],
+                position_ids=torch.from_numpy(sequence.positions)[None].to(device),
+                attention_mask=torch.from_numpy((~sequence.is_placeholder).astype(np.int64))[
+                    None
+                ].to(device),
+                query_positions=torch.tensor([[sequence.length - 1]], device=device),
+                key_positions=torch.from_numpy(key_index)[None].to(device),
+                question=state.question,
+            )
+            scores = np.asarray(self.scorer(request), dtype=np.float32)
+        state.rfm_tokens.append(sequence.length)
+        scores = np.where(key_valid, scores, 0.0).astype(np.float32)
+        token_scores = np.zeros((rows_n, cols_n), dtype=np.float32)
+        newline_scores = np.zeros(rows_n, dtype=np.float32)
+        token_scores[key_rc[~is_newline, 0], key_rc[~is_newline, 1]] = scores[~is_newline]
+        newline_scores[key_rc[is_newline, 0]] = scores[is_newline]
+        return ScoredLevel(
+            level=level,
+            tiles_rc=list(tiles),
+            valid=valid,
+            token_scores=token_scores,
+            newline_scores=newline_scores,
+            scored=True,
+        )
+
+    # -- the LLM -------------------------------------------------------------------------------
+
+    def _llm_input(
+        self,
+        sequence: LevelSequence,
+        thumb: torch.Tensor,
+        level: DipLevel | None,
+        tiles: list[TileRc],
+        feats: torch.Tensor | None,
+    ) -> LlmInput:
+        embeds = embed_sequence(
+            self.model,
+            sequence,
+            thumbnail_feats=thumb,
+            level=level,
+            tiles_rc=tiles,
+            tile_feats=feats,
+        )
+        if self.config.position_mode == "original":
+            positions = torch.from_numpy(sequence.positions)
+        else:
+            positions = torch.arange(sequence.length)
+        return LlmInput(
+            sequence=sequence,
+            inputs_embeds=embeds[None],
+            position_ids=positions[None].to(self.model.device),
+            level=level,
+        )
+
+    def _generate(
+        self, state: FocusState, llm_input: LlmInput
+    ) -> tuple[str, int, float, dict[str, Any]]:
+        """Run the LLM; return (answer, decode steps, LLM FLOPs, extra record fields)."""
+        cfg = self.config
+        tokenizer = self.tokenizer
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        mask = torch.ones_like(llm_input.position_ids)
+        extra: dict[str, Any] = {}
+        with self._timed(state, "llm"):
+            if cfg.strategy in ("fastv", "pdrop"):
+                from lrs_core.models.layer_drop import LayerDropSchedule, generate_with_layer_drop
+
+                n_layers = int(self.model.llm.config.num_hidden_layers)
+                if cfg.strategy == "fastv":
+                    schedule = LayerDropSchedule.fastv(
+                        layer=cfg.fastv_layer, keep_ratio=cfg.fastv_keep_ratio
+                    )
+                else:
+                    schedule = LayerDropSchedule.pdrop(
+                        num_layers=n_layers,
+                        keep_ratio=cfg.pdrop_keep_ratio,
+                        n_stages=cfg.pdrop_stages,
+                    )
+                vision = llm_input.sequence.positions_of(
+                    TokenKind.THUMBNAIL, TokenKind.LEVEL, TokenKind.NEWLINE
+                )
+                result = generate_with_layer_drop(
+                    self.model.llm,
+                    llm_input.inputs_embeds,
+                    vision_positions=torch.from_numpy(vision).to(self.model.device),
+                    schedule=schedule,
+                    max_new_tokens=cfg.max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=int(pad),
+                    attention_mask=mask,
+                )
+                generation = result.generation
+                tokens_per_layer = list(result.tokens_per_layer)
+                extra["tokens_per_layer"] = tokens_per_layer
+                extra["schedule"] = [list(s) for s in schedule.stages]
+                steps = generation.decode_steps[0]
+                llm_flops = layer_drop_llm_flops(self.dims, tokens_per_layer, decode_steps=steps)
+            else:
+                generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
+                generation = generate_from_embeds(
+                    self.model.llm,
+                    llm_input.inputs_embeds,
+                    attention_mask=mask,
+                    position_ids=llm_input.position_ids,
+                    max_new_tokens=cfg.max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=int(pad),
+                    do_sample=cfg.do_sample,
+                    generator=generator,
+                )
+                steps = generation.decode_steps[0]
+                llm_flops = count_flops(
+                    self.dims,
+                    vision_tiles=0,
+                    prefill_tokens=llm_input.sequence.length,
+                    decode_steps=steps,
+                ).llm_flops
+        answer = tokenizer.decode(generation.token_ids[0], skip_special_tokens=True).strip()
+        return answer, steps, llm_flops, extra
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def _record(
+        self,
+        *,
+        scene: SceneRef,
+        question: str,
+        question_id: str,
+        answer: str,
+        state: FocusState,
+        llm_input_counts: tuple[int, int],
+        levels: list[ScoredLevel],
+        kept: LlmInput | None,
+        decode_steps: int,
+        llm_flops: float,
+        peak: int,
+        extra: dict[str, Any],
+        planned: bool,
+    ) -> AnswerRecord:
+        n_vision, n_text = llm_input_counts
+        tiles_evidence = []
+        for index, visited in enumerate(levels):
+            level = visited.level
+            side = level.tokens_per_tile_side
+            for tile in visited.tiles_rc:
+                block = visited.token_scores[
+                    tile[0] * side : (tile[0] + 1) * side, tile[1] * side : (tile[1] + 1) * side
+                ]
+                tiles_evidence.append(
+                    TileEvidence(
+                        dip_level=level.dip_level,
+                        tile_rc=(int(tile[0]), int(tile[1])),
+                        bbox_px=level.tile_bbox_px(tile),
+                        score=float(block.sum()),
+                        is_final=index == len(levels) - 1,
+                    )
+                )
+        tokens_evidence = self._token_evidence(levels, kept)
+        scored = [(v.level, v.token_scores, v.valid) for v in levels if v.scored]
+        heatmap = (
+            splat_levels(
+                scored, image_hw=state.plan.image_hw, long_side_cells=self.config.heatmap_cells
+            )
+            if scored
+            else None
+        )
+        vision_flops = count_flops(
+            self.dims, vision_tiles=state.tiles_encoded, prefill_tokens=0
+        ).vision_flops
+        rfm_flops = sum(
+            count_flops(self.dims, vision_tiles=0, prefill_tokens=0, rfm_tokens=n).rfm_flops
+            for n in state.rfm_tokens
+        )
+        tokens_per_level = (self.thumbnail_tokens, *(int(v.valid.sum()) for v in levels))
+        seconds = dict(state.seconds)
+        seconds.setdefault("total", sum(seconds.get(s, 0.0) for s in STAGES))
+        run = {
+            "levels": [
+                {
+                    "dip_level": v.level.dip_level,
+                    "resize_hw": list(v.level.resize_hw),
+                    "tiles": len(v.tiles_rc),
+                }
+                for v in levels
+            ],
+            "n_tiled_levels": state.plan.n_levels,
+            "stop_reason": state.stop_reason,
+            "rfm_passes": len(state.rfm_tokens),
+            "rfm_tokens": list(state.rfm_tokens),
+            "vision_allowance": state.allowance,
+            **extra,
+        }
+        return AnswerRecord(
+            question_id=question_id,
+            scene=scene,
+            question=question,
+            answer=answer,
+            model_id=self.loaded.model_id,
+            preset=self.config.preset,
+            preset_params={**self.config.to_dict(), "run": run},
+            evidence_tiles=tuple(tiles_evidence),
+            evidence_tokens=tokens_evidence,
+            heatmap=heatmap,
+            accounting=Accounting(
+                vision_tiles_encoded=state.tiles_encoded,
+                vision_tiles_cached=state.tiles_cached,
+                tokens_per_level=tokens_per_level,
+                vision_tokens_to_llm=n_vision,
+                llm_text_tokens=n_text,
+                llm_prefill_tokens=n_vision + n_text,
+                decode_steps=decode_steps,
+                flops=FlopCount(
+                    vision_flops=vision_flops, llm_flops=llm_flops, rfm_flops=rfm_flops
+                ),
+                seconds=seconds,
+                peak_memory_bytes=peak,
+                planned=planned,
+            ),
+        )
+
+    def _token_evidence(
+        self, levels: list[ScoredLevel], kept: LlmInput | None
+    ) -> tuple[TokenEvidence, ...]:
+        if kept is None or kept.level is None or not levels or not levels[-1].scored:
+            return ()
+        last = levels[-1]
+        layout = kept.sequence.layout
+        index = layout.positions_of(TokenKind.LEVEL)
+        rows, cols = layout.grid_r[index], layout.grid_c[index]
+        values = last.token_scores[rows, cols]
+        best = top_indices(values, self.config.evidence_tokens_cap)
+        return tuple(
+            TokenEvidence(
+                dip_level=last.level.dip_level,
+                grid_rc=(int(rows[i]), int(cols[i])),
+                bbox_px=last.level.token_bbox_px((int(rows[i]), int(cols[i]))),
+                score=float(values[i]),
+            )
+            for i in best.tolist()
+        )
+
+
+def layer_drop_llm_flops(
+    dims: ModelDims, tokens_per_layer: Sequence[int], *, decode_steps: int
+) -> float:
+    """LLM FLOPs of a prefill whose layers see different lengths (FastV/PDrop), plus decoding.
+
+    Each layer is counted as a one-layer model on its own length (dense attention, as
+    :func:`count_flops`); the LM head is counted once for the prefill's last token and once per
+    decode step. Decode step t of layer l attends over ``tokens_per_layer[l] + t`` keys.
+    """
+    import dataclasses
+
+    one_layer = dataclasses.replace(dims, llm=dataclasses.replace(dims.llm, layers=1))
+    head = 2.0 * dims.llm.hidden * dims.llm.vocab
+    head_count = 1 + max(0, decode_steps - 1)
+    total = 0.0
+    for length in tokens_per_layer:
+        total += count_flops(
+            one_layer, vision_tiles=0, prefill_tokens=length, decode_steps=decode_steps
+        ).llm_flops
+        total -= head * head_count
+    return total + head * head_count
