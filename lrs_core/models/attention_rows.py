@@ -23,9 +23,9 @@ sequence / attention mask.
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -39,9 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Attention implementations the recorder can wrap (their mask builders and kernels are stock).
 WRAPPABLE_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flash_attention_3")
-#: Prefix of the names the recorder registers (a counter makes each recorder's name unique).
+#: Prefix of the names the recorder registers (a random suffix makes each recorder's name unique).
 RECORDER_NAME_PREFIX = "lrs_attention_rows"
-_recorder_ids: Iterator[int] = itertools.count()  # an id source, not state that changes behaviour
 
 
 @dataclass(frozen=True)
@@ -253,7 +252,7 @@ class AttentionRowRecorder:
         rows = rec.rows[5].mean  # float32 (B, Q, K)
 
     On entry the recorder registers a wrapping function under a fresh name
-    ``lrs_attention_rows_<n>`` with ``AttentionInterface`` and the base implementation's mask
+    ``lrs_attention_rows_<uuid>`` with ``AttentionInterface`` and the base implementation's mask
     builder under the same name with ``AttentionMaskInterface`` (transformers skips mask
     creation for names the mask registry does not know, which would silently drop the padding
     mask), and switches the
@@ -309,7 +308,7 @@ class AttentionRowRecorder:
         self._key_mask = key_mask
         self._renormalize = renormalize_over_keys
         self._rows: dict[int, AttentionRows] = {}
-        self._name = f"{RECORDER_NAME_PREFIX}_{next(_recorder_ids)}"
+        self._name = f"{RECORDER_NAME_PREFIX}_{uuid.uuid4().hex}"
         self._previous: str | None = None
 
     @property
@@ -331,8 +330,12 @@ class AttentionRowRecorder:
         AttentionInterface.register(self._name, self._wrap(base))
         mask_builder = AttentionMaskInterface()[previous]  # type: ignore[no-untyped-call]  # untyped
         AttentionMaskInterface.register(self._name, mask_builder)
+        try:
+            self._set_implementation(self._name)
+        except Exception:
+            self._unregister()
+            raise
         self._previous = previous
-        self._set_implementation(self._name)
         return self
 
     def __exit__(
@@ -341,11 +344,17 @@ class AttentionRowRecorder:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        try:
+            if self._previous is not None:
+                self._set_implementation(self._previous)
+        finally:
+            self._previous = None
+            self._unregister()
+
+    def _unregister(self) -> None:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
 
-        if self._previous is not None:
-            self._set_implementation(self._previous)
         AttentionInterface._global_mapping.pop(self._name, None)
         AttentionMaskInterface._global_mapping.pop(self._name, None)
 
@@ -420,3 +429,79 @@ class AttentionRowRecorder:
             key_mask=key_mask,
         )
         return AttentionRows(per_head=probs)
+
+
+@dataclass(frozen=True)
+class AttentionLogits:
+    """Pre-softmax attention scores of chosen query rows over chosen keys, with their mask.
+
+    Attributes:
+        logits: float32 (B, H, Q, K); ``q . k * scaling`` per query head (RoPE and the GQA repeat
+            applied). Entries where ``allowed`` is False hold ``-inf``.
+        allowed: bool (B, 1, Q, K); True where the key is visible to the query (causal rule,
+            ``sequence_mask`` and ``key_mask`` applied).
+    """
+
+    logits: torch.Tensor
+    allowed: torch.Tensor
+
+
+def attention_logits_from_hidden(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    *,
+    position_ids: torch.Tensor,
+    rotary_emb: nn.Module,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    sequence_mask: torch.Tensor | None = None,
+) -> AttentionLogits:
+    """Masked attention logits of one decoder layer, recomputed from the hidden states entering it.
+
+    The same computation as :func:`attention_rows_from_hidden` with ``renormalize_over_keys=True``
+    stopped before the softmax (``softmax(logits, -1)`` of a row with an allowed key equals those
+    rows), for callers that need the logits themselves (temperature-scaled distillation losses).
+    Gradients flow through ``hidden`` and the layer's parameters.
+
+    Args:
+        layer: a stock ``LlamaDecoderLayer`` / ``Qwen2DecoderLayer``.
+        hidden: float (B, L, D); hidden states entering ``layer``.
+        position_ids: int64 (B, L) or (1, L); RoPE position ids of every sequence slot.
+        rotary_emb: the model's rotary embedding module.
+        query_positions: int64 (B, Q); sequence indices in [0, L) of the query rows.
+        key_positions: int64 (B, K); sequence indices in [0, L) of the keys.
+        key_mask: bool (B, K), True = valid key.
+        sequence_mask: bool (B, L), True = valid token (padding False).
+
+    Returns:
+        The :class:`AttentionLogits`, float32 (B, H, Q, K) with ``-inf`` where not allowed.
+
+    Raises:
+        ConfigError: an index tensor has the wrong shape, dtype or range.
+    """
+    batch, length, _ = hidden.shape
+    _check_indices("query_positions", query_positions, batch, length)
+    _check_indices("key_positions", key_positions, batch, length)
+    attn: Any = layer.self_attn  # stock attention modules are untyped
+    norm: Any = layer.input_layernorm
+    head_dim = int(attn.head_dim)
+    position_ids = position_ids.expand(batch, -1)
+
+    def project(proj: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        x = norm(_gather_rows(hidden, index))
+        out = proj(x).view(batch, index.shape[1], -1, head_dim).transpose(1, 2)
+        cos, sin = rotary_emb(x, position_ids.gather(1, index))
+        return _apply_rope(out, cos, sin)
+
+    query = project(attn.q_proj, query_positions).float()  # (B, H, Q, hd)
+    key = project(attn.k_proj, key_positions).float()  # (B, Hkv, K, hd)
+    key = _repeat_kv(key, query.shape[1] // key.shape[1])
+    logits = torch.matmul(query, key.transpose(-1, -2)) * float(attn.scaling)  # (B, H, Q, K)
+    allowed = key_positions[:, None, :] <= query_positions[:, :, None]  # (B, Q, K), causal
+    if sequence_mask is not None:
+        allowed = allowed & sequence_mask.to(torch.bool).gather(1, key_positions)[:, None, :]
+    if key_mask is not None:
+        allowed = allowed & key_mask.to(torch.bool)[:, None, :]
+    allowed = allowed[:, None]
+    return AttentionLogits(logits=logits.masked_fill(~allowed, float("-inf")), allowed=allowed)
