@@ -15,6 +15,7 @@ answer record under :data:`RECORD_KEY`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lrs_core.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 #: Dataset groups of LRS-VQA, in the order the paper's tables use.
 DATASET_GROUPS: tuple[str, ...] = ("FAIR", "GLH-Bridge", "STAR")
@@ -513,6 +516,31 @@ def read_predictions(path: Path) -> list[PredictionRecord]:
         PredictionRecord.from_dict(row, where=f"{path}:{line_no}")
         for line_no, row in iter_jsonl(Path(path))
     ]
+
+
+def drop_partial_tail(path: Path) -> bool:
+    """Make a prediction file safe to append to after a crash; return True if it was changed.
+
+    A run killed while writing can leave a last line without its newline. If that line is not
+    valid JSON it is cut off (its question is answered again); if it is valid, the newline is
+    added. Earlier lines are never touched.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("%s: dropping a partial last line of %d bytes", path, len(data) - cut)
+            fh.truncate(cut)
+            return True
+        fh.write(b"\n")
+        return True
 
 
 def answered_ids(path: Path) -> set[str]:

@@ -14,6 +14,7 @@ from lrs_core.evaluation.lrs_vqa import (
     RECORD_KEY,
     answered_ids,
     append_predictions,
+    drop_partial_tail,
     group_by_scene,
     iter_scenes,
     make_prediction,
@@ -187,3 +188,20 @@ def test_prediction_records_round_trip_with_reference_fields(tmp_path: Path) -> 
     assert answered_ids(path) == {"FAIR_1"}
     assert answered_ids(tmp_path / "none.jsonl") == set()
     assert make_prediction(question, answer="a", model_id="m").answer_id  # a fresh unique id
+
+
+def test_partial_last_line_is_dropped_before_resuming(tmp_path: Path) -> None:
+    question = parse_question(_row())
+    path = tmp_path / "pred.jsonl"
+    append_predictions(path, [make_prediction(question, answer="red", model_id="m")])
+    complete = path.read_bytes()
+    assert drop_partial_tail(path) is False and path.read_bytes() == complete
+    path.write_bytes(complete + b'{"question_id": "FAIR_2", "te')  # killed mid-write
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        answered_ids(path)
+    assert drop_partial_tail(path) is True
+    assert path.read_bytes() == complete and answered_ids(path) == {"FAIR_1"}
+    path.write_bytes(complete + b'{"question_id": "FAIR_2"}')  # complete JSON, newline lost
+    assert drop_partial_tail(path) is True
+    assert answered_ids(path) == {"FAIR_1", "FAIR_2"}
+    assert drop_partial_tail(tmp_path / "absent.jsonl") is False
