@@ -321,3 +321,21 @@ def test_batch_writer_on_an_fsspec_url() -> None:
 
 def test_answered_ids_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
     assert outputs.answered_ids(tmp_path / "nothing-yet") == set()
+
+
+def test_outputs_with_a_real_pyramid(ingested_store: Path, tmp_path: Path) -> None:
+    from lrs_core.pyramid import open_pyramid
+
+    pyramid = open_pyramid(ingested_store)
+    record = make_record(pyramid.scene_ref())
+    rows = outputs.record_geometries(record)
+    for row in rows:  # the same footprint as the pyramid's own pixel -> CRS mapping
+        assert row.geometry_crs.equals_exact(pyramid.footprint(row.bbox_px), 1e-6) or (
+            row.geometry_crs.symmetric_difference(pyramid.footprint(row.bbox_px)).area < 1e-6
+        )
+    path = outputs.write_overlay_png(record, pyramid, tmp_path / "real.png", max_side_px=100)
+    image = np.asarray(Image.open(path))
+    assert image.shape == (70, 100, 3)
+    cog = outputs.write_heatmap_cog(record, pyramid, tmp_path / "heat.tif")
+    with rasterio.open(cog) as src:
+        assert src.crs.to_epsg() == SCENE_EPSG
