@@ -101,3 +101,42 @@ def test_model_rfm_holds_copies_of_the_configured_layers(tiny_model):
             strict=True,
         ):
             torch.testing.assert_close(value, original, msg=name)
+
+
+@torch.no_grad()
+def test_siglip_tower_has_no_cls_and_gives_the_same_geometry(tiny_model):
+    from transformers import SiglipVisionConfig
+
+    from lrs_core.models.config import SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD, VlmConfig
+    from lrs_core.models.vlm import VisionLanguageModel
+
+    llm_config = tiny_model.model.llm.config
+    config = VlmConfig(
+        llm_family="llama",
+        vision_family="siglip",
+        chat_template="vicuna_v1",
+        drop_cls=False,
+        rfm_llm_layers=(1,),
+        image_mean=SIGLIP_IMAGE_MEAN,
+        image_std=SIGLIP_IMAGE_STD,
+        max_context_tokens=4096,
+    )
+    vision_config = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=336,
+        patch_size=14,
+    )
+    model = VisionLanguageModel.build(
+        config, vision_config=vision_config, llm_config=llm_config, initialise=True
+    )
+    pixels = model.preprocess_tiles(random_tiles(2, 336))
+    assert model.encode_tiles(pixels).shape == (2, 144, llm_config.hidden_size)
+    with pytest.raises(ConfigError, match="CLIPVisionConfig"):
+        VisionLanguageModel(
+            config.__class__(**{**config.__dict__, "vision_family": "clip", "drop_cls": True}),
+            vision_config=vision_config,
+            llm_config=llm_config,
+        )
