@@ -260,6 +260,8 @@ def build_and_load(
     seen: set[str] = set()
     with torch.no_grad():
         for part in _weight_parts(source, key_map, extra_weights):
+            if llm_config.tie_word_embeddings:
+                _alias_tied_embeddings(part)
             seen.update(part)
             unexpected = set(part) - set(model.state_dict())
             if unexpected:
@@ -269,6 +271,18 @@ def build_and_load(
     if llm_config.tie_word_embeddings:
         model.llm.tie_weights()
     return model
+
+
+_EMBED_KEY = "llm.model.embed_tokens.weight"
+_LM_HEAD_KEY = "llm.lm_head.weight"
+
+
+def _alias_tied_embeddings(part: dict[str, torch.Tensor]) -> None:
+    """Fill the missing one of a tied embedding/LM-head pair (files store shared tensors once)."""
+    if _LM_HEAD_KEY in part and _EMBED_KEY not in part:
+        part[_EMBED_KEY] = part[_LM_HEAD_KEY]
+    elif _EMBED_KEY in part and _LM_HEAD_KEY not in part:
+        part[_LM_HEAD_KEY] = part[_EMBED_KEY]
 
 
 def _weight_parts(

@@ -93,3 +93,51 @@ def test_header_and_weights_are_checked(tiny_model, tmp_path):
     (out / "model.safetensors").unlink()
     with pytest.raises(WeightsError, match="no model.safetensors"):
         load_model(out)
+
+
+@torch.no_grad()
+def test_tied_embeddings_survive_a_round_trip(tmp_path):
+    from transformers import CLIPVisionConfig, Qwen2Config
+
+    from lrs_core.models.config import VlmConfig
+    from lrs_core.models.tiny import build_tokenizer
+    from lrs_core.models.vlm import VisionLanguageModel
+
+    tokenizer = build_tokenizer(family="qwen2")
+    config = VlmConfig(
+        llm_family="qwen2",
+        vision_family="clip",
+        chat_template="chatml",
+        rfm_llm_layers=(1,),
+        max_context_tokens=512,
+    )
+    model = VisionLanguageModel.build(
+        config,
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=336,
+            patch_size=14,
+        ),
+        llm_config=Qwen2Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            tie_word_embeddings=True,
+        ),
+        initialise=True,
+    )
+    loaded = load_model(save_model(model, tokenizer, tmp_path / "tied")).model
+    assert loaded.llm.lm_head.weight.data_ptr() == loaded.llm.model.embed_tokens.weight.data_ptr()
+    embeds = torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        loaded.llm(inputs_embeds=embeds).logits,
+        model.llm(inputs_embeds=embeds).logits,
+        rtol=0,
+        atol=0,
+    )
