@@ -81,6 +81,9 @@ log = logging.getLogger(__name__)
 CHECKSUM_PIECE_BYTES = 8 * 1024 * 1024
 #: Bytes per MB. rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64, i.e. bytes.
 BYTES_PER_MB = 1024 * 1024
+#: Rows read from the source per request. A whole 4096 px block read band by band overflows a
+#: 64 MB GDAL cache and decodes each pixel-interleaved tile up to 3 times (measured 2-3x slower).
+READ_STRIP_PX = 512
 #: Digest size of the blake2b source checksum, in bytes.
 CHECKSUM_DIGEST_BYTES = 16
 #: File suffixes :func:`expand_sources` treats as rasters inside a folder.
@@ -262,6 +265,22 @@ def file_checksum(path: Path) -> str:
     return f"blake2b-128:{digest.hexdigest()}"
 
 
+def _read_in_strips(
+    dataset: rasterio.io.DatasetReader, task: BlockTask, window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a level-0 window strip by strip (see READ_STRIP_PX) into one RGB block and mask."""
+    height, width = int(window.height), int(window.width)
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    valid = np.empty((height, width), dtype=bool)
+    for top in range(0, height, READ_STRIP_PX):
+        rows = min(READ_STRIP_PX, height - top)
+        strip = Window(window.col_off, window.row_off + top, width, rows)
+        rgb[top : top + rows], valid[top : top + rows] = read_rgb_window(
+            dataset, task.info, task.stretch, strip
+        )
+    return rgb, valid
+
+
 def _read_base_block(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
     """Read a block of the pass's base level: from the source (pass 0) or from the store."""
     window = task.window
@@ -273,7 +292,7 @@ def _read_base_block(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             try:
                 with open_raster(task.source) as dataset:
-                    return read_rgb_window(dataset, task.info, task.stretch, window)
+                    return _read_in_strips(dataset, task, window)
             except rasterio.errors.RasterioError as err:
                 detail = " ".join(str(err).split())
                 raise SceneReadError(
