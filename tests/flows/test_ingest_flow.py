@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pystac
 from flows.ingest import expand_scene_sources, ingest_scenes
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
+#: Seconds allowed for the server to record task-run state events after the flow returns.
+EVENTS_SETTLE_S = 60.0
 SMALL_CONFIG = {"chunk_px": 64, "levels_per_pass": 2, "n_workers": 1, "min_long_side_px": 64}
 
 
@@ -57,8 +60,15 @@ def test_flow_isolates_a_corrupt_scene_and_is_idempotent(
     assert not (stores / "corrupt.zarr").exists()
     assert rows[str(tmp_path / "nowhere" / "*.tif")]["status"] == "failed"
 
-    task_runs, artifacts = asyncio.run(_run_records(state.state_details.flow_run_id))
-    assert sorted(run.state.type.value for run in task_runs) == ["COMPLETED", "FAILED"]
+    # Task-run states reach the server as events, processed asynchronously: poll for them.
+    deadline = time.monotonic() + EVENTS_SETTLE_S
+    while True:
+        task_runs, artifacts = asyncio.run(_run_records(state.state_details.flow_run_id))
+        task_states = sorted(run.state.type.value for run in task_runs if run.state)
+        if task_states == ["COMPLETED", "FAILED"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert task_states == ["COMPLETED", "FAILED"]
     by_key = {artifact.key: artifact for artifact in artifacts if artifact.key}
     table = by_key["ingest-scenes"].data
     table = json.loads(table) if isinstance(table, str) else table

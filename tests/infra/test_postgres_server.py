@@ -35,6 +35,7 @@ PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 SERVER_START_TIMEOUT_S = 240
 WORKER_TIMEOUT_S = 300
 CLI_TIMEOUT_S = 180
+EVENTS_SETTLE_S = 60.0
 SMALL_CONFIG = {"chunk_px": 64, "levels_per_pass": 2, "n_workers": 1, "min_long_side_px": 64}
 
 
@@ -238,9 +239,16 @@ def test_deployment_runs_against_postgres(
     assert len(run_rows) == 1, run_rows
     flow_run_id, flow_state = run_rows[0].split("|")
     assert flow_state == "COMPLETED"
-    task_states = postgres.sql(
-        f"select state_type from task_run where flow_run_id = '{flow_run_id}' order by state_type"
-    ).splitlines()
+    # task-run states arrive as events that the server writes asynchronously: poll for them
+    deadline = time.monotonic() + EVENTS_SETTLE_S
+    while True:
+        task_states = postgres.sql(
+            f"select state_type from task_run where flow_run_id = '{flow_run_id}' "
+            "order by state_type"
+        ).splitlines()
+        if task_states == ["COMPLETED", "FAILED"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert task_states == ["COMPLETED", "FAILED"]
     artifact_keys = set(
         postgres.sql(
