@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
 from lrs_core.errors import ConfigError, WeightsError
 from lrs_core.models.config import (
@@ -100,6 +100,17 @@ KNOWN_VISION_CONFIGS: dict[str, dict[str, Any]] = {
 
 _PAPER_QWEN_TYPES = ("llava_qwen", "LlavaQwenForCausalLM")
 _PAPER_LLAMA_TYPES = ("llava_llama", "llava", "LlavaLlamaForCausalLM")
+_PAPER_NON_LLM_FIELDS = (
+    "model_type",
+    "architectures",
+    "llm_layer_list",
+    "llm_use_last_text",
+    "image_aspect_ratio",
+    "image_grid_pinpoints",
+    "tokenizer_model_max_length",
+    "tokenizer_padding_side",
+)
+_PAPER_NON_LLM_PREFIXES = ("mm_", "use_mm_", "tune_mm_", "freeze_mm_", "unfreeze_mm_")
 _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 
 
@@ -219,11 +230,7 @@ def read_paper_checkpoint(
     """
     raw = read_json(source / "config.json")
     family = _paper_family(raw, source)
-    llm_class = llm_config_class(family)
-    known = set(llm_class().to_dict())
-    llm_config = llm_class.from_dict(
-        {k: v for k, v in raw.items() if k in known and k != "model_type"}
-    )
+    llm_config = paper_llm_config(raw, family)
     vision_dir, vision_dict = _paper_vision_config(raw, source, vision_config_path)
     vision_config = vision_config_class("clip").from_dict(vision_dict)
     if "llm_layer_list" not in raw:
@@ -271,6 +278,21 @@ def read_paper_checkpoint(
         extra_weights=extra,
     )
     return model, load_tokenizer(source)
+
+
+def paper_llm_config(raw: dict[str, Any], family: LlmFamily) -> PreTrainedConfig:
+    """Return the LLM config inside a paper ``config.json``: every field but the LLaVA ones.
+
+    Fields of the transformers-4.37 era (``rope_theta``, ``rope_scaling``, ``torch_dtype``) are
+    passed through, so the stock v5 config class converts them (``rope_theta`` into
+    ``rope_parameters``) exactly as for any old checkpoint.
+    """
+    values = {
+        key: value
+        for key, value in raw.items()
+        if key not in _PAPER_NON_LLM_FIELDS and not key.startswith(_PAPER_NON_LLM_PREFIXES)
+    }
+    return llm_config_class(family).from_dict(values)
 
 
 def _paper_family(raw: dict[str, Any], source: Path) -> LlmFamily:

@@ -21,6 +21,7 @@ from lrs_core.models.convert import (
     detect_layout,
     llava_hf_key,
     paper_key,
+    paper_llm_config,
 )
 from lrs_core.models.io import load_model
 from lrs_core.models.tiny import build_tiny
@@ -80,8 +81,11 @@ def write_paper_checkpoint(directory, model, tokenizer, *, vision_beside=True, w
         tensors = {k: v for k, v in tensors.items() if not k.startswith("model.vision_tower.")}
     write_shards(directory, tensors)
     family = model.config.llm_family
+    llm_dict = model.llm.config.to_dict()
+    # the transformers-4.37 spelling of the rotary base, as in the released config.json files
+    llm_dict["rope_theta"] = llm_dict.pop("rope_parameters")["rope_theta"]
     config = (
-        model.llm.config.to_dict()
+        llm_dict
         | PAPER_FIELDS
         | {
             "model_type": "llava_qwen" if family == "qwen2" else "llava_llama",
@@ -176,6 +180,20 @@ def test_paper_layout_errors_name_the_problem(source, tmp_path):
     (src / "config.json").write_text(json.dumps(config | {"llm_layer_list": [1]}))
     with pytest.raises(WeightsError, match="do not match"):
         load_model(src)  # the file has more token_pruner layers than the list implies
+
+
+def test_paper_llm_config_keeps_the_rotary_base_and_drops_llava_fields():
+    raw = {
+        "model_type": "llava_qwen",
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "rope_theta": 1000000.0,
+        "torch_dtype": "bfloat16",
+    } | PAPER_FIELDS
+    config = paper_llm_config(raw | {"llm_layer_list": [2]}, "qwen2")
+    assert config.rope_parameters["rope_theta"] == 1000000.0
+    assert config.hidden_size == 64
+    assert not hasattr(config, "mm_vision_tower") and not hasattr(config, "llm_layer_list")
 
 
 def test_paper_keys_map_to_project_keys():
