@@ -63,6 +63,7 @@ from lrs_core.pyramid import (
     reduce_2x2,
     rgb_path,
     valid_path,
+    write_region,
 )
 from lrs_core.scene import (
     SceneInfo,
@@ -178,6 +179,15 @@ class IngestConfig:
         """Side of one task's block, in pixels of the pass's base level."""
         return int(self.write_unit_px * 2**self.levels_per_pass)
 
+    def arrays_spec(self) -> StoreArraysSpec:
+        """Chunking and compression of the store's arrays."""
+        return StoreArraysSpec(
+            chunk_px=self.chunk_px,
+            shard_px=self.shard_px,
+            compressor=self.compressor,
+            compression_level=self.compression_level,
+        )
+
     def store_layout(self) -> dict[str, Any]:
         """The fields that fix a store's layout (a resume must use the same ones)."""
         return {
@@ -236,6 +246,8 @@ class BlockTask:
         top_level: last store level this block writes.
         info: the source's :class:`SceneInfo`.
         stretch: the scene's stretch.
+        level_shapes: (height, width) of every store level.
+        arrays: the store's chunking and compression.
         gdal_cache_mb: GDAL cache for reading the source.
     """
 
@@ -247,6 +259,8 @@ class BlockTask:
     top_level: int
     info: SceneInfo
     stretch: Stretch
+    level_shapes: tuple[tuple[int, int], ...]
+    arrays: StoreArraysSpec
     gdal_cache_mb: int = field(default=64)
 
     @property
@@ -322,11 +336,15 @@ def run_block(task: BlockTask) -> int:
             row0, col0 = row0 // 2, col0 // 2
         if store_level == task.base_level and task.base_level > 0:
             continue
-        height, width = valid.shape
-        rgb_array = zarr.open_array(str(task.store), path=rgb_path(store_level), mode="r+")
-        valid_array = zarr.open_array(str(task.store), path=valid_path(store_level), mode="r+")
-        rgb_array[row0 : row0 + height, col0 : col0 + width, :] = rgb
-        valid_array[row0 : row0 + height, col0 : col0 + width] = valid
+        for array_path, data in ((rgb_path(store_level), rgb), (valid_path(store_level), valid)):
+            write_region(
+                task.store,
+                array_path,
+                data,
+                origin_rc=(row0, col0),
+                level_shape_hw=task.level_shapes[store_level],
+                arrays=task.arrays,
+            )
     task.marker.write_text(str(n_valid))
     return n_valid
 
@@ -364,6 +382,8 @@ def plan_passes(
                 top_level=top_level,
                 info=info,
                 stretch=stretch,
+                level_shapes=tuple(level_shapes),
+                arrays=config.arrays_spec(),
                 gdal_cache_mb=config.gdal_cache_mb,
             )
             for row in range(0, height, block)
@@ -630,12 +650,7 @@ def ingest_scene(
         create_store(
             store,
             level_shapes=level_shapes,
-            arrays=StoreArraysSpec(
-                chunk_px=config.chunk_px,
-                shard_px=config.shard_px,
-                compressor=config.compressor,
-                compression_level=config.compression_level,
-            ),
+            arrays=config.arrays_spec(),
             root_attributes=_root_attributes(
                 scene_id=scene_id,
                 info=info,

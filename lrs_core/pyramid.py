@@ -230,6 +230,78 @@ class StoreArraysSpec:
         return [BloscCodec(cname="lz4", clevel=self.compression_level, shuffle="noshuffle")]
 
 
+def encode_chunk(chunk: np.ndarray, *, arrays: StoreArraysSpec) -> bytes:
+    """Encode one full chunk exactly as the array's codecs do (``bytes`` then the compressor).
+
+    Args:
+        chunk: uint8 or bool array of the full chunk shape, C order.
+        arrays: the store's chunking and compression.
+
+    Returns:
+        The bytes Zarr stores for the chunk.
+    """
+    import numcodecs
+
+    raw = np.ascontiguousarray(chunk).tobytes()
+    if arrays.compressor == "none":
+        return raw
+    if arrays.compressor == "zstd":
+        return bytes(numcodecs.Zstd(level=arrays.compression_level, checksum=False).encode(raw))
+    codec = numcodecs.Blosc(
+        cname="lz4", clevel=arrays.compression_level, shuffle=numcodecs.Blosc.NOSHUFFLE
+    )
+    return bytes(codec.encode(raw))
+
+
+def write_region(
+    store: Path,
+    array_path: str,
+    data: np.ndarray,
+    *,
+    origin_rc: tuple[int, int],
+    level_shape_hw: tuple[int, int],
+    arrays: StoreArraysSpec,
+) -> None:
+    """Write a chunk-aligned region of a level array, chunk files directly (no Zarr round trip).
+
+    zarr-python's ``__setitem__`` costs about 3x the compression itself on large regions (measured:
+    4.8 s of 8.9 s per 4096 px block), so unsharded arrays are written here: each chunk is padded
+    to the full chunk shape with the fill value (0 / False), encoded like :func:`encode_chunk`,
+    and saved under Zarr v3's default chunk key ``c/<row>/<col>[/0]``. Sharded arrays go through
+    Zarr.
+
+    Args:
+        store: the store folder.
+        array_path: ``"<level>/rgb"`` or ``"<level>/valid"``.
+        data: uint8 (h, w, 3) or bool (h, w); the region's pixels.
+        origin_rc: (row, col) of the region's top-left pixel; multiples of the chunk side.
+        level_shape_hw: (height, width) of the level; the region ends on a chunk edge or here.
+        arrays: the store's chunking and compression.
+    """
+    row0, col0 = origin_rc
+    height, width = data.shape[:2]
+    if arrays.shard_px is not None:
+        target = zarr.open_array(str(store), path=array_path, mode="r+")
+        target[row0 : row0 + height, col0 : col0 + width] = data
+        return
+    level_h, level_w = level_shape_hw
+    chunk_h, chunk_w = min(arrays.chunk_px, level_h), min(arrays.chunk_px, level_w)
+    assert row0 % chunk_h == 0 and col0 % chunk_w == 0, "regions start on chunk edges"
+    for top in range(0, height, chunk_h):
+        for left in range(0, width, chunk_w):
+            piece = data[top : top + chunk_h, left : left + chunk_w]
+            if piece.shape[:2] != (chunk_h, chunk_w):
+                full = np.zeros((chunk_h, chunk_w, *data.shape[2:]), dtype=data.dtype)
+                full[: piece.shape[0], : piece.shape[1]] = piece
+                piece = full
+            key = [str((row0 + top) // chunk_h), str((col0 + left) // chunk_w)]
+            if data.ndim == 3:
+                key.append("0")
+            path = store.joinpath(array_path, "c", *key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_chunk(piece, arrays=arrays))
+
+
 def create_store(
     store: Path,
     *,
