@@ -92,3 +92,29 @@ def test_lrs_error_raised_from_a_transient_one_is_not_retried() -> None:
             raise SceneReadError("scene.tif: cannot decode pixels") from err
     except SceneReadError as exc:
         assert not is_transient_error(exc)
+
+
+def test_prefect_retries_transient_errors_only(prefect_harness: Path) -> None:
+    from prefect import flow, task
+
+    attempts: dict[str, int] = {"transient": 0, "bad_input": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_condition_fn)
+    def flaky(kind: str) -> str:
+        attempts[kind] += 1
+        if kind == "transient" and attempts[kind] == 1:
+            raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
+        if kind == "bad_input":
+            raise SceneReadError("corrupt.tif: cannot decode pixels")
+        return "ok"
+
+    @flow
+    def run_both() -> list[object]:
+        return [
+            flaky.submit("transient").result(raise_on_failure=False),
+            flaky.submit("bad_input").result(raise_on_failure=False),
+        ]
+
+    transient, bad = run_both()
+    assert transient == "ok" and attempts["transient"] == 2  # retried once, then succeeded
+    assert isinstance(bad, SceneReadError) and attempts["bad_input"] == 1  # never retried
