@@ -785,6 +785,10 @@ class BatchWriter:
     ``OUT/answers.geojson``. :meth:`finalize` rebuilds ``answers.geojson`` from all parts,
     keeping one answer per question id (the last successful one).
 
+    Each part's primary ``geometry`` follows :func:`answers_frame`: EPSG:4326 when its records'
+    scenes are georeferenced, pixels otherwise. A batch that appends parts of both kinds holds
+    parts with different CRS; read such parts one by one (``geometry_px`` is always comparable).
+
     Args:
         out_dir: the batch output folder, local path or fsspec URL; created if missing.
         overlay_side_px: longest side of the overlay PNGs.
