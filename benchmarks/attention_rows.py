@@ -12,6 +12,8 @@ rounds; each round runs every variant once, so drifting machine load hits them a
 
 * ``sdpa``: one SDPA prefill (LM head on the last token, as ``generate()`` does) — the baseline;
 * ``sdpa+recorder``: the same prefill inside :class:`AttentionRowRecorder` (overhead = difference);
+* ``recorder work alone``: entering/leaving the recorder and its row computation on q/k of the real
+  shapes (the part of the difference that is not noise);
 * ``rows_from_hidden``: :func:`attention_rows_from_hidden` on the stored hidden state entering the
   layer (renormalised over the keys, and the full-row flavour);
 * ``eager+output_attentions``: the conventional way to get the rows (all layers' full matrices).
@@ -230,10 +232,30 @@ def main() -> None:
 
         return run
 
+    # the recorder's own work, free of prefill noise: enter/exit plus the row computation on q/k
+    # of the real shapes (what its wrapper adds to the kernel call of the recorded layer)
+    heads, head_dim = llm.config.num_attention_heads, 768 // llm.config.num_attention_heads
+    q_states = torch.randn(1, heads, length, head_dim, device=device, dtype=dtype)
+    k_states = torch.randn(1, llm.config.num_key_value_heads, length, head_dim, device=device)
+    k_states = k_states.to(dtype)
+
+    def recorder_work() -> None:
+        with AttentionRowRecorder(
+            llm, layers=[args.layer], query_positions=query, key_positions=keys
+        ) as recorder:
+            recorder._record(
+                llm.model.layers[args.layer].self_attn,
+                q_states,
+                k_states,
+                None,
+                {"scaling": head_dim**-0.5},
+            )
+
     results = measure_rounds(
         {
             "sdpa": sdpa,
             "sdpa+recorder": sdpa_with_recorder,
+            "recorder work alone": recorder_work,
             "rows_from_hidden (renormalised)": rows(True),
             "rows_from_hidden (full row)": rows(False),
         },
