@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.fixtures.scenes",
     "tests.fixtures.models",
     "tests.fixtures.stores",
+    "tests.fixtures.focus_scenes",
     "tests.fixtures.prefect",
 ]
