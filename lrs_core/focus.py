@@ -476,7 +476,7 @@ class FocusEngine:
         *,
         bypass_cache: bool = False,
     ) -> torch.Tensor:
-        """Float (n, 144, D) features of a level's tiles, from the cache or encoded (read lazily)."""
+        """Float (n, 144, D) tile features of a level, from the cache or encoded (read lazily)."""
         rows, cols = level.resize_hw
         view_key = f"{self.config.resampler}-{level.tile_size_px}-{rows}x{cols}"
         keys = [

@@ -1,4 +1,4 @@
-"""Tests of the coarse-to-fine engine, its presets and baselines, on the tiny model and real stores."""
+"""Tests of the coarse-to-fine engine, its presets and baselines (tiny model, real stores)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _engine(loaded: LoadedModel, preset: str, **overrides: Any) -> FocusEngine:
 
 
 class FocusEngineContract:
-    """Every preset: the budget holds, tiles lie inside their level, a seeded run is deterministic."""
+    """Every preset: the budget holds, tiles lie in their level, a seeded run is deterministic."""
 
     preset: ClassVar[str]
     overrides: ClassVar[dict[str, Any]] = {}
