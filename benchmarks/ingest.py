@@ -110,6 +110,42 @@ def _worker_main(argv: list[str]) -> None:
     sys.stdout.write(json.dumps(out) + "\n")
 
 
+def measure_reads(store: Path, *, n_reads: int = 40, window_px: int = 336) -> None:
+    """Print the median latency of random window reads at every store level (handles kept open)."""
+    from rasterio.windows import Window
+
+    from lrs_core.pyramid import open_pyramid
+
+    start = time.perf_counter()
+    pyramid = open_pyramid(store)
+    print(f"open_pyramid: {(time.perf_counter() - start) * 1e3:.1f} ms")
+    rng = np.random.default_rng(0)
+    for level in pyramid.levels:
+        height, width = level.shape_hw
+        side_h, side_w = min(window_px, height), min(window_px, width)
+        times = []
+        for _ in range(n_reads):
+            row = int(rng.integers(0, height - side_h + 1))
+            col = int(rng.integers(0, width - side_w + 1))
+            start = time.perf_counter()
+            pyramid.read_window(level.store_level, Window(col, row, side_w, side_h))
+            times.append(time.perf_counter() - start)
+        print(
+            f"  store_level {level.store_level} {height}x{width}: random {side_h}x{side_w} read "
+            f"median {np.median(times) * 1e3:.1f} ms"
+        )
+    width, height = pyramid.size_wh
+    times = []
+    for _ in range(n_reads):
+        side = int(rng.integers(window_px, max(window_px + 1, min(width, height) // 2)))
+        x0 = int(rng.integers(0, width - side + 1))
+        y0 = int(rng.integers(0, height - side + 1))
+        start = time.perf_counter()
+        pyramid.read_region((x0, y0, x0 + side, y0 + side), out_hw=(window_px, window_px))
+        times.append(time.perf_counter() - start)
+    print(f"  read_region random square -> {window_px}^2: median {np.median(times) * 1e3:.1f} ms")
+
+
 def describe_env() -> str:
     import dask
     import rasterio
@@ -162,6 +198,7 @@ def main() -> None:
             f"peak RSS {res['peak_rss_mib']:7.0f} MiB  levels {int(res['levels'])}"
         )
     print(f"ratio lrs/GDAL wall: {lrs['wall_s'] / gdal['wall_s']:.2f}")
+    measure_reads(work / "stores" / f"{main_src.stem}.zarr")
     copy.unlink()
     if not args.keep:
         shutil.rmtree(work / "stores", ignore_errors=True)
