@@ -242,9 +242,9 @@ def encode_chunk(chunk: np.ndarray, *, arrays: StoreArraysSpec) -> bytes:
     """
     import numcodecs
 
-    raw = np.ascontiguousarray(chunk).tobytes()
+    raw = np.ascontiguousarray(chunk)
     if arrays.compressor == "none":
-        return raw
+        return raw.tobytes()
     if arrays.compressor == "zstd":
         return bytes(numcodecs.Zstd(level=arrays.compression_level, checksum=False).encode(raw))
     codec = numcodecs.Blosc(

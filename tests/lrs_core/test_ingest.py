@@ -375,3 +375,25 @@ def test_rasterio_reads_stac_neighbour(tmp_path: Path) -> None:
     assert item["properties"]["proj:shape"] == [30, 40]
     with rasterio.open(source) as dataset:
         assert item["properties"]["proj:transform"] == pytest.approx(list(dataset.transform)[:6])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"compressor": "zstd", "compression_level": 1}, {"compressor": "none"}, {"shard_px": 64}],
+)
+def test_codecs_and_sharding_read_back_identically(tmp_path: Path, overrides: dict) -> None:
+    data = make_rgb_pattern(150, 170, seed=2)
+    source = write_geotiff(tmp_path / "c.tif", data)
+    config = IngestConfig(
+        chunk_px=32, levels_per_pass=1, min_long_side_px=24, n_workers=1, **overrides
+    )
+    result = ingest_scene(source, tmp_path / "out", config=config)
+    reference = ingest_scene(source, tmp_path / "ref", config=SMALL)
+    a, b = open_pyramid(result.store), open_pyramid(reference.store)
+    assert [lvl.shape_hw for lvl in a.levels] == [lvl.shape_hw for lvl in b.levels]
+    for lvl in a.levels:
+        window = Window(0, 0, lvl.shape_hw[1], lvl.shape_hw[0])
+        np.testing.assert_array_equal(
+            a.read_window(lvl.store_level, window), b.read_window(lvl.store_level, window)
+        )
+        assert a.read_valid_mask(lvl.store_level, window).all()
