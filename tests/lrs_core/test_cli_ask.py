@@ -1,0 +1,139 @@
+"""Tests of ``lrs ask``: answers, JSON records, question files, dry runs and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lrs_core.cli import build_app
+from lrs_core.records import AnswerRecord
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+runner = CliRunner()
+
+
+def _ask(*args: str) -> tuple[int, str]:
+    result = runner.invoke(build_app(), ["ask", *args])
+    return result.exit_code, result.stdout
+
+
+def test_json_record_has_the_documented_keys(tiny_model_dir: Path, ingested_store: Path) -> None:
+    code, out = _ask(
+        "--scene",
+        str(ingested_store),
+        "--model",
+        str(tiny_model_dir),
+        "--question",
+        "How many ships are in the harbour?",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    )
+    assert code == 0, out
+    (line,) = out.strip().splitlines()
+    data = json.loads(line)
+    assert data["preset"] == "default" and isinstance(data["answer"], str)
+    assert data["evidence"] and {"level", "tile_rc", "bbox_px", "score", "is_final"} <= set(
+        data["evidence"][0]
+    )
+    x0, y0, x1, y1 = data["evidence"][0]["bbox_px"]
+    assert 0 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 700
+    acc = data["accounting"]
+    for key in ("vision_tiles_encoded", "llm_prefill_tokens", "vision_tokens_to_llm"):
+        assert isinstance(acc[key], int) and acc[key] > 0
+    assert acc["flops"] > 0 and acc["seconds"] > 0
+    record = AnswerRecord.from_dict(data["record"])
+    assert record.accounting.flops.total_flops == acc["flops"]
+
+
+def test_questions_file_gives_one_line_each_and_dry_run(
+    tiny_model_dir: Path, ingested_store: Path, tmp_path: Path
+) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        '{"question_id": "a", "question": "What is red?"}\n{"question_id": "b", "question": "Where?"}\n'
+    )
+    code, out = _ask(
+        "--scene",
+        str(ingested_store),
+        "--model",
+        str(tiny_model_dir),
+        "--questions",
+        str(questions),
+        "--preset",
+        "grid-3",
+        "--max-new-tokens",
+        "1",
+        "--json",
+    )
+    assert code == 0, out
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["question_id"] for line in lines] == ["a", "b"]
+    assert (
+        lines[1]["accounting"]["vision_tiles_cached"]
+        == lines[0]["accounting"]["vision_tiles_encoded"]
+    )
+    code, planned = _ask(
+        "--scene",
+        str(ingested_store),
+        "--model",
+        str(tiny_model_dir),
+        "--questions",
+        str(questions),
+        "--preset",
+        "grid-3",
+        "--dry-run",
+        "--json",
+    )
+    assert code == 0
+    plans = [json.loads(line) for line in planned.strip().splitlines()]
+    assert all(p["accounting"]["planned"] for p in plans)
+    assert (
+        plans[0]["accounting"]["llm_prefill_tokens"] == lines[0]["accounting"]["llm_prefill_tokens"]
+    )
+
+
+def test_human_output_prints_answer_and_accounting(
+    tiny_model_dir: Path, ingested_store: Path
+) -> None:
+    result = runner.invoke(
+        build_app(),
+        [
+            "ask",
+            "--scene",
+            str(ingested_store),
+            "--model",
+            str(tiny_model_dir),
+            "--question",
+            "What is red?",
+            "--preset",
+            "thumbnail",
+            "--max-new-tokens",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0
+    assert "measured: tiles 1" in result.output
+
+
+def test_exit_codes(tiny_model_dir: Path, ingested_store: Path, tmp_path: Path) -> None:
+    base = ["--scene", str(ingested_store), "--model", str(tiny_model_dir)]
+    code, _ = _ask(*base)
+    assert code == 2  # neither --question nor --questions
+    code, _ = _ask(*base, "--question", "x", "--questions", str(tmp_path / "q.txt"))
+    assert code == 2
+    code, _ = _ask(*base, "--question", "x", "--preset", "nonsense")
+    assert code == 2
+    code, out = _ask(
+        *base, "--question", "What is red?", "--preset", "thumbnail", "--budget", "50", "--json"
+    )
+    assert code == 1
+    assert "TokenBudgetError" in json.loads(out)["error"]
+    code, _ = _ask(
+        "--scene", str(tmp_path / "none.zarr"), "--model", str(tiny_model_dir), "--question", "x"
+    )
+    assert code == 1
