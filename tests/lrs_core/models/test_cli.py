@@ -65,3 +65,15 @@ def test_flops_json_for_known_configs():
         run("flops", "--config", "gpt-4", "--vision-tiles", "1", "--prefill-tokens", "1").exit_code
         == 2
     )
+
+
+def test_convert_a_paper_checkpoint(tmp_path):
+    from lrs_core.models.tiny import build_tiny
+    from tests.lrs_core.models.test_convert import write_paper_checkpoint
+
+    model, tokenizer = build_tiny(family="qwen2", seed=4)
+    write_paper_checkpoint(tmp_path / "paper", model, tokenizer)
+    result = run("convert", str(tmp_path / "paper"), str(tmp_path / "project"))
+    assert result.exit_code == 0, result.output
+    info = json.loads(run("info", str(tmp_path / "project"), "--json").stdout)
+    assert info["layout"] == "project" and info["config"]["max_context_tokens"] == 8192

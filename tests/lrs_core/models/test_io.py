@@ -19,13 +19,13 @@ def prompt_logits(loaded, questions):
     size = config.tile_size_px
     tiles = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), np.uint8)
     pixels = model.preprocess_tiles(tiles)
-    thumb = model.encode_tiles(pixels[:1], pooled=False)[0]
+    thumb = model.encode_tiles(pixels[:1])[0]  # a pooled thumbnail keeps the test fast
     side = config.pooled_per_side
     level = model.encode_tiles(pixels[1:])[0].view(side, side, -1)  # one tile: (Ht, Wt, D)
     layouts = [
         build_layout(
             tokenize_prompt(tokenizer, question, template=config.chat_template),
-            thumbnail_tokens=config.tokens_per_tile_unpooled,
+            thumbnail_tokens=config.tokens_per_tile,
             separator_id=separator,
             level_grid_hw=(side, side),
             tile_tokens_hw=(side, side),
