@@ -1,4 +1,4 @@
-"""``lrs eval``: score benchmark predictions, build the synthetic set, report focus metrics."""
+"""``lrs eval``: run and score benchmarks, merge chunks, build the synthetic set, focus metrics."""
 
 from __future__ import annotations
 
@@ -181,6 +181,249 @@ def focus_command(
         "predictions had no answer record",
         highlight=False,
     )
+
+
+run_app = typer.Typer(
+    name="run",
+    help="Answer a benchmark with the engine: one JSON line per question, resumable, chunked.",
+    no_args_is_help=True,
+)
+
+_DATA_HELP = "Data root (holds the question file and the images it names)."
+_QUESTIONS_HELP = "Question file (default: the benchmark's file inside --data)."
+
+
+def _run_benchmark(
+    benchmark: str,
+    *,
+    data: Path,
+    questions: Path | None,
+    model: Path,
+    preset: str,
+    out: Path,
+    stores: Path | None,
+    limit: int | None,
+    num_chunks: int,
+    chunk_idx: int,
+    budget: int | None,
+    device: str,
+    max_new_tokens: int | None,
+    ingest_only: bool,
+    json_output: bool,
+) -> None:
+    """Shared body of ``lrs eval run lrs-vqa`` and ``lrs eval run mme``."""
+    from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+    from lrs_core.cli._common import console, fail, print_json, progress_bar
+    from lrs_core.errors import ConfigError, LrsError
+    from lrs_core.evaluation import runner
+
+    overrides = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    store_dir = stores if stores is not None else runner.default_store_dir(out)
+    try:
+        if ingest_only:
+            _, _, images = runner.benchmark_images(
+                benchmark,  # type: ignore[arg-type]  # one of runner.BENCHMARKS by construction
+                questions if questions is not None else data,
+                data_root=data,
+                limit=limit,
+                num_chunks=num_chunks,
+            )
+            with progress_bar("ingest", enabled=not json_output) as update:
+                results = runner.ingest_benchmark_scenes(
+                    images, store_dir=store_dir, progress=update
+                )
+            failed = [r for r in results if r.status == "failed"]
+            if json_output:
+                print_json({"store_dir": str(store_dir), "scenes": [r.to_dict() for r in results]})
+            else:
+                console.print(
+                    f"{len(results) - len(failed)} scenes ready in {store_dir}, "
+                    f"{len(failed)} failed",
+                    highlight=False,
+                )
+                for result in failed:
+                    console.print(
+                        f"[red]failed[/] {result.source}: {result.error}", highlight=False
+                    )
+            raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+        with progress_bar(f"eval {benchmark}", enabled=not json_output) as update:
+            summary = runner.run_benchmark(
+                benchmark,  # type: ignore[arg-type]  # one of runner.BENCHMARKS by construction
+                questions if questions is not None else data,
+                data_root=data,
+                model_dir=model,
+                preset=preset,
+                out=out,
+                store_dir=store_dir,
+                limit=limit,
+                num_chunks=num_chunks,
+                chunk_idx=chunk_idx,
+                budget=budget,
+                device=device,
+                overrides=overrides,
+                progress=update,
+            )
+    except ConfigError as err:
+        fail(str(err), code=EXIT_USAGE)
+        return
+    except LrsError as err:
+        fail(str(err), code=EXIT_FAILED)
+        return
+    if json_output:
+        print_json(summary.to_dict())
+    else:
+        console.print(
+            f"{summary.n_answered} answered, {summary.n_failed} failed, "
+            f"{summary.n_already_done} already done of {summary.n_selected} questions "
+            f"(chunk {summary.chunk_idx + 1}/{summary.num_chunks}) in {summary.seconds:.1f} s "
+            f"-> {summary.out}",
+            highlight=False,
+        )
+        for failure in summary.failures:
+            console.print(
+                f"[red]failed[/] {failure.question_id} ({failure.image}): {failure.error}",
+                highlight=False,
+            )
+    raise typer.Exit(EXIT_FAILED if summary.n_failed else EXIT_OK)
+
+
+# Options shared by ``lrs eval run lrs-vqa`` and ``lrs eval run mme`` (module-level aliases, as the
+# annotations are strings evaluated in this module's globals).
+DataOpt = Annotated[Path, typer.Option("--data", help=_DATA_HELP)]
+ModelOpt = Annotated[Path, typer.Option("--model", help="Model directory.")]
+OutOpt = Annotated[
+    Path, typer.Option("--out", help="Prediction JSONL (appended to; a rerun resumes).")
+]
+PresetOpt = Annotated[
+    str, typer.Option("--preset", help="default | parity | thumbnail | grid-N | full | ...")
+]
+QuestionsOpt = Annotated[Path | None, typer.Option("--questions", help=_QUESTIONS_HELP)]
+StoresOpt = Annotated[
+    Path | None, typer.Option("--stores", help="Folder of scene stores (default: OUT.stores).")
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="First N questions of the chunk.")]
+NumChunksOpt = Annotated[int, typer.Option("--num-chunks", help="Split the questions into K.")]
+ChunkIdxOpt = Annotated[int, typer.Option("--chunk-idx", help="The chunk to answer (0-based).")]
+BudgetOpt = Annotated[
+    int | None, typer.Option("--budget", help="Most vision tokens sent to the LLM.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
+MaxNewTokensOpt = Annotated[
+    int | None, typer.Option("--max-new-tokens", help="Most generated tokens.")
+]
+IngestOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ingest-only", help="Only ingest the images of all chunks (before parallel runs)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON line.")]
+
+
+@run_app.command("lrs-vqa")
+def run_lrs_vqa_command(
+    data: DataOpt,
+    model: ModelOpt,
+    out: OutOpt,
+    preset: PresetOpt = "default",
+    questions: QuestionsOpt = None,
+    stores: StoresOpt = None,
+    limit: LimitOpt = None,
+    num_chunks: NumChunksOpt = 1,
+    chunk_idx: ChunkIdxOpt = 0,
+    budget: BudgetOpt = None,
+    device: DeviceOpt = "cpu",
+    max_new_tokens: MaxNewTokensOpt = None,
+    ingest_only: IngestOnlyOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Answer LRS-VQA (default --questions DATA/LRS_VQA_merged.jsonl); exit 1 if any failed."""
+    _run_benchmark(
+        "lrs-vqa",
+        data=data,
+        questions=questions,
+        model=model,
+        preset=preset,
+        out=out,
+        stores=stores,
+        limit=limit,
+        num_chunks=num_chunks,
+        chunk_idx=chunk_idx,
+        budget=budget,
+        device=device,
+        max_new_tokens=max_new_tokens,
+        ingest_only=ingest_only,
+        json_output=json_output,
+    )
+
+
+@run_app.command("mme")
+def run_mme_command(
+    data: DataOpt,
+    model: ModelOpt,
+    out: OutOpt,
+    preset: PresetOpt = "default",
+    questions: QuestionsOpt = None,
+    stores: StoresOpt = None,
+    limit: LimitOpt = None,
+    num_chunks: NumChunksOpt = 1,
+    chunk_idx: ChunkIdxOpt = 0,
+    budget: BudgetOpt = None,
+    device: DeviceOpt = "cpu",
+    max_new_tokens: MaxNewTokensOpt = None,
+    ingest_only: IngestOnlyOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Answer MME-RealWorld-RS (default --questions DATA/MME_RealWorld_RS.json)."""
+    _run_benchmark(
+        "mme",
+        data=data,
+        questions=questions,
+        model=model,
+        preset=preset,
+        out=out,
+        stores=stores,
+        limit=limit,
+        num_chunks=num_chunks,
+        chunk_idx=chunk_idx,
+        budget=budget,
+        device=device,
+        max_new_tokens=max_new_tokens,
+        ingest_only=ingest_only,
+        json_output=json_output,
+    )
+
+
+eval_app.add_typer(run_app)
+
+
+@eval_app.command("merge")
+def merge_command(
+    out: Annotated[Path, typer.Argument(help="Merged prediction file to write.")],
+    predictions: Annotated[list[Path], typer.Argument(help="Chunk / rerun prediction files.")],
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Merge chunk files: one line per question id; conflicting answers are an error."""
+    from lrs_core.cli._common import console, print_json, reported_errors
+    from lrs_core.evaluation.merge import merge_predictions
+
+    with reported_errors():
+        summary = merge_predictions(predictions, out)
+    if json_output:
+        print_json(
+            {
+                "out": str(summary.out),
+                "rows": summary.n_rows,
+                "duplicates": summary.n_duplicates,
+                "failed": summary.n_failed,
+            }
+        )
+    else:
+        console.print(
+            f"{summary.n_rows} lines ({summary.n_failed} failed, {summary.n_duplicates} duplicates "
+            f"dropped) -> {summary.out}",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:
