@@ -72,7 +72,7 @@ def load_engine(
     values = dict(overrides or {})
     if budget is not None:
         values["token_budget"] = budget
-    config = FocusConfig.preset(preset, **values)
+    config = FocusConfig.preset(preset, **values)  # type: ignore[operator]  # see focus_config
     if dtype is not None and dtype not in _DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {sorted(_DTYPES)}")
     loaded = load_model(model_dir, device=device, dtype=None if dtype is None else _DTYPES[dtype])

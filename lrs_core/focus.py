@@ -15,17 +15,13 @@ and the accounting. ``plan`` counts the same figures without running a model.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-import psutil
 import torch
 
 from lrs_core.dip import (
@@ -33,248 +29,65 @@ from lrs_core.dip import (
     DipLevel,
     DipPlan,
     plan_pyramid,
-    resized_hw,
-    unpadded_token_grid_hw,
 )
 from lrs_core.errors import LrsError, TokenBudgetError
 from lrs_core.features import FeatureCache, FeatureKey
 from lrs_core.focus_config import FocusConfig
+from lrs_core.focus_record import build_record, layer_drop_llm_flops
 from lrs_core.focus_select import (
     TileChoice,
     prune_tokens,
     pruned_size,
     select_tiles_parity,
     select_tiles_ranked,
-    top_indices,
     valid_token_mask,
 )
 from lrs_core.focus_sequence import LevelSequence, build_level_sequence, embed_sequence
-from lrs_core.heatmap import splat_levels
+from lrs_core.focus_state import (
+    STAGES,
+    BoolArray,
+    FocusState,
+    LlmInput,
+    MemoryProbe,
+    RfmScorer,
+    ScoredLevel,
+    ScoreRequest,
+    TileRc,
+    TokenScorer,
+    all_tiles,
+    grid_level,
+    level_view_tokens,
+    question_id_of,
+)
 from lrs_core.models.flops import ModelDims, count_flops, dims_from_configs
 from lrs_core.models.generation import generate_from_embeds
 from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import TokenKind
 from lrs_core.models.prompt import PromptIds, tokenize_prompt
 from lrs_core.records import (
-    Accounting,
     AnswerRecord,
-    FlopCount,
-    SceneRef,
-    TileEvidence,
-    TokenEvidence,
 )
-from lrs_core.rfm import RfmConfig, score_level_tokens
+from lrs_core.rfm import RfmConfig
 from lrs_core.tiles import read_thumbnail, read_tiles
 
-__all__ = ["FocusConfig", "FocusEngine", "FocusState", "RfmScorer", "ScoreRequest", "TokenScorer"]
+__all__ = [
+    "STAGES",
+    "FocusConfig",
+    "FocusEngine",
+    "FocusState",
+    "LlmInput",
+    "RfmScorer",
+    "ScoreRequest",
+    "ScoredLevel",
+    "TokenScorer",
+    "all_tiles",
+    "grid_level",
+    "layer_drop_llm_flops",
+    "level_view_tokens",
+    "question_id_of",
+]
 
 log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
-BoolArray = npt.NDArray[np.bool_]
-TileRc = tuple[int, int]
-#: Stages timed in ``Accounting.seconds`` (``total`` is added).
-STAGES = ("read", "vision", "rfm", "llm")
-
-
-# -- the scorer seam ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ScoreRequest:
-    """One RFM pass: a level's sequence and the keys to score (batch of one question).
-
-    Attributes:
-        level: the DIP level being scored.
-        key_grid_rc: int64 (K, 2) token (row, col) of each key; newline keys have col ``Wt``.
-        key_is_newline: bool (K,).
-        key_valid: bool (K,); False for placeholders (they must score 0).
-        inputs_embeds: float (1, L, D).
-        position_ids: int64 (1, L).
-        attention_mask: int64 (1, L); 0 for placeholders.
-        query_positions: int64 (1, 1); the last prompt token.
-        key_positions: int64 (1, K).
-        question: the question text.
-    """
-
-    level: DipLevel
-    key_grid_rc: npt.NDArray[np.int64]
-    key_is_newline: BoolArray
-    key_valid: BoolArray
-    inputs_embeds: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    query_positions: torch.Tensor
-    key_positions: torch.Tensor
-    question: str
-
-
-class TokenScorer(Protocol):
-    """Scores the keys of a :class:`ScoreRequest`: float32 (K,), 0 at invalid keys."""
-
-    def __call__(self, request: ScoreRequest) -> FloatArray:
-        """Return float32 (K,) scores."""
-        ...
-
-
-class RfmScorer:
-    """The Region Focus Module as a :class:`TokenScorer` (spec §3)."""
-
-    def __init__(self, loaded: LoadedModel, *, config: RfmConfig | None = None) -> None:
-        self.model = loaded.model
-        self.config = config or RfmConfig()
-
-    def __call__(self, request: ScoreRequest) -> FloatArray:
-        """Return the RFM probabilities of the request's keys, float32 (K,)."""
-        scores = score_level_tokens(
-            self.model,
-            request.inputs_embeds,
-            position_ids=request.position_ids,
-            attention_mask=request.attention_mask,
-            query_positions=request.query_positions,
-            key_positions=request.key_positions,
-            key_mask=torch.from_numpy(request.key_valid)[None],
-            config=self.config,
-        )
-        return scores[0].float().cpu().numpy()
-
-
-# -- loop state --------------------------------------------------------------------------------
-
-
-@dataclass
-class ScoredLevel:
-    """One level the loop visited: its encoded tiles and the RFM scores of their tokens.
-
-    Attributes:
-        level: the DIP level.
-        tiles_rc: encoded tiles, row-major.
-        valid: bool (Ht, Wt); tokens of the encoded tiles.
-        token_scores: float32 (Ht, Wt); RFM probabilities (0 where not scored).
-        newline_scores: float32 (Ht,); newline probabilities (0 unless newlines are keys).
-        scored: whether the RFM ran on it.
-    """
-
-    level: DipLevel
-    tiles_rc: list[TileRc]
-    valid: BoolArray
-    token_scores: FloatArray
-    newline_scores: FloatArray
-    scored: bool = False
-
-
-@dataclass
-class FocusState:
-    """Everything one question's loop carries from stage to stage (passed explicitly).
-
-    Attributes:
-        question: the question text.
-        prompt: its token ids around the image.
-        plan: the scene's DIP.
-        allowance: vision tokens the LLM may receive (thumbnail + separator included).
-        visited: levels visited, coarse to fine.
-        tile_feats: float (n, 144, D) features of the current level's tiles (aligned with
-            ``visited[-1].tiles_rc``).
-        tiles_encoded: vision-tower tile passes run (thumbnail included).
-        tiles_cached: tiles served by the feature cache.
-        rfm_tokens: RFM sequence length of each pass.
-        stop_reason: why zooming stopped.
-        seconds: wall time per stage.
-    """
-
-    question: str
-    prompt: PromptIds
-    plan: DipPlan
-    allowance: int
-    visited: list[ScoredLevel] = field(default_factory=list)
-    tile_feats: torch.Tensor | None = None
-    tiles_encoded: int = 0
-    tiles_cached: int = 0
-    rfm_tokens: list[int] = field(default_factory=list)
-    stop_reason: str = ""
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-
-
-@dataclass(frozen=True, eq=False)
-class LlmInput:
-    """The sequence the LLM gets and what it is made of.
-
-    Attributes:
-        sequence: the kept slots (layout + full-sequence positions).
-        inputs_embeds: float (1, L, D).
-        position_ids: int64 (1, L) in the configured position mode.
-        level: the DIP level of the level tokens (None for thumbnail only).
-    """
-
-    sequence: LevelSequence
-    inputs_embeds: torch.Tensor
-    position_ids: torch.Tensor
-    level: DipLevel | None
-
-    @property
-    def n_text(self) -> int:
-        """Text tokens (separator excluded)."""
-        return int((self.sequence.layout.kind == TokenKind.TEXT.value).sum())
-
-    @property
-    def n_vision(self) -> int:
-        """Vision tokens: thumbnail, separator, level tokens and newlines."""
-        return self.sequence.length - self.n_text
-
-
-class _MemoryProbe:
-    """Peak memory of a question: CUDA ``max_memory_allocated``, else sampled RSS growth."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.process = psutil.Process()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        self.start = self.process.memory_info().rss
-        self.peak = self.start
-
-    def sample(self) -> None:
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def peak_bytes(self) -> int:
-        if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
-        self.sample()
-        return int(self.peak - self.start)
-
-
-def question_id_of(text: str) -> str:
-    """A stable id for a question without one: ``q-`` + 12 hex digits of its SHA-256."""
-    return "q-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def grid_level(image_hw: tuple[int, int], n: int, *, config: DipConfig) -> DipLevel:
-    """The ``grid-N`` view: the scene resized so its long side is N tiles, fill-to-grid (§1.3)."""
-    tile = config.tile_size_px
-    ratio = n * tile / max(image_hw)
-    resize = resized_hw(image_hw[0], image_hw[1], ratio, tile_size_px=tile)
-    grid_h, grid_w = -(-resize[0] // tile), -(-resize[1] // tile)
-    canvas = (grid_h * config.tokens_per_tile_side, grid_w * config.tokens_per_tile_side)
-    return DipLevel(
-        dip_level=1,
-        ratio=ratio,
-        image_hw=image_hw,
-        resize_hw=resize,
-        token_grid_hw=unpadded_token_grid_hw(canvas, resize),
-        tile_size_px=tile,
-        tokens_per_tile_side=config.tokens_per_tile_side,
-    )
-
-
-def all_tiles(level: DipLevel) -> list[TileRc]:
-    """Every tile of a level, row-major."""
-    rows, cols = level.grid_hw
-    return [(r, c) for r in range(rows) for c in range(cols)]
-
-
-def level_view_tokens(level: DipLevel) -> int:
-    """Vision tokens of a whole level in the LLM: separator + ``Ht * (Wt + 1)``."""
-    return 1 + level.n_tokens
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -320,7 +133,7 @@ class FocusEngine:
             projector_in=int(vision_config.hidden_size),
         )
         self.thumbnail_tokens = self.dip_config.thumbnail_tokens
-        separator = self.tokenizer.convert_tokens_to_ids(vlm.separator_token)
+        separator: Any = self.tokenizer.convert_tokens_to_ids(vlm.separator_token)
         if separator is None or separator == self.tokenizer.unk_token_id:
             separator = self.tokenizer(vlm.separator_token, add_special_tokens=False).input_ids[-1]
         self.separator_id = int(separator)
@@ -342,7 +155,7 @@ class FocusEngine:
                 exceeds ``token_budget``.
         """
         start = time.perf_counter()
-        probe = _MemoryProbe(self.model.device)
+        probe = MemoryProbe(self.model.device)
         with torch.inference_mode():
             state, llm_input, evidence_levels = self._build(pyramid, question, probe)
             answer, decode_steps, llm_flops, extra = self._generate(state, llm_input)
@@ -402,7 +215,7 @@ class FocusEngine:
 
     def prepare(self, pyramid: Any, question: str) -> LlmInput:
         """Run everything up to the LLM and return its input (for tests and inspection)."""
-        probe = _MemoryProbe(self.model.device)
+        probe = MemoryProbe(self.model.device)
         with torch.inference_mode():
             _, llm_input, _ = self._build(pyramid, question, probe)
         return llm_input
@@ -542,7 +355,7 @@ class FocusEngine:
     # -- the loop ------------------------------------------------------------------------------
 
     def _build(
-        self, pyramid: Any, question: str, probe: _MemoryProbe
+        self, pyramid: Any, question: str, probe: MemoryProbe
     ) -> tuple[FocusState, LlmInput, list[ScoredLevel]]:
         prompt = tokenize_prompt(self.tokenizer, question, template=self.model.config.chat_template)
         width, height = pyramid.size_wh
@@ -716,7 +529,9 @@ class FocusEngine:
         cfg = self.config
         rows_n, cols_n = level.token_grid_hw
         valid = valid_token_mask(level, tiles)
-        newline_rows = np.ones(rows_n, dtype=bool) if cfg.keep_all_newlines else valid.any(axis=1)
+        newline_rows: BoolArray = np.asarray(
+            np.ones(rows_n, dtype=bool) if cfg.keep_all_newlines else valid.any(axis=1), dtype=bool
+        )
         if cfg.rfm_gather_valid_only:
             sequence = build_level_sequence(
                 state.prompt,
@@ -879,149 +694,8 @@ class FocusEngine:
                     prefill_tokens=llm_input.sequence.length,
                     decode_steps=steps,
                 ).llm_flops
-        answer = tokenizer.decode(generation.token_ids[0], skip_special_tokens=True).strip()
+        answer = str(tokenizer.decode(generation.token_ids[0], skip_special_tokens=True)).strip()
         return answer, steps, llm_flops, extra
 
-    # -- the record ----------------------------------------------------------------------------
-
-    def _record(
-        self,
-        *,
-        scene: SceneRef,
-        question: str,
-        question_id: str,
-        answer: str,
-        state: FocusState,
-        llm_input_counts: tuple[int, int],
-        levels: list[ScoredLevel],
-        kept: LlmInput | None,
-        decode_steps: int,
-        llm_flops: float,
-        peak: int,
-        extra: dict[str, Any],
-        planned: bool,
-    ) -> AnswerRecord:
-        n_vision, n_text = llm_input_counts
-        tiles_evidence = []
-        for index, visited in enumerate(levels):
-            level = visited.level
-            side = level.tokens_per_tile_side
-            for tile in visited.tiles_rc:
-                block = visited.token_scores[
-                    tile[0] * side : (tile[0] + 1) * side, tile[1] * side : (tile[1] + 1) * side
-                ]
-                tiles_evidence.append(
-                    TileEvidence(
-                        dip_level=level.dip_level,
-                        tile_rc=(int(tile[0]), int(tile[1])),
-                        bbox_px=level.tile_bbox_px(tile),
-                        score=float(block.sum()),
-                        is_final=index == len(levels) - 1,
-                    )
-                )
-        tokens_evidence = self._token_evidence(levels, kept)
-        scored = [(v.level, v.token_scores, v.valid) for v in levels if v.scored]
-        heatmap = (
-            splat_levels(
-                scored, image_hw=state.plan.image_hw, long_side_cells=self.config.heatmap_cells
-            )
-            if scored
-            else None
-        )
-        vision_flops = count_flops(
-            self.dims, vision_tiles=state.tiles_encoded, prefill_tokens=0
-        ).vision_flops
-        rfm_flops = sum(
-            count_flops(self.dims, vision_tiles=0, prefill_tokens=0, rfm_tokens=n).rfm_flops
-            for n in state.rfm_tokens
-        )
-        tokens_per_level = (self.thumbnail_tokens, *(int(v.valid.sum()) for v in levels))
-        seconds = dict(state.seconds)
-        seconds.setdefault("total", sum(seconds.get(s, 0.0) for s in STAGES))
-        run = {
-            "levels": [
-                {
-                    "dip_level": v.level.dip_level,
-                    "resize_hw": list(v.level.resize_hw),
-                    "tiles": len(v.tiles_rc),
-                }
-                for v in levels
-            ],
-            "n_tiled_levels": state.plan.n_levels,
-            "stop_reason": state.stop_reason,
-            "rfm_passes": len(state.rfm_tokens),
-            "rfm_tokens": list(state.rfm_tokens),
-            "vision_allowance": state.allowance,
-            **extra,
-        }
-        return AnswerRecord(
-            question_id=question_id,
-            scene=scene,
-            question=question,
-            answer=answer,
-            model_id=self.loaded.model_id,
-            preset=self.config.preset,
-            preset_params={**self.config.to_dict(), "run": run},
-            evidence_tiles=tuple(tiles_evidence),
-            evidence_tokens=tokens_evidence,
-            heatmap=heatmap,
-            accounting=Accounting(
-                vision_tiles_encoded=state.tiles_encoded,
-                vision_tiles_cached=state.tiles_cached,
-                tokens_per_level=tokens_per_level,
-                vision_tokens_to_llm=n_vision,
-                llm_text_tokens=n_text,
-                llm_prefill_tokens=n_vision + n_text,
-                decode_steps=decode_steps,
-                flops=FlopCount(
-                    vision_flops=vision_flops, llm_flops=llm_flops, rfm_flops=rfm_flops
-                ),
-                seconds=seconds,
-                peak_memory_bytes=peak,
-                planned=planned,
-            ),
-        )
-
-    def _token_evidence(
-        self, levels: list[ScoredLevel], kept: LlmInput | None
-    ) -> tuple[TokenEvidence, ...]:
-        if kept is None or kept.level is None or not levels or not levels[-1].scored:
-            return ()
-        last = levels[-1]
-        layout = kept.sequence.layout
-        index = layout.positions_of(TokenKind.LEVEL)
-        rows, cols = layout.grid_r[index], layout.grid_c[index]
-        values = last.token_scores[rows, cols]
-        best = top_indices(values, self.config.evidence_tokens_cap)
-        return tuple(
-            TokenEvidence(
-                dip_level=last.level.dip_level,
-                grid_rc=(int(rows[i]), int(cols[i])),
-                bbox_px=last.level.token_bbox_px((int(rows[i]), int(cols[i]))),
-                score=float(values[i]),
-            )
-            for i in best.tolist()
-        )
-
-
-def layer_drop_llm_flops(
-    dims: ModelDims, tokens_per_layer: Sequence[int], *, decode_steps: int
-) -> float:
-    """LLM FLOPs of a prefill whose layers see different lengths (FastV/PDrop), plus decoding.
-
-    Each layer is counted as a one-layer model on its own length (dense attention, as
-    :func:`count_flops`); the LM head is counted once for the prefill's last token and once per
-    decode step. Decode step t of layer l attends over ``tokens_per_layer[l] + t`` keys.
-    """
-    import dataclasses
-
-    one_layer = dataclasses.replace(dims, llm=dataclasses.replace(dims.llm, layers=1))
-    head = 2.0 * dims.llm.hidden * dims.llm.vocab
-    head_count = 1 + max(0, decode_steps - 1)
-    total = 0.0
-    for length in tokens_per_layer:
-        total += count_flops(
-            one_layer, vision_tiles=0, prefill_tokens=length, decode_steps=decode_steps
-        ).llm_flops
-        total -= head * head_count
-    return total + head * head_count
+    def _record(self, **fields: Any) -> AnswerRecord:
+        return build_record(self, **fields)

@@ -179,7 +179,7 @@ class FocusConfig:
         return cls(**data)
 
 
-def focus_preset(cls: type[FocusConfig], name: str, **overrides: Any) -> FocusConfig:
+def focus_preset(cls: type[FocusConfig], /, name: str, **overrides: Any) -> FocusConfig:
     """Return a named preset, with fields overridden.
 
     Names: ``default``, ``parity``, ``thumbnail``, ``grid-N`` (N >= 1), ``full``, ``fastv``,
@@ -225,4 +225,4 @@ def focus_preset(cls: type[FocusConfig], name: str, **overrides: Any) -> FocusCo
 # Attached after the dataclass is built: a classmethod named like the ``preset`` field would
 # otherwise become that field's default. Instances read their own ``preset`` string (instance
 # attributes shadow this non-data descriptor); the class reads this constructor.
-FocusConfig.preset = classmethod(focus_preset)  # type: ignore[assignment,method-assign]  # see above
+FocusConfig.preset = classmethod(focus_preset)  # type: ignore[assignment]  # see above
