@@ -55,7 +55,8 @@ def test_questions_file_gives_one_line_each_and_dry_run(
 ) -> None:
     questions = tmp_path / "q.jsonl"
     questions.write_text(
-        '{"question_id": "a", "question": "What is red?"}\n{"question_id": "b", "question": "Where?"}\n'
+        '{"question_id": "a", "question": "What is red?"}\n'
+        '{"question_id": "b", "question": "Where?"}\n'
     )
     code, out = _ask(
         "--scene",
