@@ -289,8 +289,12 @@ def _read_in_strips(
     for top in range(0, height, READ_STRIP_PX):
         rows = min(READ_STRIP_PX, height - top)
         strip = Window(window.col_off, window.row_off + top, width, rows)
-        rgb[top : top + rows], valid[top : top + rows] = read_rgb_window(
-            dataset, task.info, task.stretch, strip
+        read_rgb_window(
+            dataset,
+            task.info,
+            task.stretch,
+            strip,
+            out=(rgb[top : top + rows], valid[top : top + rows]),
         )
     return rgb, valid
 

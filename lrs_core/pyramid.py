@@ -128,8 +128,7 @@ def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     height, width = valid.shape
     if not (height % 2 or width % 2) and valid.all():
         # Fast path (the common case): every 2x2 cell has 4 valid pixels.
-        total = rgb[0::2, 0::2].astype(np.uint16)
-        total += rgb[1::2, 0::2]
+        total = np.add(rgb[0::2, 0::2], rgb[1::2, 0::2], dtype=np.uint16)
         total += rgb[0::2, 1::2]
         total += rgb[1::2, 1::2]
         total += 2
@@ -142,12 +141,10 @@ def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
         valid_pad = np.zeros(padded_hw, dtype=bool)
         valid_pad[:height, :width] = valid
         rgb, valid = rgb_pad, valid_pad
-    total = rgb[0::2, 0::2].astype(np.uint16)
-    total += rgb[1::2, 0::2]
+    total = np.add(rgb[0::2, 0::2], rgb[1::2, 0::2], dtype=np.uint16)
     total += rgb[0::2, 1::2]
     total += rgb[1::2, 1::2]
-    count = valid[0::2, 0::2].astype(np.uint16)
-    count += valid[1::2, 0::2]
+    count = np.add(valid[0::2, 0::2], valid[1::2, 0::2], dtype=np.uint16)
     count += valid[0::2, 1::2]
     count += valid[1::2, 1::2]
     out_valid = count > 0

@@ -351,7 +351,12 @@ def compute_stretch(
 
 
 def read_rgb_window(
-    dataset: DatasetReader, info: SceneInfo, stretch: Stretch, window: Window
+    dataset: DatasetReader,
+    info: SceneInfo,
+    stretch: Stretch,
+    window: Window,
+    *,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read one level-0 window as RGB uint8 with its validity mask.
 
@@ -360,16 +365,21 @@ def read_rgb_window(
         info: its :class:`SceneInfo`.
         stretch: the scene's :class:`Stretch`.
         window: level-0 pixel window (inside the scene).
+        out: optional ``(rgb, valid)`` arrays of the window's (h, w) to fill (saves a copy).
 
     Returns:
         ``(rgb, valid)``: uint8 (h, w, 3), 0 where invalid; bool (h, w).
     """
     bands = _unique_bands(info)
     values = dataset.read(bands, window=window)
-    valid = read_valid(dataset, info, values, window=window)
-    position = {band: i for i, band in enumerate(bands)}
     height, width = values.shape[1:]
-    rgb = np.empty((height, width, RGB_CHANNELS), dtype=np.uint8)
+    if out is None:
+        rgb = np.empty((height, width, RGB_CHANNELS), dtype=np.uint8)
+        valid = np.empty((height, width), dtype=bool)
+    else:
+        rgb, valid = out
+    valid[...] = read_valid(dataset, info, values, window=window)
+    position = {band: i for i, band in enumerate(bands)}
     for channel, band in enumerate(info.band_map):
         plane = values[position[band]]
         if stretch.method == "none":
@@ -380,7 +390,8 @@ def read_rgb_window(
         np.clip(scaled, 0, UINT8_MAX, out=scaled)
         scaled = np.nan_to_num(scaled, nan=0.0)
         rgb[..., channel] = np.rint(scaled).astype(np.uint8)
-    rgb[~valid] = 0
+    if not valid.all():
+        rgb[~valid] = 0
     return rgb, valid
 
 
