@@ -560,6 +560,11 @@ class FocusEngine:
         key_rc = np.stack([layout.grid_r[key_index], layout.grid_c[key_index]], axis=1)
         is_newline = layout.kind[key_index] == TokenKind.NEWLINE.value
         key_valid = ~sequence.is_placeholder[key_index]
+        rfm_positions = (
+            sequence.positions
+            if cfg.rfm_position_mode == "original"
+            else np.arange(sequence.length, dtype=np.int64)
+        )
         with self._timed(state, "rfm"):
             embeds = embed_sequence(
                 self.model,
@@ -576,7 +581,7 @@ class FocusEngine:
                 key_is_newline=is_newline,
                 key_valid=key_valid,
                 inputs_embeds=embeds[None],
-                position_ids=torch.from_numpy(sequence.positions)[None].to(device),
+                position_ids=torch.from_numpy(rfm_positions)[None].to(device),
                 attention_mask=torch.from_numpy((~sequence.is_placeholder).astype(np.int64))[
                     None
                 ].to(device),

@@ -71,6 +71,10 @@ class FocusConfig:
         rfm_gather_valid_only: RFM passes run over valid tokens only, with their full-sequence
             position ids (ours, spec §11.9); False: the whole canvas with masked placeholders
             (parity, spec §5.1 pass 2).
+        rfm_position_mode: RoPE positions of an RFM pass: ``original`` (each token's position in
+            the full-level sequence, gaps where tiles were not selected; spec §5.5) or ``compact``
+            (``0..L-1`` over the tokens present, as the LLM sees them; keeps positions small at the
+            fine levels of huge scenes).
         grid_n: tiles along the long side of the ``grid`` baseline's view.
         fastv_layer: FastV's K (first layer without the dropped tokens).
         fastv_keep_ratio: FastV's 1 - R.
@@ -99,6 +103,7 @@ class FocusConfig:
     token_budget: int | None = None
     position_mode: PositionModeName = "compact"
     rfm_gather_valid_only: bool = True
+    rfm_position_mode: PositionModeName = "original"
     grid_n: int = DEFAULT_GRID_N
     fastv_layer: int = 2
     fastv_keep_ratio: float = 0.5
@@ -120,6 +125,7 @@ class FocusConfig:
             ("pyramid_rule", ("default", "parity")),
             ("resampler", ("antialiased", "parity")),
             ("position_mode", get_args(PositionModeName)),
+            ("rfm_position_mode", get_args(PositionModeName)),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(

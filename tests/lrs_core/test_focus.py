@@ -470,3 +470,29 @@ def test_prune_holds_the_allowance_and_keeps_the_best() -> None:
     )
     assert parity.n_candidates == 66 and parity.keep.sum() == int(66 * 0.25)
     assert parity.newline_rows.all()
+
+
+@pytest.mark.parametrize("mode", ["compact", "original"])
+def test_position_modes_of_the_llm_and_the_rfm(
+    tiny_model: LoadedModel, large_pyramid: Pyramid, mode: str
+) -> None:
+    scorer = PlantedScorer(PLANTED_BOX)
+    requests: list[ScoreRequest] = []
+
+    def recording(request: ScoreRequest) -> np.ndarray:
+        requests.append(request)
+        return scorer(request)
+
+    engine = _engine(
+        tiny_model, "default", position_mode=mode, rfm_position_mode=mode, scorer=recording
+    )
+    llm_input = engine.prepare(large_pyramid, QUESTION)
+    positions = llm_input.position_ids[0].numpy()
+    assert np.all(np.diff(positions) > 0) and positions[0] == 0
+    gapped = positions[-1] > len(positions) - 1
+    assert gapped == (mode == "original")  # pruning leaves gaps only in original positions
+    if mode == "original":
+        assert np.array_equal(positions, llm_input.sequence.positions)
+    for request in requests[1:]:  # finer levels hold only the selected tiles' tokens
+        rfm_positions = request.position_ids[0].numpy()
+        assert (rfm_positions[-1] > len(rfm_positions) - 1) == (mode == "original")
