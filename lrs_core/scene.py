@@ -370,21 +370,27 @@ def read_rgb_window(
     Returns:
         ``(rgb, valid)``: uint8 (h, w, 3), 0 where invalid; bool (h, w).
     """
-    bands = _unique_bands(info)
-    values = dataset.read(bands, window=window)
-    height, width = values.shape[1:]
+    height, width = int(window.height), int(window.width)
     if out is None:
         rgb = np.empty((height, width, RGB_CHANNELS), dtype=np.uint8)
         valid = np.empty((height, width), dtype=bool)
     else:
         rgb, valid = out
+    if stretch.method == "none":
+        # uint8: GDAL writes the bands pixel-interleaved straight into rgb (measured 3x faster
+        # than reading planes and copying each into a strided channel).
+        planes = rgb.transpose(2, 0, 1)
+        dataset.read(list(info.band_map), window=window, out=planes)
+        valid[...] = read_valid(dataset, info, planes, window=window)
+        if not valid.all():
+            rgb[~valid] = 0
+        return rgb, valid
+    bands = _unique_bands(info)
+    values = dataset.read(bands, window=window)
     valid[...] = read_valid(dataset, info, values, window=window)
     position = {band: i for i, band in enumerate(bands)}
     for channel, band in enumerate(info.band_map):
         plane = values[position[band]]
-        if stretch.method == "none":
-            rgb[..., channel] = plane
-            continue
         lo, hi = stretch.low[channel], stretch.high[channel]
         scaled = (plane.astype(np.float32) - np.float32(lo)) * np.float32(UINT8_MAX / (hi - lo))
         np.clip(scaled, 0, UINT8_MAX, out=scaled)
