@@ -539,7 +539,10 @@ def build_dataset(
         DatasetError: a record's image is missing or unreadable, or ``store_dir`` is needed.
     """
     config = dip_config_of(model)
-    separator_id = int(tokenizer.convert_tokens_to_ids(model.config.separator_token))
+    separator = tokenizer.convert_tokens_to_ids(model.config.separator_token)
+    if not isinstance(separator, int):
+        raise DatasetError(f"separator token {model.config.separator_token!r} is not one token")
+    separator_id = separator
     template = model.config.chat_template
     out_views: list[View] = []
     lengths: list[int] = []

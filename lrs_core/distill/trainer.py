@@ -355,11 +355,11 @@ class _Trainer:
                 batch = self._micro_batch(state)
                 with self._autocast():
                     output = distill_loss(self.model, batch, config=config)
-                (output.loss / config.grad_accum).backward()
+                (output.loss / config.grad_accum).backward()  # type: ignore[no-untyped-call]  # untyped upstream
                 window.add(output.terms, output.topk_recall, batch)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_([p for _, p in self.params], config.max_grad_norm)
-            lr = self.scheduler.get_last_lr()[0]
+            lr = float(self.scheduler.get_last_lr()[0])
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)

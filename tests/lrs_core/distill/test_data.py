@@ -76,7 +76,9 @@ def test_conversation_queries_are_the_token_before_each_answer(
         assert conversation.answer_mask[start] and not conversation.answer_mask[start - 1]
     spans = np.flatnonzero(np.diff(conversation.answer_mask.astype(int)) == 1) + 1
     assert tuple(spans.tolist()) == conversation.answer_starts
-    answers = tokenizer.decode([i for i, m in zip(after, conversation.answer_mask) if m])
+    answers = tokenizer.decode(
+        [i for i, m in zip(after, conversation.answer_mask, strict=True) if m]
+    )
     assert "two" in answers and "left" in answers
     with pytest.raises(DatasetError):
         tokenize_conversation(tokenizer, (), template=template)
@@ -92,7 +94,12 @@ def test_read_llava_json_and_lrs_vqa_jsonl(tmp_path: Path) -> None:
         Turn("What is the color of the roof?", "red"),
     )
     lines = [
-        {"question_id": "FAIR_1", "image": "LRS_VQA/image/1.tif", "text": "Q?", "ground_truth": "a"},
+        {
+            "question_id": "FAIR_1",
+            "image": "LRS_VQA/image/1.tif",
+            "text": "Q?",
+            "ground_truth": "a",
+        },
         {"question_id": "FAIR_2", "image": "LRS_VQA/image/1.tif", "text": "R?", "answer": "b"},
     ]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
