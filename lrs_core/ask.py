@@ -17,10 +17,18 @@ from typing import Any
 
 import torch
 
-from lrs_core.errors import ConfigError, DatasetError
+from lrs_core.errors import ConfigError, DatasetError, WeightsError
 from lrs_core.features import FeatureCache
 from lrs_core.focus import FocusConfig, FocusEngine
-from lrs_core.models.io import load_model
+from lrs_core.models.config import VlmConfig
+from lrs_core.models.io import (
+    PROJECT_CONFIG_FILE,
+    LoadedModel,
+    load_model,
+    load_tokenizer,
+    read_json,
+)
+from lrs_core.models.vlm import VisionLanguageModel, llm_config_class, vision_config_class
 from lrs_core.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 
@@ -52,6 +60,7 @@ def load_engine(
     dtype: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     feature_cache: FeatureCache | None = None,
+    weights: bool = True,
 ) -> FocusEngine:
     """Load a model and return an engine for a preset.
 
@@ -64,6 +73,9 @@ def load_engine(
         dtype: ``float32``, ``float16`` or ``bfloat16``; None = the device's default.
         overrides: further :class:`FocusConfig` fields.
         feature_cache: a cache to share between engines (a fresh one if None).
+        weights: False builds the model on the ``meta`` device without reading its weights (a
+            project-format directory only; other layouts load normally): enough for
+            :meth:`FocusEngine.plan`, which needs only the tokenizer and the dimensions.
 
     Raises:
         ConfigError: unknown preset, field or dtype.
@@ -75,8 +87,33 @@ def load_engine(
     config = FocusConfig.preset(preset, **values)  # type: ignore[operator]  # see focus_config
     if dtype is not None and dtype not in _DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {sorted(_DTYPES)}")
-    loaded = load_model(model_dir, device=device, dtype=None if dtype is None else _DTYPES[dtype])
+    if not weights and (Path(model_dir) / PROJECT_CONFIG_FILE).is_file():
+        loaded = _load_without_weights(Path(model_dir))
+    else:
+        loaded = load_model(
+            model_dir, device=device, dtype=None if dtype is None else _DTYPES[dtype]
+        )
     return FocusEngine(loaded, config=config, feature_cache=feature_cache)
+
+
+def _load_without_weights(source: Path) -> LoadedModel:
+    """Build a project-format model on the ``meta`` device (shapes only) with its tokenizer."""
+    header = read_json(source / PROJECT_CONFIG_FILE)
+    try:
+        config = VlmConfig.from_dict(header["vlm_config"])
+        vision_config = vision_config_class(config.vision_family).from_dict(header["vision_config"])
+        llm_config = llm_config_class(config.llm_family).from_dict(header["llm_config"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise WeightsError(f"{source / PROJECT_CONFIG_FILE}: invalid model header ({err})") from err
+    model = VisionLanguageModel.build(
+        config, vision_config=vision_config, llm_config=llm_config, initialise=False, device="meta"
+    )
+    return LoadedModel(
+        model=model.eval(),
+        tokenizer=load_tokenizer(source),
+        model_id=str(header.get("model_id", source.name)),
+        source_dir=source,
+    )
 
 
 def answer_questions(

@@ -101,6 +101,9 @@ class FocusEngine:
         config: the preset and its parameters.
         feature_cache: tile features shared across questions (a fresh 512 MiB cache if None).
         scorer: the token scorer; None = :class:`RfmScorer` (inject another to test the loop).
+        dims: model dimensions for the FLOP counts; None = this model's own. Pass
+            ``KNOWN_DIMS["qwen2-7b"]`` to count (or plan) what a 7B model with the same geometry
+            would spend on the same tiles and tokens.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class FocusEngine:
         config: FocusConfig,
         feature_cache: FeatureCache | None = None,
         scorer: TokenScorer | None = None,
+        dims: ModelDims | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -126,7 +130,7 @@ class FocusEngine:
         rfm_config = RfmConfig(exclude_newline_keys=not config.include_newline_in_selection)
         self.scorer: TokenScorer = scorer or RfmScorer(loaded, config=rfm_config)
         vision_config: Any = self.model.vision_tower.config
-        self.dims: ModelDims = dims_from_configs(
+        self.dims: ModelDims = dims or dims_from_configs(
             vision_config,
             self.model.llm.config,
             rfm_layers=len(self.model.rfm.layers) - 1,

@@ -92,3 +92,21 @@ def test_load_engine_rejects_bad_input(tiny_model_dir: Path, tmp_path: Path) -> 
     engine = load_engine(tiny_model_dir, preset="thumbnail")
     with pytest.raises(SceneNotFoundError):
         answer_questions(engine, tmp_path / "none.zarr", [Question("a", "x")])
+
+
+def test_plan_without_weights_equals_plan_with_them(
+    tiny_model_dir: Path, ingested_store: Path
+) -> None:
+    from lrs_core.models.flops import KNOWN_DIMS
+    from lrs_core.pyramid import open_pyramid
+
+    pyramid = open_pyramid(ingested_store)
+    shapes_only = load_engine(tiny_model_dir, preset="default", weights=False)
+    assert shapes_only.model.device.type == "meta"
+    loaded = load_engine(tiny_model_dir, preset="default")
+    planned = shapes_only.plan(pyramid, "What is red?").to_dict()
+    again = loaded.plan(pyramid, "What is red?").to_dict()
+    assert planned["accounting"] == again["accounting"]
+    big = load_engine(tiny_model_dir, preset="default", weights=False)
+    big.dims = KNOWN_DIMS["qwen2-7b"]
+    assert big.plan(pyramid, "What is red?").accounting.flops.total_flops > 1e12
