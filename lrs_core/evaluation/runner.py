@@ -112,6 +112,12 @@ def default_store_dir(out: Path) -> Path:
     return out.with_name(out.name + STORE_DIR_SUFFIX)
 
 
+def chunk_output_path(out: Path, *, chunk_idx: int, num_chunks: int) -> Path:
+    """Return the prediction file of one chunk beside ``out``: ``pred.chunk1of4.jsonl``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.chunk{chunk_idx}of{num_chunks}{out.suffix}")
+
+
 def chunk_bounds(n_items: int, *, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
     """Return ``(start, stop)`` of chunk ``chunk_idx``: contiguous ``ceil(N / K)`` splits.
 
