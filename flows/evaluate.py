@@ -243,7 +243,7 @@ def evaluate(
             return_state=True,
         )
         scored = score_state.result(raise_on_failure=False)
-        if score_state.is_completed():
+        if score_state.is_completed() and isinstance(scored, dict):
             report = scored
         else:
             problems.append(f"scoring failed: {' '.join(str(scored).split())}")

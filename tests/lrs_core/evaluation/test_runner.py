@@ -386,3 +386,19 @@ def test_mme_run_writes_output_and_scores(tiny_model_dir: Path, tmp_path: Path) 
     answered_only = _write_subset(tmp_path / "answered.jsonl", [answered])
     assert score_file(answered_only).n_total == 1
     assert score_run("mme", answered_only)["scores"]["n_total"] == 1
+
+
+def test_ingest_only_fills_the_shared_store_for_all_chunks(synth: SynthSet, tmp_path: Path) -> None:
+    stores = tmp_path / "stores"
+    args = [
+        "eval", "run", "lrs-vqa", "--data", str(synth.data_root), "--model", str(tmp_path / "none"),
+        "--out", str(tmp_path / "pred.jsonl"), "--stores", str(stores), "--num-chunks", "2",
+        "--limit", "1", "--ingest-only", "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    scenes = json.loads(result.stdout)["scenes"]
+    # Chunk 1 starts in scene 0 and chunk 2 in scene 1: both are ingested, and no model is needed.
+    assert sorted(s["scene_id"] for s in scenes) == [scene_id_for(s.image) for s in synth.scenes]
+    assert all((stores / f"{s['scene_id']}.zarr").is_dir() for s in scenes)
+    assert not (tmp_path / "pred.jsonl").exists()
