@@ -173,3 +173,13 @@ def test_open_pyramid_missing_and_incomplete(tmp_path: Path, ingested_store: Pat
     (copy / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(IncompletePyramidError, match="did not finish"):
         open_pyramid(copy)
+
+
+@pytest.mark.parametrize("shape_hw", [(8, 10), (7, 9), (2, 2)])
+def test_reduce_2x2_all_valid_fast_path(shape_hw: tuple[int, int]) -> None:
+    rgb = np.random.default_rng(4).integers(0, 256, (*shape_hw, 3), dtype=np.uint8)
+    valid = np.ones(shape_hw, bool)
+    out, out_valid = reduce_2x2(rgb, valid)
+    ref, ref_valid = _reference_reduce(rgb, valid)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(out_valid, ref_valid)
