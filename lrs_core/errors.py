@@ -66,3 +66,7 @@ class LossyConversionWarning(LrsWarning):
 
 class WindowError(LrsError, ValueError):
     """A requested window or region is empty or lies outside a pyramid level."""
+
+
+class OutputNotWritableError(LrsError, PermissionError):
+    """An output folder cannot be created or written (permissions, read-only filesystem)."""

@@ -1,0 +1,128 @@
+"""The answer task (through ``.fn()``), its engine cache and the artifact helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.logging import disable_run_logger
+
+from lrs_core.errors import SceneNotFoundError, WeightsError
+from lrs_core.outputs import read_records
+from tasks.answer import GPU_TAG, answer_scene_task, cached_engine, model_fingerprint
+from tasks.artifacts import answers_table, overlays_markdown, savings, summary_markdown
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+QUESTIONS = [
+    {"question_id": "red", "question": "Where is the red roof?"},
+    {"question_id": "count", "question": "How many cars are there?"},
+]
+
+
+def test_task_answers_appends_and_skips_on_rerun(
+    tmp_path: Path, tiny_model_dir: Path, ingested_store: Path
+) -> None:
+    out = tmp_path / "out"
+    with disable_run_logger():
+        first = answer_scene_task.fn(
+            str(ingested_store),
+            QUESTIONS[:1],
+            str(tiny_model_dir),
+            str(out),
+            scene_id="scene",
+            preset="thumbnail",
+        )
+        second = answer_scene_task.fn(
+            str(ingested_store),
+            QUESTIONS,
+            str(tiny_model_dir),
+            str(out),
+            scene_id="scene",
+            preset="thumbnail",
+        )
+    assert [r["status"] for r in first] == ["answered"]
+    assert {r["question_id"]: r["status"] for r in second} == {
+        "red": "skipped",
+        "count": "answered",
+    }
+    row = first[0]
+    # Small JSON-able values only (task results are pickled by Prefect): never arrays.
+    assert all(isinstance(v, (str, int, float, type(None))) for v in row.values())
+    assert row["scene_id"] == "scene" and row["error"] is None
+    assert 0 < row["vision_tokens"] < row["full_vision_tokens"]
+    assert 0 < row["flops"] < row["full_flops"]
+    assert Path(row["overlay"]).is_file()
+    parts = sorted((out / "answers.parquet").iterdir())
+    assert len(parts) == 2  # one part per answer: a kill loses at most the question in flight
+    assert [r.question_id for r in read_records(out)] == ["red", "count"]
+
+
+def test_task_raises_for_a_missing_store(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with disable_run_logger(), pytest.raises(SceneNotFoundError):
+        answer_scene_task.fn(
+            str(tmp_path / "nowhere.zarr"),
+            QUESTIONS,
+            str(tiny_model_dir),
+            str(tmp_path / "o"),
+            scene_id="nowhere",
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_engine_cache_reuses_and_reloads_a_changed_model(tiny_model_dir: Path) -> None:
+    engine, lock = cached_engine(str(tiny_model_dir), preset="thumbnail")
+    again, same_lock = cached_engine(str(tiny_model_dir), preset="thumbnail")
+    assert again is engine and same_lock is lock
+    other, _ = cached_engine(str(tiny_model_dir), preset="default")
+    assert other is not engine and other.config.preset == "default"
+    assert model_fingerprint(str(tiny_model_dir)) != ()
+    with pytest.raises(WeightsError):
+        cached_engine(str(tiny_model_dir.parent / "no-model-here"))
+
+
+def test_task_carries_the_gpu_tag() -> None:
+    assert GPU_TAG in answer_scene_task.tags and GPU_TAG == "gpu"
+
+
+def test_summary_lists_failures_and_savings() -> None:
+    rows = [
+        {
+            "question_id": "a",
+            "scene": "s.zarr",
+            "scene_id": "s",
+            "question": "What | is it?",
+            "status": "answered",
+            "answer": "a ship",
+            "error": None,
+            "vision_tokens": 250,
+            "flops": 1.0e12,
+            "full_vision_tokens": 1000,
+            "full_flops": 4.0e12,
+            "seconds": 1.5,
+            "overlay": "https://example.org/a.png",
+        },
+        {
+            "question_id": "b",
+            "scene": "gone",
+            "scene_id": None,
+            "question": "Where?",
+            "status": "failed",
+            "answer": None,
+            "error": "scene 'gone' is neither a store path",
+        },
+        {"question_id": "c", "scene": "s", "question": "x", "status": "skipped", "answer": None},
+    ]
+    saved = savings(rows)
+    assert saved["n"] == 1 and saved["token_saving"] == pytest.approx(0.75)
+    assert saved["flop_saving"] == pytest.approx(0.75)
+    text = summary_markdown(rows, out="/o", model="/m", preset="default")
+    assert "- answered: 1" in text and "- failed: 1" in text and "- skipped" in text
+    assert "| vision tokens to the LLM | 250 | 1000 | 75.0% |" in text
+    assert "## Failures" in text and "neither a store path" in text
+    assert "What \\| is it?" in text  # pipes escaped in table cells
+    assert "![a](https://example.org/a.png)" in overlays_markdown(rows)
+    table = answers_table(rows)
+    assert table[0]["tflops"] == 1.0 and table[1]["status"] == "failed"
+    nothing = summary_markdown(rows[1:], out="/o", model="/m", preset="default")
+    assert "nothing to compare" in nothing
