@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lrs_core.dip import DipLevel, map_tokens_to_next_level_parity, map_tokens_to_tiles
+from lrs_core.errors import ConfigError
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -252,7 +253,8 @@ def prune_tokens(
     rows, cols = np.nonzero(token_valid)
     values = token_scores[rows, cols].astype(np.float32)
     if newlines_in_ratio:
-        assert newline_scores is not None
+        if newline_scores is None:
+            raise ConfigError("prune_tokens: newlines_in_ratio=True needs newline_scores")
         n_candidates = rows.size + rows_n
         count = int(n_candidates * keep_ratio)
         all_scores = np.concatenate([values, newline_scores.astype(np.float32)])
