@@ -84,7 +84,7 @@ def load_engine(
     values = dict(overrides or {})
     if budget is not None:
         values["token_budget"] = budget
-    config = FocusConfig.preset(preset, **values)  # type: ignore[operator]  # see focus_config
+    config = FocusConfig.preset(preset, **values)
     if dtype is not None and dtype not in _DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {sorted(_DTYPES)}")
     if not weights and (Path(model_dir) / PROJECT_CONFIG_FILE).is_file():

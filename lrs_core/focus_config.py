@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 from lrs_core.errors import ConfigError
 
@@ -43,6 +44,22 @@ DEFAULT_HEATMAP_CELLS = 64
 #: Tiles per vision-tower call.
 DEFAULT_VISION_BATCH = 16
 _GRID_PRESET = re.compile(r"^grid-(\d+)$")
+
+if TYPE_CHECKING:
+
+    class _PresetAttribute:
+        """Type-checking view of ``FocusConfig.preset``: a constructor, or a str on instances."""
+
+        @overload
+        def __get__(self, obj: None, owner: type) -> Callable[..., FocusConfig]: ...
+        @overload
+        def __get__(self, obj: object, owner: type) -> str: ...
+        def __get__(self, obj: object, owner: type) -> Any: ...
+        def __set__(self, obj: object, value: str) -> None: ...
+
+    PresetField = _PresetAttribute
+else:
+    PresetField = str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +105,7 @@ class FocusConfig:
         vision_batch_size: tiles per vision-tower call.
     """
 
-    preset: str = "default"
+    preset: PresetField = "default"  # type: ignore[assignment]  # a str; see the module end
     strategy: Strategy = "focus"
     pyramid_rule: str = "default"
     resampler: str = "antialiased"

@@ -261,6 +261,7 @@ def test_planted_scores_zoom_into_the_region_at_every_level(
     assert _overlaps(best.bbox_px, PLANTED_BOX)
     assert all(_overlaps(t.bbox_px, PLANTED_BOX) for t in record.evidence_tokens if t.score == 1.0)
     assert record.evidence_tokens[0].score == 1.0
+    assert record.heatmap is not None
     heat = np.asarray(record.heatmap.values).reshape(record.heatmap.shape_hw)
     row, col = np.unravel_index(int(heat.argmax()), heat.shape)
     cell_h, cell_w = 1400 / heat.shape[0], 2100 / heat.shape[1]
@@ -290,6 +291,7 @@ def test_parity_and_default_differ_where_the_spec_says(
         layout = engine.prepare(large_pyramid, QUESTION).sequence.layout
         newline_rows = set(layout.grid_r[layout.kind == TokenKind.NEWLINE.value].tolist())
         token_rows = set(layout.grid_r[layout.kind == TokenKind.LEVEL.value].tolist())
+        assert layout.level_grid_hw is not None
         if all_rows:
             assert len(newline_rows) == layout.level_grid_hw[0]
         else:

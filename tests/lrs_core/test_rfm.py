@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -27,7 +29,7 @@ def _reference_scores(
     loaded: LoadedModel, embeds: torch.Tensor, keys: torch.Tensor
 ) -> torch.Tensor:
     """Independent re-derivation: stock layers 0..n-2, then q.k of layer n-1 with HF's RoPE."""
-    rfm = loaded.model.rfm
+    rfm: Any = loaded.model.rfm  # stock decoder layers are untyped upstream
     hidden = rfm(embeds, num_layers=len(rfm.layers) - 1)
     layer = rfm.layers[-1]
     attn = layer.self_attn
