@@ -197,7 +197,7 @@ def answer_scene_task(
     writer = BatchWriter(out, overlay_side_px=overlay_side_px, refresh_geojson=False)
     baseline_engine = FocusEngine(
         engine.loaded,
-        config=FocusConfig.preset(BASELINE_PRESET),  # type: ignore[operator]  # see focus_config
+        config=FocusConfig.preset(BASELINE_PRESET),
         feature_cache=engine.feature_cache,
     )
     progress = progress_reporter(f"answers about {scene_id}")
