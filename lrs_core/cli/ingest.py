@@ -61,15 +61,20 @@ def ingest(
         fail(f"--id {scene_id!r} needs exactly one source, got {len(paths)}", code=EXIT_USAGE)
     with progress_bar("ingest", enabled=not as_json) as update, warnings.catch_warnings():
         warnings.simplefilter("ignore", LrsWarning)
-        results = ingest_many(
-            paths,
-            out,
-            scene_id=scene_id,
-            config=config,
-            overwrite=overwrite,
-            dask_address=dask_address,
-            progress=update,
-        )
+        try:
+            results = ingest_many(
+                paths,
+                out,
+                scene_id=scene_id,
+                config=config,
+                overwrite=overwrite,
+                dask_address=dask_address,
+                progress=update,
+            )
+        except OSError as err:
+            if dask_address is None:
+                raise
+            fail(f"cannot use the dask scheduler at {dask_address}: {err}", code=EXIT_FAILED)
     for result in results:
         if as_json:
             print_json(result.to_dict())
