@@ -163,6 +163,7 @@ def evaluate(
     budget: int | None = None,
     device: str = "cpu",
     overrides: dict[str, Any] | None = None,
+    score: bool = True,
 ) -> dict[str, Any]:
     """Answer ``benchmark`` in ``num_chunks`` chunks, merge into ``out`` and score it.
 
@@ -179,6 +180,7 @@ def evaluate(
         budget: ``token_budget`` override.
         device: torch device string for every chunk.
         overrides: further :class:`~lrs_core.focus.FocusConfig` fields (e.g. ``max_new_tokens``).
+        score: score the merged file (LRS-VQA loads WordNet, ~10 s); False only merges.
 
     Returns:
         ``{"out", "store", "chunks": [RunSummary dicts], "merge", "report", "problems"}``.
@@ -235,7 +237,7 @@ def evaluate(
     existing = [p for p in chunk_paths if Path(p).is_file()]
     merged = merge_predictions_task(existing, out) if existing else None
     report: dict[str, Any] | None = None
-    if merged is not None and merged["n_rows"]:
+    if score and merged is not None and merged["n_rows"]:
         score_state = score_predictions_task(
             name,
             out,

@@ -91,10 +91,12 @@ def test_evaluate_runs_chunks_merges_scores_and_resumes(
     table = json.loads(table) if isinstance(table, str) else table
     assert {row["category"] for row in table} >= {"OA", "AA", "mean AA"}
 
-    again = evaluate(**params)  # idempotent: nothing left to answer, the model is not loaded
+    # Idempotent: nothing left to answer, so no model is loaded (and no second WordNet load).
+    again = evaluate(**{**params, "score": False})
     assert [c["n_answered"] for c in again["chunks"]] == [0, 0]
     assert [c["n_already_done"] for c in again["chunks"]] == [1, 1]
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
+    assert again["report"] is None
 
 
 def test_evaluate_fails_loudly_when_the_model_does_not_load(
