@@ -368,6 +368,54 @@ def pair_logits(
     ]
 
 
+def loss_from_pairs(
+    items: Sequence[PairLogits],
+    batch: DistillBatch,
+    *,
+    config: DistillConfig,
+) -> DistillOutput:
+    """Return the distillation loss of teacher/student logits already computed (no LM term).
+
+    Args:
+        items: the distilled pairs, in ascending ``pair`` order (the last one gives the recall).
+        batch: the micro-batch the logits belong to.
+        config: loss terms, temperature, weight and top-k fraction.
+    """
+    tau = config.temperature
+    sums: dict[str, list[torch.Tensor]] = {"kl_full": [], "kl_img": [], "mse_img": []}
+    recall = torch.zeros(0)
+    for item in items:
+        teacher_img = image_slice(item.teacher, batch)
+        student_img = image_slice(item.student, batch)
+        if config.kl_full:
+            sums["kl_full"].append(
+                kl_divergence(item.teacher, item.student, query_mask=batch.query_mask)
+            )
+        if config.kl_img:
+            sums["kl_img"].append(
+                kl_divergence(
+                    teacher_img, student_img, query_mask=batch.query_mask, temperature=tau
+                )
+            )
+        if config.mse_img:
+            sums["mse_img"].append(
+                logit_mse(teacher_img, student_img, query_mask=batch.query_mask, temperature=tau)
+            )
+        if item is items[-1]:
+            recall = batch_topk_recall(
+                teacher_img, student_img, batch, fraction=config.topk_fraction
+            )
+    collected = [term for values in sums.values() for term in values]
+    distill = torch.stack(collected).mean()
+    loss = config.distill_weight * distill
+    terms = {"distill": float(distill.detach())}
+    for name, values in sums.items():
+        if values:
+            terms[name] = float(torch.stack(values).detach().mean())
+    terms["loss"] = float(loss.detach())
+    return DistillOutput(loss=loss, terms=terms, topk_recall=recall)
+
+
 def distill_loss(
     model: VisionLanguageModel,
     batch: DistillBatch,
@@ -389,40 +437,11 @@ def distill_loss(
     """
     llm_layer_list = model.config.rfm_llm_layers
     pairs = distilled_pairs(llm_layer_list, skip_layers=config.skip_layers)
-    tau = config.temperature
-    sums: dict[str, list[torch.Tensor]] = {"kl_full": [], "kl_img": [], "mse_img": []}
-    recall = torch.zeros(0)
-    for item in pair_logits(model, batch, llm_layer_list=llm_layer_list, pairs=pairs):
-        teacher_img = image_slice(item.teacher, batch)
-        student_img = image_slice(item.student, batch)
-        if config.kl_full:
-            sums["kl_full"].append(
-                kl_divergence(item.teacher, item.student, query_mask=batch.query_mask)
-            )
-        if config.kl_img:
-            sums["kl_img"].append(
-                kl_divergence(
-                    teacher_img, student_img, query_mask=batch.query_mask, temperature=tau
-                )
-            )
-        if config.mse_img:
-            sums["mse_img"].append(
-                logit_mse(teacher_img, student_img, query_mask=batch.query_mask, temperature=tau)
-            )
-        if item.pair == pairs[-1]:
-            recall = batch_topk_recall(
-                teacher_img, student_img, batch, fraction=config.topk_fraction
-            )
-    collected = [term for values in sums.values() for term in values]
-    distill = torch.stack(collected).mean()
-    loss = config.distill_weight * distill
-    terms = {"distill": float(distill.detach())}
-    for name, values in sums.items():
-        if values:
-            terms[name] = float(torch.stack(values).detach().mean())
-    if config.trains_llm:
-        lm = lm_loss(model, batch)
-        loss = loss + config.lm_weight * lm
-        terms["lm"] = float(lm.detach())
-    terms["loss"] = float(loss.detach())
-    return DistillOutput(loss=loss, terms=terms, topk_recall=recall)
+    items = pair_logits(model, batch, llm_layer_list=llm_layer_list, pairs=pairs)
+    output = loss_from_pairs(items, batch, config=config)
+    if not config.trains_llm:
+        return output
+    lm = lm_loss(model, batch)
+    loss = output.loss + config.lm_weight * lm
+    terms = {**output.terms, "lm": float(lm.detach()), "loss": float(loss.detach())}
+    return DistillOutput(loss=loss, terms=terms, topk_recall=output.topk_recall)
