@@ -54,11 +54,12 @@ def record_json(record: AnswerRecord) -> dict[str, Any]:
 
 def _summary(record: AnswerRecord) -> str:
     acc = record.accounting
-    kind = "planned" if acc.planned else "measured"
+    kind = "planned (upper bound for default/parity)" if acc.planned else "measured"
+    timing = "" if acc.planned else f", {acc.seconds.get('total', 0.0):.2f} s"
     return (
         f"{kind}: tiles {acc.vision_tiles_encoded} (+{acc.vision_tiles_cached} cached), "
         f"vision tokens {acc.vision_tokens_to_llm}, prefill {acc.llm_prefill_tokens}, "
-        f"{acc.flops.total_flops / 1e12:.3f} TFLOPs, {acc.seconds.get('total', 0.0):.2f} s"
+        f"{acc.flops.total_flops / 1e12:.3f} TFLOPs{timing}"
     )
 
 
@@ -76,7 +77,8 @@ def ask(
         ),
     ] = "default",
     budget: Annotated[
-        int | None, typer.Option("--budget", help="Most vision tokens sent to the LLM.")
+        int | None,
+        typer.Option("--budget", help="Most vision tokens to the LLM (thumbnail included)."),
     ] = None,
     device: Annotated[
         str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")
