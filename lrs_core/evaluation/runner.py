@@ -395,6 +395,10 @@ def answer_scenes(
 ) -> tuple[int, list[QuestionFailure], str]:
     """Ingest and answer pending scenes, appending one line per question to ``out``.
 
+    Errors of one scene or question (:class:`LrsError`, ``OSError``) become ``error`` lines;
+    anything else (a bug, running out of memory) stops the run, and a rerun resumes after the last
+    written line.
+
     Returns:
         ``(n_answered, failures, model_id)``; the model is loaded only if a question is pending.
 
@@ -527,8 +531,7 @@ def run_lrs_vqa(
     )
     out = Path(out)
     stores = (Path(store_dir) if store_dir is not None else default_store_dir(out)).absolute()
-    done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["lrs-vqa"])
-    selected = list(
+    selected = list(  # validated (and escapes refused) before the output is touched
         iter_scenes(
             question_file,
             data_root=root,
@@ -538,6 +541,7 @@ def run_lrs_vqa(
             must_exist=False,
         )
     )
+    done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["lrs-vqa"])
     n_selected = sum(len(scene.questions) for scene in selected)
     pending = [
         PendingScene(
@@ -703,6 +707,8 @@ def run_mme(
     rows = read_mme_rows(question_file)
     begin, stop = chunk_bounds(len(rows), num_chunks=num_chunks, chunk_idx=chunk_idx)
     rows = rows[begin:stop][:limit]
+    # Resolved (and escapes refused) before the output is touched.
+    image_paths = {row["Image"]: resolve_image_path(root, row["Image"]) for row in rows}
     done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["mme"])
     grouped: dict[str, list[PendingQuestion]] = {}
     for row in rows:
@@ -716,9 +722,7 @@ def run_mme(
             )
         )
     pending = [
-        PendingScene(
-            image=image, image_path=resolve_image_path(root, image), questions=tuple(items)
-        )
+        PendingScene(image=image, image_path=image_paths[image], questions=tuple(items))
         for image, items in grouped.items()
     ]
     spec = EngineSpec(

@@ -298,6 +298,17 @@ def test_image_path_escaping_the_root_is_refused(
     with pytest.raises(DatasetError, match="outside the data root"):
         run_lrs_vqa(root, model_dir=tiny_model_dir, out=out, **FAST)
     assert not out.exists()
+    mme_item = {
+        "Question_id": "q1",
+        "Image": "../outside.png",
+        "Text": "?",
+        "Answer choices": ["(A) a", "(B) b"],
+        "Ground truth": "A",
+    }
+    (root / "MME_RealWorld_RS.json").write_text(json.dumps([mme_item]))
+    with pytest.raises(DatasetError, match="outside the data root"):
+        run_mme(root, model_dir=tiny_model_dir, out=out, **FAST)
+    assert not out.exists()
 
 
 def test_chunk_bounds_are_the_reference_splits() -> None:
