@@ -1,0 +1,66 @@
+"""The watch flow under Prefect's test harness: new scenes get the standing questions, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.watch import standing_questions, watch_folder
+from lrs_core.ask import Question
+from lrs_core.errors import DatasetError
+from lrs_core.outputs import read_records
+from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SMALL_CONFIG = {"chunk_px": 64, "levels_per_pass": 2, "n_workers": 1, "min_long_side_px": 64}
+
+
+def test_watch_answers_new_scenes_once(
+    prefect_harness: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_geotiff(inbox / "first.tif", make_rgb_pattern(180, 260, seed=1))
+    questions = tmp_path / "standing.jsonl"
+    questions.write_text(
+        '{"question_id": "ships", "question": "How many ships?"}\n'
+        '{"question_id": "land", "question": "Is this area rural or urban?"}\n'
+    )
+    params = {
+        "inbox": str(inbox),
+        "store": str(tmp_path / "stores"),
+        "questions": str(questions),
+        "model": str(tiny_model_dir),
+        "out": str(tmp_path / "out"),
+        "preset": "thumbnail",
+        "ingest_config": SMALL_CONFIG,
+    }
+    first = watch_folder(**params)
+    assert [r["status"] for r in first["scenes"]] == ["ingested"]
+    assert sorted(a["question_id"] for a in first["answers"]) == ["first-land", "first-ships"]
+
+    write_geotiff(inbox / "second.tif", make_rgb_pattern(150, 210, seed=2))
+    second = watch_folder(**params)
+    assert sorted(r["status"] for r in second["scenes"]) == ["ingested", "skipped"]
+    assert sorted(a["question_id"] for a in second["answers"]) == ["second-land", "second-ships"]
+    assert all(a["status"] == "answered" for a in second["answers"])
+
+    third = watch_folder(**params)
+    assert third["answers"] == []  # nothing new: nothing asked, nothing written
+    assert sorted(r.question_id for r in read_records(tmp_path / "out")) == [
+        "first-land",
+        "first-ships",
+        "second-land",
+        "second-ships",
+    ]
+
+
+def test_standing_questions_from_a_list() -> None:
+    assert standing_questions(["A?", "B?"]) == [Question("q1", "A?"), Question("q2", "B?")]
+    assert standing_questions([{"question_id": "x", "question": "C?"}]) == [Question("x", "C?")]
+    with pytest.raises(DatasetError, match="unique"):
+        standing_questions([{"question_id": "x", "question": "C?"}, {"id": "x", "text": "D?"}])
+    with pytest.raises(DatasetError, match="no 'question'"):
+        standing_questions([{"question_id": "x"}])
