@@ -386,6 +386,7 @@ class DistillDataset:
     feature_cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES
     _cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=OrderedDict)
     _cache_bytes: int = 0
+    _pyramids: dict[Path, Pyramid] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -442,9 +443,7 @@ class DistillDataset:
         if cached is not None:
             self._cache.move_to_end(index)
             return cached[0].to(model.device), cached[1].to(model.device)
-        if self.store_dir is None:
-            raise DatasetError("image records need a store_dir for ingested image files")
-        pyramid = open_scene(record.image, store_dir=self.store_dir)
+        pyramid = self._pyramid(record.image)
         width, height = pyramid.size_wh
         plan = plan_pyramid(int(width), int(height), config=self.dip_config)
         level = plan.level(view.dip_level)
@@ -454,6 +453,14 @@ class DistillDataset:
             self._remember(index, thumb.detach().cpu(), level_feats.detach().cpu())
             return thumb, level_feats
         return encode_view(model, pyramid, level, plan)
+
+    def _pyramid(self, image: Path) -> Pyramid:
+        """The scene of an image, opened (and, for a file, ingested) once per dataset."""
+        if image not in self._pyramids:
+            if self.store_dir is None:
+                raise DatasetError("image records need a store_dir for ingested image files")
+            self._pyramids[image] = open_scene(image, store_dir=self.store_dir)
+        return self._pyramids[image]
 
     def _remember(self, index: int, thumb: torch.Tensor, level_feats: torch.Tensor) -> None:
         size = (
@@ -546,6 +553,7 @@ def build_dataset(
     template = model.config.chat_template
     out_views: list[View] = []
     lengths: list[int] = []
+    pyramids: dict[Path, Pyramid] = {}
     for index, record in enumerate(records):
         conversation = tokenize_conversation(tokenizer, record.turns, template=template)
         if isinstance(record, FeatureGridRecord):
@@ -561,8 +569,9 @@ def build_dataset(
             continue
         if store_dir is None:
             raise DatasetError("image records need a store_dir for ingested image files")
-        pyramid = open_scene(record.image, store_dir=store_dir)
-        width, height = pyramid.size_wh
+        if record.image not in pyramids:
+            pyramids[record.image] = open_scene(record.image, store_dir=store_dir)
+        width, height = pyramids[record.image].size_wh
         plan = plan_pyramid(int(width), int(height), config=config)
         for level in training_levels(plan, views=views, max_level_tokens=max_level_tokens):
             out_views.append(View(record=index, dip_level=level.dip_level))
@@ -584,6 +593,7 @@ def build_dataset(
         store_dir=store_dir,
         exclude_newline_keys=exclude_newline_keys,
         cache_features=cache_features,
+        _pyramids=pyramids,
     )
 
 

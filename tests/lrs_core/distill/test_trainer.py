@@ -201,3 +201,18 @@ def test_train_rfm_on_a_zarr_store_with_the_projector_trainable(
         original.model.projector.state_dict()["0.weight"],
     )
     assert result.final_metrics["step"] == 2
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_bf16_autocast_and_gradient_accumulation_run(tmp_path: Path) -> None:
+    loaded = build_teacher(init_std=LEARNING_INIT_STD)
+    config = DistillConfig(
+        steps=2, batch_size=2, grad_accum=2, precision="bf16", eval_samples=2, log_interval=1
+    )
+    result = train_records(loaded, feature_grid_records(10, seed=7), tmp_path, config=config)
+    lines = read_metrics(tmp_path)
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert all(torch.isfinite(torch.tensor(line["loss"])) for line in lines[1:])
+    assert lines[1]["samples_per_s"] > 0
+    assert result.model_dir.is_dir()
+    assert next(loaded.model.rfm.parameters()).dtype == torch.float32
