@@ -59,6 +59,7 @@ from lrs_core.evaluation.lrs_vqa import (
     iter_jsonl,
     iter_scenes,
     make_prediction,
+    read_questions,
     resolve_image_path,
 )
 from lrs_core.evaluation.mme import build_prompt, parse_item
@@ -798,23 +799,18 @@ def benchmark_images(
     """
     name = QUESTION_FILE_NAME if benchmark == "lrs-vqa" else MME_QUESTION_FILE_NAME
     question_file, root = resolve_question_file(questions, data_root=data_root, default_name=name)
+    if limit is not None and limit < 0:
+        raise DatasetError(f"limit={limit} must be >= 0")
+    if benchmark == "lrs-vqa":
+        image_of = [q.image for q in read_questions(question_file)]
+    else:
+        image_of = [row["Image"] for row in read_mme_rows(question_file)]
     images: dict[str, Path] = {}
     for chunk_idx in range(num_chunks):
-        if benchmark == "lrs-vqa":
-            for scene in iter_scenes(
-                question_file,
-                data_root=root,
-                limit=limit,
-                num_chunks=num_chunks,
-                chunk_idx=chunk_idx,
-                must_exist=False,
-            ):
-                images.setdefault(scene.image, scene.image_path)
-        else:
-            rows = read_mme_rows(question_file)
-            begin, stop = chunk_bounds(len(rows), num_chunks=num_chunks, chunk_idx=chunk_idx)
-            for row in rows[begin:stop][:limit]:
-                images.setdefault(row["Image"], resolve_image_path(root, row["Image"]))
+        begin, stop = chunk_bounds(len(image_of), num_chunks=num_chunks, chunk_idx=chunk_idx)
+        for image in image_of[begin:stop][:limit]:
+            if image not in images:
+                images[image] = resolve_image_path(root, image)
     return question_file, root, list(images.items())
 
 
