@@ -35,15 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lrs_core.distill.config import DistillConfig
-from lrs_core.distill.data import (
-    BucketSampler,
-    DistillDataset,
-    Record,
-    build_dataset,
-    read_records,
-    split_held_out,
-    subset,
-)
+from lrs_core.distill.data import DistillDataset, Record, build_dataset, read_records, subset
 from lrs_core.distill.loss import (
     DistillBatch,
     batch_topk_recall,
@@ -52,6 +44,7 @@ from lrs_core.distill.loss import (
     image_slice,
     pair_logits,
 )
+from lrs_core.distill.sampler import BucketSampler, split_held_out
 from lrs_core.errors import ConfigError
 from lrs_core.models.io import LoadedModel, load_model, save_model
 from lrs_core.models.vlm import VisionLanguageModel

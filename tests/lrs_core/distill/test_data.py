@@ -1,4 +1,4 @@
-"""Distillation data: conversations, readers, scene views (files and Zarr stores), bucketing."""
+"""Distillation data: conversations, readers and scene views (image files and Zarr stores)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import torch
 from PIL import Image
 
 from lrs_core.distill.data import (
-    BucketSampler,
     ImageRecord,
     Turn,
     build_dataset,
     read_records,
-    split_held_out,
     tokenize_conversation,
 )
 from lrs_core.errors import DatasetError
@@ -162,31 +160,3 @@ def test_scene_views_from_a_png_file_and_a_zarr_store(
     # the query row is the last prompt token: the one right before the first answer token
     assert (sample.labels[sample.query_positions] == -100).all()
     assert (sample.labels[sample.query_positions + 1] != -100).all()
-
-
-def test_bucket_sampler_is_deterministic_covers_every_sample_and_cuts_padding() -> None:
-    rng = np.random.default_rng(0)
-    lengths = tuple(int(x) for x in rng.integers(100, 2000, size=97))
-    sampler = BucketSampler(lengths=lengths, batch_size=4, bucket_batches=8, seed=1)
-    epoch0 = sampler.epoch(0)
-    assert epoch0 == sampler.epoch(0)
-    assert epoch0 != sampler.epoch(1)
-    assert sorted(i for b in epoch0 for i in b) == list(range(97))
-    unbucketed = BucketSampler(lengths=lengths, batch_size=4, bucket_batches=1, seed=1)
-    assert sampler.padding_fraction() < 0.5 * unbucketed.padding_fraction()
-    # walking positions crosses epochs and reproduces the epoch lists
-    position = (0, 0)
-    seen = []
-    for _ in range(len(epoch0) + 2):
-        batch, position = sampler.next_batch(position)
-        seen.append(batch)
-    assert seen[: len(epoch0)] == epoch0
-    assert seen[len(epoch0) :] == sampler.epoch(1)[:2]
-
-
-def test_held_out_split() -> None:
-    train, held = split_held_out(10, n_held_out=3, seed=0)
-    assert len(held) == 3 and sorted(train + held) == list(range(10))
-    assert split_held_out(10, n_held_out=3, seed=0) == (train, held)
-    with pytest.raises(DatasetError, match="eval_samples"):
-        split_held_out(3, n_held_out=3, seed=0)
