@@ -79,7 +79,7 @@ GOAL_MEMORY_RATIO = 1.5
 #: Scene content version: bump to regenerate cached scenes.
 SCENE_VERSION = 1
 BLOCK_PX = 512
-ROWS_PER_WRITE = 2048
+ROWS_PER_WRITE = 1024
 FIELD_PX = 384
 ROAD_EVERY_PX = 2304
 ROAD_WIDTH_PX = 24
@@ -130,8 +130,8 @@ def describe_env() -> dict[str, str]:
 
 def _scene_rows(row0: int, height: int, width: int) -> np.ndarray:
     """RGB uint8 (3, height, width) rows [row0, row0 + height) of the synthetic scene."""
-    y = np.arange(row0, row0 + height, dtype=np.int64)[:, None]
-    x = np.arange(width, dtype=np.int64)[None, :]
+    y = np.arange(row0, row0 + height, dtype=np.int32)[:, None]  # every product < 2**31
+    x = np.arange(width, dtype=np.int32)[None, :]
     field = (x // FIELD_PX) * 7919 + (y // FIELD_PX) * 104729  # one flat colour per field
     red = 60 + (field * 37) % 90
     green = 80 + (field * 53) % 110
@@ -214,10 +214,11 @@ def prepare_scene(scratch: Path, name: str, width: int, height: int) -> Path:
 
 
 def prepare_model(scratch: Path, size: str) -> Path:
+    from lrs_core.models.io import PROJECT_CONFIG_FILE
     from lrs_core.models.tiny import init_tiny
 
     model_dir = scratch / f"model-{size}"
-    if not (model_dir / "config.json").exists():
+    if not (model_dir / PROJECT_CONFIG_FILE).exists():  # written last: the model is complete
         start = time.perf_counter()
         init_tiny(model_dir, size=size)  # type: ignore[arg-type]
         print(f"  built the {size} model in {time.perf_counter() - start:.0f} s", flush=True)
@@ -454,7 +455,7 @@ def report(
     small, big = scenes[0][0], scenes[-1][0]
     rss_small = _row_of(results[small][REUSE_PRESET])["peak_rss_bytes"]
     rss_big = _row_of(results[big][REUSE_PRESET])["peak_rss_bytes"]
-    if rss_small and rss_big:
+    if rss_small and rss_big and small != big:
         ratio = rss_big / rss_small
         lines.append(
             f"  peak RSS of {REUSE_PRESET}, {big} / {small} = {rss_big / MIB:.0f} / "
@@ -474,14 +475,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write every figure as JSON here")
     parser.add_argument("--scratch", type=Path, default=DEFAULT_SCRATCH)
     parser.add_argument("--questions", type=int, help="questions for the reuse run (default 10)")
-    parser.add_argument("--presets", nargs="*", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument(
+        "--presets",
+        nargs="*",
+        default=list(PRESETS),
+        choices=PRESETS,
+        help="presets to measure (the others are only planned)",
+    )
+    parser.add_argument("--scenes", nargs="*", default=[], help="scene names to run (default all)")
     parser.add_argument(
         "--max-new-tokens", type=int, help="override the presets' max_new_tokens (default 32)"
     )
     parser.add_argument("--max-measured-tiles", type=int, default=MAX_MEASURED_TILES)
     parser.add_argument("--max-measured-prefill", type=int, default=MAX_MEASURED_PREFILL)
     args = parser.parse_args()
-    scenes = list(QUICK_SCENES if args.quick else SCENES)
+    scenes = [
+        s
+        for s in (QUICK_SCENES if args.quick else SCENES)
+        if s[0] in args.scenes or not args.scenes
+    ]
     n_questions = args.questions or (QUICK_QUESTIONS if args.quick else len(QUESTIONS))
     size = "tiny" if args.quick else "benchmark"
     max_new_tokens = args.max_new_tokens or (QUICK_MAX_NEW_TOKENS if args.quick else None)
