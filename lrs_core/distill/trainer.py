@@ -257,7 +257,8 @@ class _Trainer:
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value.to(self.device)
+            # load_state_dict moves moments to the parameters' device; "step" stays as AdamW wants
+            state.setdefault(int(index), {})[name] = value
         param_groups = meta["param_groups"]
         for group in param_groups:
             if "betas" in group:
