@@ -53,6 +53,15 @@ PROGRESS_DIR = "_lrs_progress"
 LEVEL_FACTOR = 2
 #: Root attribute holding lrs' own metadata.
 LRS_ATTR = "lrs"
+#: Fill value of the RGB arrays (what an unwritten chunk reads as).
+RGB_FILL = 0
+#: Fill value of the validity arrays: True, so the all-valid chunks of a typical scene need no
+#: file (like Zarr with ``write_empty_chunks=False``, chunks holding only the fill value are not
+#: written; file creation cost more than encoding here).
+VALID_FILL = True
+#: Zarr v3 chunk key separator: ``c.<row>.<col>[.0]`` files in the array folder, so writing a
+#: chunk never creates a directory (one mkdir per chunk was ~0.3-1 ms on this machine).
+CHUNK_KEY_SEPARATOR = "."
 
 #: Zarr conventions the root group declares (GeoZarr: multiscales + geo-proj + spatial).
 MULTISCALES_CONVENTION = {
@@ -111,6 +120,29 @@ def level_transform(transform: Affine, store_level: int) -> Affine:
     return transform @ Affine.scale(LEVEL_FACTOR**store_level)
 
 
+def _mean_2x2_all_valid(rgb: np.ndarray) -> np.ndarray:
+    """Rounded 2x2 mean ``(a + b + c + d + 2) >> 2`` of an even-sized, all-valid uint8 block.
+
+    OpenCV's ``INTER_AREA`` resize by exactly 1/2 is this integer mean for uint8 (its
+    ``resizeAreaFast`` kernel sums the four pixels, adds 2 and shifts right by 2; a test compares
+    it bit for bit with the numpy formula). It runs vectorised without the GIL: measured 12 ms vs
+    94-180 ms for a numpy uint16 accumulation on a 4096^2 RGB block.
+
+    Args:
+        rgb: uint8 (h, w, 3) with even h and w.
+
+    Returns:
+        uint8 (h / 2, w / 2, 3).
+    """
+    import cv2  # imported here: only ingest reduces, and the import costs ~0.1 s
+
+    height, width, channels = rgb.shape
+    out: np.ndarray = cv2.resize(
+        np.ascontiguousarray(rgb), (width // 2, height // 2), interpolation=cv2.INTER_AREA
+    )
+    return out.reshape(height // 2, width // 2, channels)
+
+
 def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Halve an RGB block with a nodata-aware 2x2 integer mean (GDAL's ``average``).
 
@@ -127,14 +159,8 @@ def reduce_2x2(rgb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """
     height, width = valid.shape
     if not (height % 2 or width % 2) and valid.all():
-        # Fast path (the common case): every 2x2 cell has 4 valid pixels. Row pairs first
-        # (contiguous rows), then the two (R, G, B) triplets of each column pair (~15 % faster).
-        rows = np.add(rgb[0::2], rgb[1::2], dtype=np.uint16)
-        pairs = rows.reshape(height // 2, width // 2, 2 * rgb.shape[2])
-        total = np.add(pairs[..., : rgb.shape[2]], pairs[..., rgb.shape[2] :])
-        total += 2
-        total >>= 2
-        return total.astype(np.uint8), np.ones(total.shape[:2], dtype=bool)
+        # Fast path (the common case): every 2x2 cell has 4 valid pixels.
+        return _mean_2x2_all_valid(rgb), np.ones((height // 2, width // 2), dtype=bool)
     if height % 2 or width % 2:
         padded_hw = (height + height % 2, width + width % 2)
         rgb_pad = np.zeros((*padded_hw, rgb.shape[2]), dtype=np.uint8)
@@ -264,9 +290,10 @@ def write_region(
 
     zarr-python's ``__setitem__`` costs about 3x the compression itself on large regions (measured:
     4.8 s of 8.9 s per 4096 px block), so unsharded arrays are written here: each chunk is padded
-    to the full chunk shape with the fill value (0 / False), encoded like :func:`encode_chunk`,
-    and saved under Zarr v3's default chunk key ``c/<row>/<col>[/0]``. Sharded arrays go through
-    Zarr.
+    to the full chunk shape with the array's fill value, encoded like :func:`encode_chunk`, and
+    saved under the chunk key ``c.<row>.<col>[.0]`` (Zarr v3 default encoding, ``.`` separator).
+    A chunk holding only the fill value (an all-valid mask chunk, an all-nodata RGB chunk) gets
+    no file, as with Zarr's ``write_empty_chunks=False``. Sharded arrays go through Zarr.
 
     Args:
         store: the store folder.
@@ -285,19 +312,32 @@ def write_region(
     level_h, level_w = level_shape_hw
     chunk_h, chunk_w = min(arrays.chunk_px, level_h), min(arrays.chunk_px, level_w)
     assert row0 % chunk_h == 0 and col0 % chunk_w == 0, "regions start on chunk edges"
+    fill = VALID_FILL if data.dtype == np.bool_ else RGB_FILL
+    array_dir = store / array_path
     for top in range(0, height, chunk_h):
         for left in range(0, width, chunk_w):
             piece = data[top : top + chunk_h, left : left + chunk_w]
-            if piece.shape[:2] != (chunk_h, chunk_w):
-                full = np.zeros((chunk_h, chunk_w, *data.shape[2:]), dtype=data.dtype)
-                full[: piece.shape[0], : piece.shape[1]] = piece
-                piece = full
             key = [str((row0 + top) // chunk_h), str((col0 + left) // chunk_w)]
             if data.ndim == 3:
                 key.append("0")
-            path = store.joinpath(array_path, "c", *key)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path = array_dir / CHUNK_KEY_SEPARATOR.join(["c", *key])
+            if _holds_only(piece, fill):
+                # Reads as the fill value without a file (Zarr's write_empty_chunks=False); a
+                # file left by an earlier attempt at this block must not shadow it.
+                path.unlink(missing_ok=True)
+                continue
+            if piece.shape[:2] != (chunk_h, chunk_w):
+                full = np.full((chunk_h, chunk_w, *data.shape[2:]), fill, dtype=data.dtype)
+                full[: piece.shape[0], : piece.shape[1]] = piece
+                piece = full
             path.write_bytes(encode_chunk(piece, arrays=arrays))
+
+
+def _holds_only(piece: np.ndarray, fill: bool | int) -> bool:
+    """True when every element of ``piece`` equals ``fill`` (a chunk Zarr need not store)."""
+    if piece.dtype == np.bool_:
+        return bool(piece.all()) if fill else not piece.any()
+    return not piece.any() if fill == 0 else bool((piece == fill).all())
 
 
 def create_store(
@@ -342,8 +382,9 @@ def create_store(
             chunks=(*chunk_hw, RGB_CHANNELS),
             shards=None if shard_hw is None else (*shard_hw, RGB_CHANNELS),
             dtype="uint8",
-            fill_value=0,
+            fill_value=RGB_FILL,
             compressors=compressors,
+            chunk_key_encoding={"name": "default", "separator": CHUNK_KEY_SEPARATOR},
             dimension_names=("y", "x", "band"),
         )
         group.create_array(
@@ -352,8 +393,9 @@ def create_store(
             chunks=chunk_hw,
             shards=shard_hw,
             dtype="bool",
-            fill_value=False,
+            fill_value=VALID_FILL,
             compressors=compressors,
+            chunk_key_encoding={"name": "default", "separator": CHUNK_KEY_SEPARATOR},
             dimension_names=("y", "x"),
         )
     (store / PROGRESS_DIR).mkdir(exist_ok=True)

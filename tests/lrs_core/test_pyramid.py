@@ -183,3 +183,25 @@ def test_reduce_2x2_all_valid_fast_path(shape_hw: tuple[int, int]) -> None:
     ref, ref_valid = _reference_reduce(rgb, valid)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(out_valid, ref_valid)
+
+
+def test_reduce_2x2_all_valid_kernel_is_exact_rounded_mean() -> None:
+    # Every sum 0..1020 of four uint8 values (each residue mod 4, so every rounding case),
+    # in every position of the 2x2 cell and every channel, plus random blocks.
+    rng = np.random.default_rng(7)
+    cells = rng.integers(0, 256, (4096, 4, 3), dtype=np.uint8)
+    cells[:1021, :, 0] = np.array(
+        [
+            [min(255, s), min(255, max(0, s - 255)), min(255, max(0, s - 510)), max(0, s - 765)]
+            for s in range(1021)
+        ],
+        dtype=np.uint8,
+    )
+    cells[:1021, :, 1] = cells[:1021, ::-1, 0]
+    rgb = cells.reshape(64, 64, 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(128, 128, 3)
+    rgb = np.concatenate([rgb, rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)])
+    out, out_valid = reduce_2x2(rgb, np.ones(rgb.shape[:2], bool))
+    total = rgb[0::2, 0::2].astype(np.uint16) + rgb[1::2, 0::2] + rgb[0::2, 1::2] + rgb[1::2, 1::2]
+    np.testing.assert_array_equal(out, ((total + 2) >> 2).astype(np.uint8))
+    assert out.dtype == np.uint8 and out_valid.all()
+    assert sorted(np.unique(total[:64, :, 0]).tolist())[:1021] == list(range(1021))
