@@ -1,0 +1,116 @@
+"""``lrs demo``: the whole path (scene → ingest flow → answer flow → outputs) on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from lrs_core.cli._common import console, fail, print_json, reported_errors
+
+#: Where ``prefect server start`` serves the UI by default.
+PREFECT_UI_URL = "http://127.0.0.1:4200"
+#: Seconds Prefect may take to start its temporary server (its default, 20 s, is too short for a
+#: fresh PREFECT_HOME on a busy 2-core machine, where the first start migrates the database).
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+#: Environment defaults for the Prefect run (telemetry off); the user's own values win.
+PREFECT_ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
+}
+
+
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder (answers, overlays, scene, model).")
+    ] = Path("demo-output"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document describing the outputs.")
+    ] = False,
+    preset: Annotated[
+        str, typer.Option("--preset", help="Engine preset (default, parity, thumbnail, ...).")
+    ] = "default",
+    budget: Annotated[
+        int | None, typer.Option("--budget", help="Most vision tokens sent to the LLM.")
+    ] = None,
+    scene_size: Annotated[
+        str, typer.Option("--scene-size", help="Demo scene WIDTHxHEIGHT in pixels.")
+    ] = "3000x2000",
+) -> None:
+    """Run the demo: a georeferenced demo scene, the ingest and answer flows, the tiny model."""
+    import os
+
+    # Prefect reads these when it is first imported, so they are set before the import below.
+    for name, value in PREFECT_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # Prefect is imported here, inside the command, and only through flows/: lrs_core itself never
+    # imports Prefect (a test checks), and `lrs --help` stays fast.
+    from flows.demo import run_demo
+
+    try:
+        width, height = (int(v) for v in scene_size.lower().split("x"))
+    except ValueError:
+        fail(f"--scene-size {scene_size!r} is not WIDTHxHEIGHT (e.g. 3000x2000)", code=EXIT_USAGE)
+    with reported_errors():
+        result = run_demo(out, size_wh=(width, height), preset=preset, budget=budget)
+    run_url = f"{PREFECT_UI_URL}/runs/flow-run/{result.flow_run_id}"
+    if as_json:
+        print_json(
+            {
+                "out_dir": str(result.out_dir),
+                "answers_parquet": str(result.answers_parquet),
+                "answers_geojson": str(result.answers_geojson),
+                "overlays": [str(p) for p in result.overlays],
+                "model_dir": str(result.model_dir),
+                "scene": str(result.scene.scene_path),
+                "flow_run_id": result.flow_run_id,
+                "flow_run_url": run_url,
+                "rows": list(result.rows),
+            }
+        )
+    else:
+        truth = {q.question_id: q.ground_truth for q in result.scene.questions}
+        for row in result.rows:
+            status = {"answered": "[green]answered[/]", "skipped": "[dim]already answered[/]"}.get(
+                row["status"], "[bold red]failed[/]"
+            )
+            console.print(
+                f"{status} {row['question_id']}: {' '.join(str(row['question']).split())}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            if row["status"] == "failed":
+                console.print(f"    error: {row['error']}", highlight=False, soft_wrap=True)
+            elif row["status"] == "answered":
+                console.print(
+                    f"    answer: {row['answer']!r} (planted truth: "
+                    f"{truth.get(row['question_id'], '?')}; the tiny model is random)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        console.print(
+            "\n".join(
+                [
+                    "",
+                    f"Outputs in {result.out_dir}:",
+                    f"  {result.answers_parquet}  (GeoParquet parts: QGIS, DuckDB, geopandas)",
+                    f"  {result.answers_geojson}  (evidence footprints, EPSG:4326)",
+                    f"  {result.out_dir / 'overlays'}/  ({len(result.overlays)} PNG overlays)",
+                    "",
+                    "See the runs, their answers table, summary and overlays in the Prefect UI:",
+                    "  prefect server start        # then open " + PREFECT_UI_URL,
+                    f"  this demo's run: {run_url}",
+                ]
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(EXIT_FAILED if result.n_failed else EXIT_OK)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``demo`` command to the ``lrs`` application."""
+    app.command("demo")(demo)
