@@ -40,7 +40,8 @@ def standing_questions(questions: str | list[str] | list[dict[str, str]]) -> lis
     if isinstance(questions, str):
         return read_questions_file(questions)
     found: list[Question] = []
-    for index, item in enumerate(questions, start=1):
+    items: list[str | dict[str, str]] = list(questions)
+    for index, item in enumerate(items, start=1):
         if isinstance(item, str):
             found.append(Question(question_id=f"q{index}", text=item))
             continue
@@ -141,4 +142,5 @@ def watch_folder(
 if __name__ == "__main__":
     import sys
 
-    watch_folder(*sys.argv[1:6])
+    inbox, store, questions, model, out = sys.argv[1:6]
+    watch_folder(inbox=inbox, store=store, questions=questions, model=model, out=out)
