@@ -103,10 +103,26 @@ def run_worker(args: list[str]) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS in MiB: ``VmHWM`` of its own memory map.
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark across fork and exec, so a
+    worker started after the parent generated a scene (~1 GB of temporaries for 27328^2) would
+    report the parent's peak instead of its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / KIB_PER_MIB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+
+
 def _worker_main(argv: list[str]) -> None:
     kind = argv[0]
     out = worker_lrs(argv[1], argv[2]) if kind == "lrs" else worker_gdal(argv[1])
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB
+    out["peak_rss_mib"] = peak_rss_mib()
     sys.stdout.write(json.dumps(out) + "\n")
 
 
