@@ -1,8 +1,8 @@
 """Errors and warnings of lrs.
 
-Every error derives from :class:`LrsError` and also from the builtin it refines, so callers can catch
-either (``except FileNotFoundError`` catches a missing scene). Messages say what failed, with the
-values involved, and what to do next.
+Every error derives from :class:`LrsError` and also from the builtin it refines, so callers can
+catch either (``except FileNotFoundError`` catches a missing scene). Messages say what failed,
+with the values involved, and what to do next.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The answer record: what one question about one scene produced, and where the model looked.
 
-Coordinates: every ``bbox_px`` is ``(x0, y0, x1, y1)`` in level-0 pixels of the scene (column first),
-corners, with (0, 0) the top-left corner of the top-left pixel (see :mod:`lrs_core.scene`). Map
-geometry (scene CRS, EPSG:4326) is derived from these with the scene's affine in
+Coordinates: every ``bbox_px`` is ``(x0, y0, x1, y1)`` in level-0 pixels of the scene (column
+first), corners, with (0, 0) the top-left corner of the top-left pixel (see
+:mod:`lrs_core.scene`). Map geometry (scene CRS, EPSG:4326) is derived from these with the scene's affine in
 :mod:`lrs_core.outputs`, so a record stays valid for scenes with no georeference.
 
 Records are frozen and round-trip through JSON (:meth:`AnswerRecord.to_dict` /
@@ -188,11 +188,15 @@ class AnswerRecord:
             preset=data["preset"],
             preset_params=dict(data.get("preset_params") or {}),
             evidence_tiles=tuple(
-                TileEvidence(**{**t, "tile_rc": tuple(t["tile_rc"]), "bbox_px": tuple(t["bbox_px"])})
+                TileEvidence(
+                    **{**t, "tile_rc": tuple(t["tile_rc"]), "bbox_px": tuple(t["bbox_px"])}
+                )
                 for t in data.get("evidence_tiles", ())
             ),
             evidence_tokens=tuple(
-                TokenEvidence(**{**t, "grid_rc": tuple(t["grid_rc"]), "bbox_px": tuple(t["bbox_px"])})
+                TokenEvidence(
+                    **{**t, "grid_rc": tuple(t["grid_rc"]), "bbox_px": tuple(t["bbox_px"])}
+                )
                 for t in data.get("evidence_tokens", ())
             ),
             heatmap=None

@@ -1,8 +1,8 @@
 """The ``lrs`` command line.
 
-Each module of this package owns one command group and exposes ``register(app)``; modules are
-discovered here so command groups stay independent. Heavy imports (torch, transformers, dask) happen
-inside the command functions so ``lrs --help`` stays fast.
+Each module of this package owns one command group and exposes ``register(app)``; modules
+are discovered here so command groups stay independent. Heavy imports (torch, transformers,
+dask) happen inside the command functions so ``lrs --help`` stays fast.
 
 Exit codes: 0 success, 1 one or more items failed, 2 usage error.
 """
@@ -23,7 +23,9 @@ def build_app() -> typer.Typer:
     """Return the ``lrs`` Typer application with every command group registered."""
     app = typer.Typer(
         name="lrs",
-        help="Answer questions about huge remote-sensing scenes with pruned vision-language models.",
+        help=(
+            "Answer questions about huge remote-sensing scenes with pruned vision-language models."
+        ),
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         add_completion=False,

@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI command groups: console, JSON output, error reporting, progress bars."""
+"""Helpers shared by the CLI command groups: console, JSON output, errors, progress bars."""
 
 from __future__ import annotations
 
