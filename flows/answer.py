@@ -324,17 +324,15 @@ def answer_questions(
                 "error": None,
             }
 
-    # Resolve the scenes still to answer; ingest the raster ones concurrently.
+    # Ingest the raster scenes still to answer (concurrently) first, so that requests naming the
+    # same scene by its id in this batch find the new store; then resolve the other scenes.
     store_of_scene: dict[str, str] = {}
     ingests: dict[str, PrefectFuture[dict[str, Any]]] = {}
     scene_errors: dict[str, str] = {}
-    for scene in dict.fromkeys(item.scene for item in pending):
+    scenes = list(dict.fromkeys(item.scene for item in pending))
+    for scene in scenes:
         resolved = _resolve_scene(scene, store)
-        if isinstance(resolved, str):
-            scene_errors[scene] = resolved
-        elif resolved[0] == "store":
-            store_of_scene[scene] = resolved[1]
-        else:
+        if not isinstance(resolved, str) and resolved[0] == "raster":
             ingests[scene] = ingest_scene_task.submit(resolved[1], store)
     for scene, future in ingests.items():
         future.wait()
@@ -343,6 +341,14 @@ def answer_questions(
             store_of_scene[scene] = str(outcome["store"])
         else:
             scene_errors[scene] = f"ingest of {scene} failed: " + " ".join(str(outcome).split())
+    for scene in scenes:
+        if scene in ingests:
+            continue
+        resolved = _resolve_scene(scene, store)
+        if isinstance(resolved, str):
+            scene_errors[scene] = resolved
+        else:
+            store_of_scene[scene] = resolved[1]
 
     groups: dict[str, list[AnswerRequest]] = {}
     for item in pending:

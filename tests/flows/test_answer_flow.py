@@ -60,6 +60,7 @@ def test_flow_answers_reports_bad_items_and_resumes(
         {"scene": str(ingested_store), "question": "Is there water?"},
         {"scene": "nowhere", "question": QUESTION, "id": "missing-q"},
         {"scene": str(ingested_store), "id": "no-text"},
+        {"scene": "fresh", "question": "Is it urban?", "id": "by-id"},  # ingested in this run
     ]
     lines = [json.dumps(r) for r in rows]
     lines.insert(3, "{this is not json")
@@ -94,6 +95,7 @@ def test_flow_answers_reports_bad_items_and_resumes(
         "missing-q": "failed",
         "row-4": "failed",
         "no-text": "failed",
+        "by-id": "answered",
     }
     assert "neither a store path" in by_id["missing-q"]["error"]
     assert "not a JSON object" in by_id["row-4"]["error"]
@@ -102,15 +104,16 @@ def test_flow_answers_reports_bad_items_and_resumes(
 
     # Finished answers are never rewritten; the rerun added one part per new answer.
     after = _part_bytes(out)
-    assert {k: after[k] for k in before} == before and len(after) == len(before) + 2
+    assert {k: after[k] for k in before} == before and len(after) == len(before) + 3
     assert sorted(r.question_id for r in read_records(out)) == sorted(
-        ["store-q", "raster-q", auto_id]
+        ["store-q", "raster-q", auto_id, "by-id"]
     )
     geojson = json.loads((out / "answers.geojson").read_text())
     assert {f["properties"]["question_id"] for f in geojson["features"]} == {
         "store-q",
         "raster-q",
         auto_id,
+        "by-id",
     }
     assert (out / "overlays" / "raster-q.png").is_file()
 
@@ -119,7 +122,7 @@ def test_flow_answers_reports_bad_items_and_resumes(
         {"answer-questions-answers", "answer-questions-summary", "answer-questions-overlays"},
     )
     summary = artifacts["answer-questions-summary"].data
-    assert "- answered: 2" in summary and "- failed: 3" in summary
+    assert "- answered: 3" in summary and "- failed: 3" in summary
     assert "Savings against the `full` baseline" in summary and "| vision tokens" in summary
     assert "neither a store path" in summary
     table = artifacts["answer-questions-answers"].data
