@@ -129,7 +129,7 @@ class IngestConfig:
     stretch_sample_long_side_px: int = 1024
     bands: tuple[int, ...] | None = None
     compressor: Literal["zstd", "lz4", "none"] = "lz4"  # measured: docs/pyramid.md
-    compression_level: int = 5
+    compression_level: int = 3
     gdal_cache_mb: int = 64
     gdal_decode_threads: int = 2
     n_workers: int = 2

@@ -337,6 +337,8 @@ def _holds_only(piece: np.ndarray, fill: bool | int) -> bool:
     """True when every element of ``piece`` equals ``fill`` (a chunk Zarr need not store)."""
     if piece.dtype == np.bool_:
         return bool(piece.all()) if fill else not piece.any()
+    if piece.flat[0] != fill:
+        return False  # the common case for image data, without a pass over the chunk
     return not piece.any() if fill == 0 else bool((piece == fill).all())
 
 
