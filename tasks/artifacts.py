@@ -152,7 +152,8 @@ def summary_markdown(rows: Sequence[dict[str, Any]], *, out: str, model: str, pr
     lines.append("|---|---|---|---|---|")
     for row in rows:
         lines.append(
-            f"| {_md(row['question_id'])} | {_md(row.get('scene_id'))} | {row['status']} | "
+            f"| {_md(row['question_id'])} | {_md(row.get('scene_id') or row.get('scene'))} | "
+            f"{row['status']} | "
             f"{_md(row.get('question'))} | {_md(row.get('answer'))} |"
         )
     failed = [r for r in rows if r["status"] == "failed"]
