@@ -27,6 +27,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -286,13 +287,27 @@ def file_checksum(path: Path) -> str:
     return f"blake2b-128:{digest.hexdigest()}"
 
 
+#: Called with ``(first_row, rgb_rows, valid_rows)``: block rows read and ready to write.
+RowsReady = Callable[[int, np.ndarray, np.ndarray], None]
+
+
 def _read_in_strips(
-    dataset: rasterio.io.DatasetReader, task: BlockTask, window: Window
+    dataset: rasterio.io.DatasetReader,
+    task: BlockTask,
+    window: Window,
+    *,
+    on_rows: RowsReady | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read a level-0 window strip by strip (see READ_STRIP_PX) into one RGB block and mask."""
+    """Read a level-0 window strip by strip (see READ_STRIP_PX) into one RGB block and mask.
+
+    ``on_rows`` is called each time a whole number of write units (shard or chunk rows) has been
+    read, and once for the rest, so the caller can encode those rows while the next strips decode.
+    """
     height, width = int(window.height), int(window.width)
     rgb = np.empty((height, width, 3), dtype=np.uint8)
     valid = np.empty((height, width), dtype=bool)
+    unit = task.arrays.shard_px if task.arrays.shard_px is not None else task.arrays.chunk_px
+    flushed = 0
     for top in range(0, height, READ_STRIP_PX):
         rows = min(READ_STRIP_PX, height - top)
         strip = Window(window.col_off, window.row_off + top, width, rows)
@@ -303,11 +318,20 @@ def _read_in_strips(
             strip,
             out=(rgb[top : top + rows], valid[top : top + rows]),
         )
+        ready = height if top + rows == height else (top + rows) // unit * unit
+        if on_rows is not None and ready > flushed:
+            on_rows(flushed, rgb[flushed:ready], valid[flushed:ready])
+            flushed = ready
     return rgb, valid
 
 
-def _read_base_block(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
-    """Read a block of the pass's base level: from the source (pass 0) or from the store."""
+def _read_base_block(
+    task: BlockTask, *, on_rows: RowsReady | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a block of the pass's base level: from the source (pass 0) or from the store.
+
+    ``on_rows`` (pass 0 only): as in :func:`_read_in_strips`.
+    """
     window = task.window
     if task.base_level == 0:
         with (
@@ -322,7 +346,7 @@ def _read_base_block(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             try:
                 with open_raster(task.source) as dataset:
-                    return _read_in_strips(dataset, task, window)
+                    return _read_in_strips(dataset, task, window, on_rows=on_rows)
             except rasterio.errors.RasterioError as err:
                 detail = " ".join(str(err).split())
                 raise SceneReadError(
@@ -338,29 +362,49 @@ def _read_base_block(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
 def run_block(task: BlockTask) -> int:
     """Process one block: read it, write it and its reductions, then leave its resume marker.
 
+    Writes (encode + file I/O, which release the GIL) run behind on one writer thread: level-0
+    rows are written while the next strips of the source decode, each reduced level while the
+    next one is computed. Every write has finished (or raised) before the marker is written.
+
     Returns:
         Number of valid level-0 pixels in the block for pass 0 (0 for later passes).
     """
     if task.marker.exists():
         return -1
-    rgb, valid = _read_base_block(task)
-    n_valid = int(np.count_nonzero(valid)) if task.base_level == 0 else 0
     row0, col0 = int(task.window.row_off), int(task.window.col_off)
-    for store_level in range(task.base_level, task.top_level + 1):
-        if store_level > task.base_level:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrs-write") as writer:
+        writes: list[Future[None]] = []
+
+        def write(
+            store_level: int, top: int, left: int, rgb: np.ndarray, valid: np.ndarray
+        ) -> None:
+            for array_path, data in (
+                (rgb_path(store_level), rgb),
+                (valid_path(store_level), valid),
+            ):
+                writes.append(
+                    writer.submit(
+                        write_region,
+                        task.store,
+                        array_path,
+                        data,
+                        origin_rc=(top, left),
+                        level_shape_hw=task.level_shapes[store_level],
+                        arrays=task.arrays,
+                    )
+                )
+
+        def level0_rows(first: int, rgb_rows: np.ndarray, valid_rows: np.ndarray) -> None:
+            write(0, row0 + first, col0, rgb_rows, valid_rows)
+
+        rgb, valid = _read_base_block(task, on_rows=level0_rows)
+        n_valid = int(np.count_nonzero(valid)) if task.base_level == 0 else 0
+        for store_level in range(task.base_level + 1, task.top_level + 1):
             rgb, valid = reduce_2x2(rgb, valid)
             row0, col0 = row0 // 2, col0 // 2
-        if store_level == task.base_level and task.base_level > 0:
-            continue
-        for array_path, data in ((rgb_path(store_level), rgb), (valid_path(store_level), valid)):
-            write_region(
-                task.store,
-                array_path,
-                data,
-                origin_rc=(row0, col0),
-                level_shape_hw=task.level_shapes[store_level],
-                arrays=task.arrays,
-            )
+            write(store_level, row0, col0, rgb, valid)
+        for future in writes:
+            future.result()
     task.marker.write_text(str(n_valid))
     return n_valid
 
