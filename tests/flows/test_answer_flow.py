@@ -1,4 +1,4 @@
-"""The answer flow run for real under Prefect's test harness: outputs, failures, resume, artifacts."""
+"""The answer flow run for real under the Prefect test harness: outputs, failures, resume."""
 
 from __future__ import annotations
 
