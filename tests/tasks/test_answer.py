@@ -126,3 +126,59 @@ def test_summary_lists_failures_and_savings() -> None:
     assert table[0]["tflops"] == 1.0 and table[1]["status"] == "failed"
     nothing = summary_markdown(rows[1:], out="/o", model="/m", preset="default")
     assert "nothing to compare" in nothing
+
+
+class Killed(BaseException):
+    """Stands for the process dying (SIGKILL cannot be caught, so a BaseException plays it)."""
+
+
+def test_a_killed_task_resumes_with_only_the_missing_answers(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    ingested_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lrs_core.outputs import BatchWriter
+
+    out = tmp_path / "out"
+    questions = [*QUESTIONS, {"question_id": "water", "question": "Is there water?"}]
+    original_append = BatchWriter.append
+    calls: list[str] = []
+
+    def append_then_die(self: BatchWriter, records, *, pyramid=None):  # type: ignore[no-untyped-def]
+        calls.append(records[0].question_id)
+        if len(calls) == 2:
+            raise Killed  # dies while writing the second answer: nothing of it is kept
+        return original_append(self, records, pyramid=pyramid)
+
+    monkeypatch.setattr(BatchWriter, "append", append_then_die)
+    with disable_run_logger(), pytest.raises(Killed):
+        answer_scene_task.fn(
+            str(ingested_store),
+            questions,
+            str(tiny_model_dir),
+            str(out),
+            scene_id="scene",
+            preset="thumbnail",
+        )
+    monkeypatch.setattr(BatchWriter, "append", original_append)
+    first_part = {p.name: p.read_bytes() for p in (out / "answers.parquet").glob("part-*")}
+    assert [r.question_id for r in read_records(out)] == ["red"]
+
+    with disable_run_logger():
+        rows = answer_scene_task.fn(
+            str(ingested_store),
+            questions,
+            str(tiny_model_dir),
+            str(out),
+            scene_id="scene",
+            preset="thumbnail",
+        )
+    assert {r["question_id"]: r["status"] for r in rows} == {
+        "red": "skipped",
+        "count": "answered",
+        "water": "answered",
+    }
+    assert [r.question_id for r in read_records(out)] == ["red", "count", "water"]
+    for name, data in first_part.items():  # the finished answer was not rewritten
+        assert (out / "answers.parquet" / name).read_bytes() == data
