@@ -27,7 +27,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +63,7 @@ from lrs_core.pyramid import (
     read_store_attributes,
     reduce_2x2,
     rgb_path,
+    update_lrs_attributes,
     valid_path,
     write_region,
 )
@@ -505,7 +506,7 @@ def _root_attributes(
     scene_id: str,
     info: SceneInfo,
     stretch: Stretch,
-    checksum: str,
+    checksum: str | None,
     level_shapes: Sequence[tuple[int, int]],
     config: IngestConfig,
 ) -> dict[str, Any]:
@@ -596,9 +597,13 @@ def write_stac_item(
 
 
 def _existing_state(
-    store: Path, checksum: str, config: IngestConfig, *, overwrite: bool
+    store: Path, checksum: str | None, config: IngestConfig, *, overwrite: bool, source: str
 ) -> Literal["new", "resume", "complete"]:
-    """Decide what to do with whatever is already at ``store``."""
+    """Decide what to do with whatever is already at ``store``.
+
+    ``checksum`` may be None only when the answer cannot depend on it (no store, or
+    ``overwrite``). ``source`` is the path as recorded in ``lrs.source``.
+    """
     if not store.exists():
         return "new"
     attributes = read_store_attributes(store)
@@ -612,6 +617,12 @@ def _existing_state(
         raise StoreConflictError(
             f"{store}: exists but is not an lrs store; remove it or pass --overwrite"
         )
+    if lrs.get("checksum") is None and not lrs.get("complete") and lrs.get("source") == source:
+        # An ingest of this path killed before its checksum pass finished (see ingest_scene):
+        # nothing in it can be verified, so it starts over.
+        log.info("%s: unfinished and unverified (no checksum recorded); starting over", store)
+        shutil.rmtree(store)
+        return "new"
     if lrs.get("checksum") != checksum:
         raise StoreConflictError(
             f"{store}: holds {lrs.get('source')} ({lrs.get('checksum')}), not this source "
@@ -625,6 +636,13 @@ def _existing_state(
             "rerun with the same settings or pass --overwrite"
         )
     return "resume"
+
+
+def _record_checksum(store: Path, hashing: Future[str]) -> str:
+    """Wait for the source checksum and record it as ``lrs.checksum`` of the store; return it."""
+    checksum = hashing.result()
+    update_lrs_attributes(store, {"checksum": checksum})
+    return checksum
 
 
 def ingest_scene(
@@ -672,105 +690,125 @@ def ingest_scene(
             stacklevel=2,
         )
     level_shapes = level_shapes_hw(info.size_hw, min_long_side_px=config.min_long_side_px)
-    checksum = file_checksum(source)
-    state = _existing_state(store, checksum, config, overwrite=overwrite)
-    if state == "complete":
-        log.info("%s: already ingested from the same source (%s); skipped", store, checksum)
-        attributes = read_store_attributes(store) or {}
-        layout = attributes.get("multiscales", {}).get("layout", [])
-        level_shapes = tuple(
-            (int(e["spatial:shape"][0]), int(e["spatial:shape"][1])) for e in layout
+    # The blake2b pass over the source (~0.5 s for 167 MB; hashlib releases the GIL) overlaps
+    # pass 0 when the store is new whatever the checksum: absent, or replaced (--overwrite).
+    # The checksum is recorded in the root as soon as it is known; until then the store says
+    # ``lrs.checksum = null`` and a rerun of the same path starts it over (_existing_state).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrs-checksum") as hasher:
+        hashing = hasher.submit(file_checksum, source)
+        fresh = overwrite or not store.exists()
+        checksum = None if fresh else hashing.result()
+        state = _existing_state(store, checksum, config, overwrite=overwrite, source=str(info.path))
+        if state == "complete":
+            log.info("%s: already ingested from the same source (%s); skipped", store, checksum)
+            attributes = read_store_attributes(store) or {}
+            layout = attributes.get("multiscales", {}).get("layout", [])
+            level_shapes = tuple(
+                (int(e["spatial:shape"][0]), int(e["spatial:shape"][1])) for e in layout
+            )
+            return IngestResult(
+                scene_id=scene_id,
+                source=str(source),
+                store=str(store),
+                status="skipped",
+                level_shapes=tuple(level_shapes),
+                stac_item=str(stac_path) if stac_path.exists() else None,
+            )
+        recorded: Future[str] | None = None
+        if state == "new":
+            with (
+                rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb * BYTES_PER_MB),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with open_raster(source) as dataset:
+                    try:
+                        stretch = compute_stretch(
+                            dataset,
+                            info,
+                            low_pct=config.stretch_low_pct,
+                            high_pct=config.stretch_high_pct,
+                            sample_long_side_px=config.stretch_sample_long_side_px,
+                        )
+                    except rasterio.errors.RasterioError as err:
+                        detail = " ".join(str(err).split())
+                        raise SceneReadError(f"{source}: cannot decode pixels ({detail})") from err
+            out_dir.mkdir(parents=True, exist_ok=True)
+            create_store(
+                store,
+                level_shapes=level_shapes,
+                arrays=config.arrays_spec(),
+                root_attributes=_root_attributes(
+                    scene_id=scene_id,
+                    info=info,
+                    stretch=stretch,
+                    checksum=checksum,
+                    level_shapes=level_shapes,
+                    config=config,
+                ),
+                level_transforms=[
+                    level_transform(info.transform, k) for k in range(len(level_shapes))
+                ],
+            )
+            recorded = hasher.submit(_record_checksum, store, hashing)
+        else:
+            existing = read_store_attributes(store)
+            assert existing is not None  # _existing_state found them
+            stretch = Stretch.from_dict(existing[LRS_ATTR]["stretch"])
+            (store / PROGRESS_DIR).mkdir(exist_ok=True)
+            log.info("%s: resuming an unfinished ingest", store)
+
+        passes = plan_passes(
+            store=store, info=info, stretch=stretch, level_shapes=level_shapes, config=config
         )
+        total = sum(len(p) for p in passes)
+        done = 0
+
+        def on_done() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            for pass_index, tasks in enumerate(passes):
+                # Bands of a sequential format run one at a time: each open decodes from row 0 down
+                # to its band (cost grows with the band index), but only one band is in memory.
+                pass_config = (
+                    replace(config, n_workers=1)
+                    if pass_index == 0 and is_sequential(info)
+                    else config
+                )
+                _run_tasks(tasks, config=pass_config, dask_address=dask_address, on_done=on_done)
+                if pass_index == 0:
+                    n_valid = sum(int(t.marker.read_text()) for t in tasks)
+                    if n_valid == 0:
+                        raise SceneReadError(
+                            f"{source}: every pixel is nodata (or alpha 0); nothing to ingest"
+                        )
+        except SceneReadError:
+            # Bad input: a rerun cannot finish this store, so leave nothing that could look usable
+            # (once the checksum writer is done with it).
+            if recorded is not None:
+                wait([recorded])
+            shutil.rmtree(store, ignore_errors=True)
+            raise
+        checksum = recorded.result() if recorded is not None else checksum
+        assert checksum is not None  # hashed above, or recorded in the store being resumed
+        write_stac_item(
+            path=stac_path, scene_id=scene_id, store=store, info=info, checksum=checksum
+        )
+        mark_complete(store, extra={"finished": datetime.now(UTC).isoformat()})
+        shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)
+        log.info("%s: ingested %s, levels %s", store, source, list(level_shapes))
         return IngestResult(
             scene_id=scene_id,
             source=str(source),
             store=str(store),
-            status="skipped",
+            status="ingested",
             level_shapes=tuple(level_shapes),
-            stac_item=str(stac_path) if stac_path.exists() else None,
+            stac_item=str(stac_path),
         )
-    if state == "new":
-        with (
-            rasterio.Env(GDAL_CACHEMAX=config.gdal_cache_mb * BYTES_PER_MB),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with open_raster(source) as dataset:
-                try:
-                    stretch = compute_stretch(
-                        dataset,
-                        info,
-                        low_pct=config.stretch_low_pct,
-                        high_pct=config.stretch_high_pct,
-                        sample_long_side_px=config.stretch_sample_long_side_px,
-                    )
-                except rasterio.errors.RasterioError as err:
-                    detail = " ".join(str(err).split())
-                    raise SceneReadError(f"{source}: cannot decode pixels ({detail})") from err
-        out_dir.mkdir(parents=True, exist_ok=True)
-        create_store(
-            store,
-            level_shapes=level_shapes,
-            arrays=config.arrays_spec(),
-            root_attributes=_root_attributes(
-                scene_id=scene_id,
-                info=info,
-                stretch=stretch,
-                checksum=checksum,
-                level_shapes=level_shapes,
-                config=config,
-            ),
-            level_transforms=[level_transform(info.transform, k) for k in range(len(level_shapes))],
-        )
-    else:
-        existing = read_store_attributes(store)
-        assert existing is not None  # _existing_state found them
-        stretch = Stretch.from_dict(existing[LRS_ATTR]["stretch"])
-        (store / PROGRESS_DIR).mkdir(exist_ok=True)
-        log.info("%s: resuming an unfinished ingest", store)
-
-    passes = plan_passes(
-        store=store, info=info, stretch=stretch, level_shapes=level_shapes, config=config
-    )
-    total = sum(len(p) for p in passes)
-    done = 0
-
-    def on_done() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    try:
-        for pass_index, tasks in enumerate(passes):
-            # Bands of a sequential format run one at a time: each open decodes from row 0 down
-            # to its band (cost grows with the band index), but only one band is in memory.
-            pass_config = (
-                replace(config, n_workers=1) if pass_index == 0 and is_sequential(info) else config
-            )
-            _run_tasks(tasks, config=pass_config, dask_address=dask_address, on_done=on_done)
-            if pass_index == 0:
-                n_valid = sum(int(t.marker.read_text()) for t in tasks)
-                if n_valid == 0:
-                    raise SceneReadError(
-                        f"{source}: every pixel is nodata (or alpha 0); nothing to ingest"
-                    )
-    except SceneReadError:
-        # Bad input: a rerun cannot finish this store, so leave nothing that could look usable.
-        shutil.rmtree(store, ignore_errors=True)
-        raise
-    write_stac_item(path=stac_path, scene_id=scene_id, store=store, info=info, checksum=checksum)
-    mark_complete(store, extra={"finished": datetime.now(UTC).isoformat()})
-    shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)
-    log.info("%s: ingested %s, levels %s", store, source, list(level_shapes))
-    return IngestResult(
-        scene_id=scene_id,
-        source=str(source),
-        store=str(store),
-        status="ingested",
-        level_shapes=tuple(level_shapes),
-        stac_item=str(stac_path),
-    )
 
 
 def expand_sources(sources: Sequence[str | Path]) -> list[Path]:

@@ -403,13 +403,17 @@ def create_store(
     (store / PROGRESS_DIR).mkdir(exist_ok=True)
 
 
-def mark_complete(store: Path, *, extra: dict[str, Any]) -> None:
-    """Set ``lrs.complete`` (and ``extra`` lrs fields) on the root group; an ingest's last write."""
+def update_lrs_attributes(store: Path, fields: dict[str, Any]) -> None:
+    """Set ``fields`` in the root group's ``lrs`` attributes (the other fields are kept)."""
     root = zarr.open_group(str(store), mode="r+")
     lrs = dict(root.attrs[LRS_ATTR])  # type: ignore[arg-type]
-    lrs.update(extra)
-    lrs["complete"] = True
+    lrs.update(fields)
     root.attrs[LRS_ATTR] = lrs
+
+
+def mark_complete(store: Path, *, extra: dict[str, Any]) -> None:
+    """Set ``lrs.complete`` (and ``extra`` lrs fields) on the root group; an ingest's last write."""
+    update_lrs_attributes(store, {**extra, "complete": True})
 
 
 def read_store_attributes(store: Path) -> dict[str, Any] | None:

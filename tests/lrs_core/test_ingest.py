@@ -20,7 +20,7 @@ from lrs_core.errors import (
     SceneReadError,
     StoreConflictError,
 )
-from lrs_core.ingest import IngestConfig, IngestResult, ingest_many, ingest_scene
+from lrs_core.ingest import IngestConfig, IngestResult, file_checksum, ingest_many, ingest_scene
 from lrs_core.pyramid import open_pyramid
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
@@ -397,3 +397,25 @@ def test_codecs_and_sharding_read_back_identically(tmp_path: Path, overrides: di
             a.read_window(lvl.store_level, window), b.read_window(lvl.store_level, window)
         )
         assert a.read_valid_mask(lvl.store_level, window).all()
+
+
+def test_store_killed_before_its_checksum_was_recorded(tmp_path: Path) -> None:
+    # The checksum pass overlaps pass 0; a kill -9 before it ends leaves lrs.checksum null.
+    source = write_geotiff(tmp_path / "k.tif", make_rgb_pattern(64, 64))
+    first = ingest_scene(source, tmp_path / "out", config=SMALL)
+    store = Path(str(first.store))
+    assert open_pyramid(store).attributes["lrs"]["checksum"] == file_checksum(source)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["lrs"].update(checksum=None, complete=False)
+    (store / "zarr.json").write_text(json.dumps(meta))
+    other = write_geotiff(tmp_path / "other.tif", make_rgb_pattern(64, 64, seed=9))
+    with pytest.raises(StoreConflictError, match="--overwrite"):
+        ingest_scene(other, tmp_path / "out", scene_id="k", config=SMALL)
+    again = ingest_scene(source, tmp_path / "out", config=SMALL)  # same path: starts over
+    assert again.status == "ingested"
+    pyramid = open_pyramid(store)
+    assert pyramid.attributes["lrs"]["checksum"] == file_checksum(source)
+    np.testing.assert_array_equal(
+        pyramid.read_window(0, Window(0, 0, 64, 64)),
+        make_rgb_pattern(64, 64).transpose(1, 2, 0),
+    )
