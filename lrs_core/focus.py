@@ -423,12 +423,15 @@ class FocusEngine:
             )
         return state, llm_input, visited
 
-    def baseline_level(self, plan: DipPlan, allowance: int) -> DipLevel | None:
+    def baseline_level(
+        self, plan: DipPlan, allowance: int, *, dry_run: bool = False
+    ) -> DipLevel | None:
         """The level a baseline feeds whole (None = thumbnail only).
 
         ``grid``: the ``grid-N`` view. ``full``/``fastv``/``pdrop``: the finest level ``default``
         would reach (``max_zoom_steps`` counted from level 1), stepping down to the finest level
-        that fits an explicit ``token_budget``.
+        that fits an explicit ``token_budget``. A view over the context is logged as a WARNING
+        when running and at DEBUG for a ``dry_run`` plan (where it is expected).
 
         Raises:
             TokenBudgetError: an explicit ``token_budget`` is too small for the view.
@@ -447,7 +450,8 @@ class FocusEngine:
             need = self.thumbnail_tokens + level_view_tokens(level)
             if budget is None or need <= allowance:
                 if need > allowance:
-                    log.warning(
+                    log.log(
+                        logging.DEBUG if dry_run else logging.WARNING,
                         "the %s view needs %d vision tokens, over the %d left in the context",
                         self.config.preset,
                         need,

@@ -151,7 +151,7 @@ def plan_question(
         n_vision = thumb + 1 + min(final, level_allowance)
         n_text = prompt.n_text_tokens
     else:
-        base_level = engine.baseline_level(plan, state.allowance)
+        base_level = engine.baseline_level(plan, state.allowance, dry_run=True)
         if base_level is None:
             engine._check_thumbnail_fits(state.allowance, with_level=False)
         else:

@@ -6,13 +6,9 @@ level-0 affine (rotation and shear included) to those corners; the EPSG:4326 geo
 the scene-CRS ring, densified so long edges follow the projection, in (lon, lat) order as RFC 7946
 wants. Scenes without a georeference keep pixel geometry only (``x`` = column, ``y`` = row, y down).
 
-A batch's output folder holds::
-
-    OUT/answers.parquet/part-00000.parquet   GeoParquet parts, one per append, never rewritten
-    OUT/answers.geojson                      every answer's evidence as a FeatureCollection
-    OUT/overlays/<question_id>.png           evidence and heat map on the scene thumbnail
-
-``OUT`` is a local path or an fsspec URL (``s3://bucket/run``, ``memory://run``).
+The batch output folder (``BatchWriter``, ``answered_ids``, ``read_records``) lives in
+:mod:`lrs_core.batch_outputs`; those names and its folder-layout constants stay importable from
+here. Paths are local paths or fsspec URLs (``s3://bucket/run``, ``memory://run``).
 """
 
 from __future__ import annotations
@@ -22,8 +18,6 @@ import json
 import logging
 import math
 import os
-import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +26,60 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from lrs_core.errors import ConfigError, GeoreferenceError
+from lrs_core.fsio import filesystem, is_local, parent_path, write_bytes_atomic
 from lrs_core.records import AnswerRecord, BBoxPx, SceneRef
 
 if TYPE_CHECKING:
-    import fsspec
     import geopandas
     from shapely.geometry.base import BaseGeometry
 
+    # Re-exported from lrs_core.batch_outputs (resolved lazily by __getattr__ at the bottom).
+    from lrs_core.batch_outputs import (
+        GEOJSON_NAME,
+        OVERLAYS_DIRNAME,
+        PART_DIGITS,
+        PARTS_DIRNAME,
+        BatchWriter,
+        answered_ids,
+        read_records,
+    )
+
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_TOP_TOKENS",
+    "LONLAT_EDGE_POINTS",
+    "DEFAULT_OVERLAY_SIDE_PX",
+    "HEATMAP_MAX_ALPHA",
+    "HEATMAP_ALPHA_GAMMA",
+    "HEATMAP_FLAT_RANGE",
+    "HEATMAP_RAMP_RGB",
+    "FINAL_TILE_OUTLINE_PX",
+    "TILE_OUTLINE_PX",
+    "LEVEL_COLOURS_RGB",
+    "TOKEN_COLOUR_RGB",
+    "SECONDS_STAGES",
+    "LONLAT_CRS",
+    "FeatureKind",
+    "ThumbnailSource",
+    "FeatureRow",
+    "record_geometries",
+    "answers_frame",
+    "write_geoparquet",
+    "geojson_features",
+    "write_geojson",
+    "render_overlay",
+    "write_overlay_png",
+    "write_heatmap_cog",
+    "GEOJSON_NAME",
+    "OVERLAYS_DIRNAME",
+    "PART_DIGITS",
+    "PARTS_DIRNAME",
+    "BatchWriter",
+    "answered_ids",
+    "read_records",
+]
+
 
 #: Top-scored tokens of a record turned into features (the rest stay in the evidence JSON).
 DEFAULT_TOP_TOKENS = 16
@@ -47,8 +87,22 @@ DEFAULT_TOP_TOKENS = 16
 LONLAT_EDGE_POINTS = 8
 #: Longest side of the thumbnail an overlay is drawn on, in pixels.
 DEFAULT_OVERLAY_SIDE_PX = 768
-#: Opacity of the heat map at value 1 (linear in the value; 0 leaves the thumbnail as it is).
+#: Opacity of the heat map at its (min-max normalised) maximum; 0 leaves the thumbnail as it is.
 HEATMAP_MAX_ALPHA = 0.6
+#: Opacity grows as ``HEATMAP_MAX_ALPHA * v**HEATMAP_ALPHA_GAMMA`` of the normalised value ``v``,
+#: so low-attention areas stay see-through and the scene stays readable under a flat heat map.
+HEATMAP_ALPHA_GAMMA = 2.0
+#: Heat maps whose max - min is below this are flat: nothing to show, no heat is drawn.
+HEATMAP_FLAT_RANGE = 1e-6
+#: Perceptual colour ramp of the heat map (matplotlib's "inferno" sampled at 0, 0.25, ... 1), as
+#: (normalised value, RGB) stops interpolated linearly.
+HEATMAP_RAMP_RGB: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (0.0, (0, 0, 4)),
+    (0.25, (87, 16, 110)),
+    (0.5, (188, 55, 84)),
+    (0.75, (249, 142, 9)),
+    (1.0, (252, 255, 164)),
+)
 #: Outline width of final-level evidence tiles / of coarser-level tiles / of tokens, in overlay px.
 FINAL_TILE_OUTLINE_PX = 3
 TILE_OUTLINE_PX = 1
@@ -61,19 +115,12 @@ LEVEL_COLOURS_RGB: tuple[tuple[int, int, int], ...] = (
     (120, 255, 80),
 )
 TOKEN_COLOUR_RGB = (255, 0, 255)
-#: Digits of a part number in ``part-XXXXX.parquet``.
-PART_DIGITS = 5
-PARTS_DIRNAME = "answers.parquet"
-GEOJSON_NAME = "answers.geojson"
-OVERLAYS_DIRNAME = "overlays"
 #: Stages of ``Accounting.seconds`` flattened into ``seconds_<stage>`` columns (all in JSON too).
 SECONDS_STAGES = ("read", "vision", "rfm", "llm", "total")
 LONLAT_CRS = "EPSG:4326"
 
 _NULLABLE_TEXT_COLUMNS = ("error", "scene_crs_wkt", "footprint_scene_wkt")
 
-_PART_RE = re.compile(r"^part-(\d+)\.parquet$")
-_SAFE_ID_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 FeatureKind = Literal["tile", "token"]
 
@@ -400,14 +447,14 @@ def write_geoparquet(records: Sequence[AnswerRecord], path: str | os.PathLike[st
         ``path`` as a Path.
     """
     frame = answers_frame(records)
-    fs, fs_path = _filesystem(path)
-    if _is_local(fs):
+    fs, fs_path = filesystem(path)
+    if is_local(fs):
         Path(fs_path).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(fs_path, index=False, schema_version="1.1.0")
     else:
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=False, schema_version="1.1.0")
-        fs.makedirs(_parent(fs_path), exist_ok=True)
+        fs.makedirs(parent_path(fs_path), exist_ok=True)
         with fs.open(fs_path, "wb") as handle:
             handle.write(buffer.getvalue())
     return Path(path)
@@ -497,7 +544,7 @@ def write_geojson(records: Iterable[AnswerRecord], path: str | os.PathLike[str])
         ``path`` as a Path.
     """
     text = json.dumps(_feature_collection(records), separators=(",", ":"), allow_nan=False)
-    _write_bytes_atomic(path, text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))
     return Path(path)
 
 
@@ -507,7 +554,12 @@ def write_geojson(records: Iterable[AnswerRecord], path: str | os.PathLike[str])
 
 
 def _heat_rgba(record: AnswerRecord, size_wh: tuple[int, int]) -> np.ndarray | None:
-    """Return uint8 (h, w, 4) red heat layer at ``size_wh`` (alpha ∝ value); None without one."""
+    """Return the uint8 (h, w, 4) heat layer at ``size_wh``; None without a heat map.
+
+    The values are min-max normalised to ``v`` in [0, 1], coloured with :data:`HEATMAP_RAMP_RGB`
+    and given alpha ``HEATMAP_MAX_ALPHA * v**HEATMAP_ALPHA_GAMMA``; a flat map (range below
+    :data:`HEATMAP_FLAT_RANGE`) is fully transparent.
+    """
     from PIL import Image
 
     heat = record.heatmap
@@ -519,14 +571,25 @@ def _heat_rgba(record: AnswerRecord, size_wh: tuple[int, int]) -> np.ndarray | N
             f"{record.question_id}: heat map shape_hw={heat.shape_hw} does not hold "
             f"{len(heat.values)} values; the record is malformed"
         )
-    values = np.clip(np.asarray(heat.values, dtype=np.float32).reshape(rows, cols), 0.0, 1.0)
-    resized = np.asarray(
-        Image.fromarray(values, mode="F").resize(size_wh, resample=Image.Resampling.BILINEAR)
+    values = np.asarray(heat.values, dtype=np.float32).reshape(rows, cols)
+    low, high = float(values.min()), float(values.max())
+    if not high - low >= HEATMAP_FLAT_RANGE:  # also catches NaN
+        return np.zeros((size_wh[1], size_wh[0], 4), dtype=np.uint8)
+    values = (values - low) / (high - low)
+    resized = np.clip(
+        np.asarray(
+            Image.fromarray(values, mode="F").resize(size_wh, resample=Image.Resampling.BILINEAR)
+        ),
+        0.0,
+        1.0,
     )
+    stops = np.array([stop for stop, _ in HEATMAP_RAMP_RGB], dtype=np.float32)
     layer = np.zeros((size_wh[1], size_wh[0], 4), dtype=np.uint8)
-    layer[..., 0] = 255
-    layer[..., 1] = np.clip(255 * (1.0 - resized) * 0.5, 0, 255).astype(np.uint8)
-    layer[..., 3] = np.clip(255 * HEATMAP_MAX_ALPHA * resized, 0, 255).astype(np.uint8)
+    for channel in range(3):
+        ramp = np.array([rgb[channel] for _, rgb in HEATMAP_RAMP_RGB], dtype=np.float32)
+        layer[..., channel] = np.interp(resized, stops, ramp).astype(np.uint8)
+    alpha = HEATMAP_MAX_ALPHA * resized**HEATMAP_ALPHA_GAMMA
+    layer[..., 3] = np.clip(255 * alpha, 0, 255).astype(np.uint8)
     return layer
 
 
@@ -603,7 +666,7 @@ def write_overlay_png(
 
     buffer = io.BytesIO()
     Image.fromarray(render_overlay(record, pyramid, max_side_px=max_side_px)).save(buffer, "PNG")
-    _write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
     return Path(path)
 
 
@@ -663,233 +726,27 @@ def write_heatmap_cog(
 
 
 # ---------------------------------------------------------------------------------------------
-# Batch output folder
+# Batch output folder (in lrs_core.batch_outputs, which imports this module)
 # ---------------------------------------------------------------------------------------------
 
-
-def _filesystem(path: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
-    from fsspec.core import url_to_fs
-
-    fs, fs_path = url_to_fs(os.fspath(path))
-    return fs, fs_path
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
-
-
-def _parent(fs_path: str) -> str:
-    return fs_path.rstrip("/").rsplit("/", 1)[0] if "/" in fs_path.rstrip("/") else ""
+#: Names of :mod:`lrs_core.batch_outputs` importable from here, resolved on first use (an import
+#: at the top would be circular: the batch writer builds on the writers above).
+_BATCH_NAMES = frozenset(
+    {
+        "BatchWriter",
+        "answered_ids",
+        "read_records",
+        "PART_DIGITS",
+        "PARTS_DIRNAME",
+        "GEOJSON_NAME",
+        "OVERLAYS_DIRNAME",
+    }
+)
 
 
-def _write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` so readers see the old file or the new one, never half of one."""
-    fs, fs_path = _filesystem(path)
-    if _is_local(fs):
-        target = Path(fs_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return
-    parent = _parent(fs_path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(fs_path, "wb") as handle:  # one PUT: object stores replace objects atomically
-        handle.write(data)
+def __getattr__(name: str) -> Any:
+    if name in _BATCH_NAMES:
+        from lrs_core import batch_outputs
 
-
-def _part_names(fs: fsspec.AbstractFileSystem, parts_dir: str) -> list[str]:
-    """Return the ``part-XXXXX.parquet`` file names under ``parts_dir``, in part order."""
-    if not fs.exists(parts_dir):
-        return []
-    names = [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(parts_dir, detail=False)]
-    return sorted((n for n in names if _PART_RE.match(n)), key=_part_number)
-
-
-def _part_number(name: str) -> int:
-    """Return XXXXX of ``part-XXXXX.parquet`` (-1 for any other name)."""
-    match = _PART_RE.match(name)
-    return int(match.group(1)) if match else -1
-
-
-def _join(base: str, *names: str) -> str:
-    return "/".join([base.rstrip("/"), *names])
-
-
-def read_records(out_dir: str | os.PathLike[str]) -> list[AnswerRecord]:
-    """Return every record stored in ``OUT/answers.parquet`` parts, in write order."""
-    import pyarrow.parquet as pq
-
-    fs, base = _filesystem(out_dir)
-    parts_dir = _join(base, PARTS_DIRNAME)
-    records: list[AnswerRecord] = []
-    for name in _part_names(fs, parts_dir):
-        with fs.open(_join(parts_dir, name), "rb") as handle:
-            table = pq.read_table(handle, columns=["record_json"])
-        records.extend(
-            AnswerRecord.from_dict(json.loads(text)) for text in table["record_json"].to_pylist()
-        )
-    return records
-
-
-def answered_ids(out_dir: str | os.PathLike[str], *, include_failed: bool = False) -> set[str]:
-    """Question ids already written under ``OUT/answers.parquet`` (for resuming a batch).
-
-    Args:
-        out_dir: the batch output folder (local path or fsspec URL); missing means nothing done.
-        include_failed: also count records that carry an ``error`` (by default those are retried).
-
-    Returns:
-        The set of ``question_id`` values.
-    """
-    import pyarrow.parquet as pq
-
-    fs, base = _filesystem(out_dir)
-    parts_dir = _join(base, PARTS_DIRNAME)
-    done: set[str] = set()
-    for name in _part_names(fs, parts_dir):
-        with fs.open(_join(parts_dir, name), "rb") as handle:
-            table = pq.read_table(handle, columns=["question_id", "error"])
-        for question_id, error in zip(
-            table["question_id"].to_pylist(), table["error"].to_pylist(), strict=True
-        ):
-            if include_failed or error is None:
-                done.add(question_id)
-    return done
-
-
-def _latest_per_question(records: Iterable[AnswerRecord]) -> list[AnswerRecord]:
-    """Keep one record per question id: the last successful one, else the last one (write order)."""
-    chosen: dict[str, AnswerRecord] = {}
-    for record in records:
-        previous = chosen.get(record.question_id)
-        if previous is None or record.error is None or previous.error is not None:
-            chosen[record.question_id] = record
-    return list(chosen.values())
-
-
-class BatchWriter:
-    """Append answers to a batch output folder without ever rewriting finished output.
-
-    Each :meth:`append` writes a new ``OUT/answers.parquet/part-XXXXX.parquet`` (the next free
-    number; an existing part is never replaced, even by a concurrent writer on a local disk),
-    writes ``OUT/overlays/<question_id>.png`` when a pyramid is given, and refreshes
-    ``OUT/answers.geojson``. :meth:`finalize` rebuilds ``answers.geojson`` from all parts,
-    keeping one answer per question id (the last successful one).
-
-    Each part's primary ``geometry`` follows :func:`answers_frame`: EPSG:4326 when its records'
-    scenes are georeferenced, pixels otherwise. A batch that appends parts of both kinds holds
-    parts with different CRS; read such parts one by one (``geometry_px`` is always comparable).
-
-    Args:
-        out_dir: the batch output folder, local path or fsspec URL; created if missing.
-        overlay_side_px: longest side of the overlay PNGs.
-        refresh_geojson: rewrite ``answers.geojson`` after every append (off for huge batches:
-            then only :meth:`finalize` writes it).
-    """
-
-    def __init__(
-        self,
-        out_dir: str | os.PathLike[str],
-        *,
-        overlay_side_px: int = DEFAULT_OVERLAY_SIDE_PX,
-        refresh_geojson: bool = True,
-    ) -> None:
-        if overlay_side_px < 1:
-            raise ConfigError(f"overlay_side_px={overlay_side_px} must be >= 1")
-        self.out_dir = os.fspath(out_dir)
-        self.overlay_side_px = overlay_side_px
-        self.refresh_geojson = refresh_geojson
-        self._fs, self._base = _filesystem(out_dir)
-        self._fs.makedirs(_join(self._base, PARTS_DIRNAME), exist_ok=True)
-
-    @property
-    def parts_dir(self) -> str:
-        """Path (in the folder's filesystem) of the ``answers.parquet`` parts folder."""
-        return _join(self._base, PARTS_DIRNAME)
-
-    @property
-    def geojson_path(self) -> str:
-        """Path or URL of ``answers.geojson``."""
-        return _join(self.out_dir, GEOJSON_NAME)
-
-    def overlay_path(self, question_id: str) -> str:
-        """Path or URL of the overlay PNG of ``question_id`` (unsafe characters become ``_``)."""
-        return _join(self.out_dir, OVERLAYS_DIRNAME, f"{_SAFE_ID_RE.sub('_', question_id)}.png")
-
-    def answered_ids(self, *, include_failed: bool = False) -> set[str]:
-        """See :func:`answered_ids`."""
-        return answered_ids(self.out_dir, include_failed=include_failed)
-
-    def append(
-        self, records: Sequence[AnswerRecord], *, pyramid: ThumbnailSource | None = None
-    ) -> str | None:
-        """Write ``records`` as a new part (and their overlays when ``pyramid`` is given).
-
-        Args:
-            records: answers to add; nothing is written for an empty sequence.
-            pyramid: the pyramid of the records' scene, for overlays (records of one scene);
-                records with an ``error`` get no overlay.
-
-        Returns:
-            The written part's path (in the folder's filesystem), or None for no records.
-        """
-        if not records:
-            return None
-        part = self._write_part(records)
-        if pyramid is not None:
-            for record in records:
-                if record.error is None:
-                    write_overlay_png(
-                        record,
-                        pyramid,
-                        self.overlay_path(record.question_id),
-                        max_side_px=self.overlay_side_px,
-                    )
-        if self.refresh_geojson:
-            self.finalize()
-        log.info("wrote %d answers to %s", len(records), part)
-        return part
-
-    def _write_part(self, records: Sequence[AnswerRecord]) -> str:
-        existing = _part_names(self._fs, self.parts_dir)
-        number = 1 + max((_part_number(n) for n in existing), default=-1)
-        if _is_local(self._fs):
-            parts_dir = Path(self.parts_dir)
-            fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=parts_dir)
-            os.close(fd)
-            try:
-                write_geoparquet(records, tmp)
-                while True:
-                    target = parts_dir / f"part-{number:0{PART_DIGITS}d}.parquet"
-                    try:
-                        os.link(tmp, target)  # fails if the part exists: never replaces one
-                    except FileExistsError:
-                        number += 1
-                        continue
-                    return str(target)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
-        target_path = _join(self.parts_dir, f"part-{number:0{PART_DIGITS}d}.parquet")
-        while self._fs.exists(target_path):
-            number += 1
-            target_path = _join(self.parts_dir, f"part-{number:0{PART_DIGITS}d}.parquet")
-        buffer = io.BytesIO()
-        answers_frame(records).to_parquet(buffer, index=False, schema_version="1.1.0")
-        with self._fs.open(target_path, "wb") as handle:
-            handle.write(buffer.getvalue())
-        return target_path
-
-    def finalize(self) -> str:
-        """Rewrite ``answers.geojson`` from every part (temp file + rename) and return its path."""
-        records = _latest_per_question(read_records(self.out_dir))
-        write_geojson(records, self.geojson_path)
-        return self.geojson_path
+        return getattr(batch_outputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,14 @@ PREFECT_ENV_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
 }
+#: Characters of each answer the terminal shows (the tiny random model answers in byte garbage).
+ANSWER_PREVIEW_CHARS = 40
+
+
+def answer_preview(answer: str, *, max_chars: int = ANSWER_PREVIEW_CHARS) -> str:
+    """The answer as an escaped ``repr`` of its first ``max_chars`` characters (``...`` if cut)."""
+    shown = repr(answer[:max_chars]).encode("ascii", "backslashreplace").decode("ascii")
+    return shown + ("..." if len(answer) > max_chars else "")
 
 
 def demo(
@@ -86,7 +94,7 @@ def demo(
                 console.print(f"    error: {row['error']}", highlight=False, soft_wrap=True)
             elif row["status"] == "answered":
                 console.print(
-                    f"    answer: {row['answer']!r} (planted truth: "
+                    f"    answer: {answer_preview(str(row['answer']))} (planted truth: "
                     f"{truth.get(row['question_id'], '?')}; the tiny model is random)",
                     highlight=False,
                     soft_wrap=True,
