@@ -271,44 +271,38 @@ def record_geometries(
     if top_tokens < 0:
         raise ConfigError(f"top_tokens={top_tokens} must be >= 0")
     geo = _Georeferencer(record.scene)
-    rows: list[FeatureRow] = []
-    for tile in record.evidence_tiles:
-        if not tile.is_final:
-            continue
-        px, crs, lonlat = geo.polygons(tile.bbox_px)
-        rows.append(
-            FeatureRow(
-                question_id=record.question_id,
-                scene_id=record.scene.scene_id,
-                kind="tile",
-                dip_level=tile.dip_level,
-                index_rc=tile.tile_rc,
-                bbox_px=tile.bbox_px,
-                score=tile.score,
-                is_final=True,
-                geometry_px=px,
-                geometry_crs=crs,
-                geometry_lonlat=lonlat,
-            )
+
+    def row(
+        kind: FeatureKind,
+        dip_level: int,
+        index_rc: tuple[int, int],
+        bbox_px: BBoxPx,
+        score: float,
+    ) -> FeatureRow:
+        px, crs, lonlat = geo.polygons(bbox_px)
+        return FeatureRow(
+            question_id=record.question_id,
+            scene_id=record.scene.scene_id,
+            kind=kind,
+            dip_level=dip_level,
+            index_rc=index_rc,
+            bbox_px=bbox_px,
+            score=score,
+            is_final=kind == "tile",
+            geometry_px=px,
+            geometry_crs=crs,
+            geometry_lonlat=lonlat,
         )
+
+    rows = [
+        row("tile", tile.dip_level, tile.tile_rc, tile.bbox_px, tile.score)
+        for tile in record.evidence_tiles
+        if tile.is_final
+    ]
     ranked = sorted(record.evidence_tokens, key=lambda token: -token.score)[:top_tokens]
-    for token in ranked:
-        px, crs, lonlat = geo.polygons(token.bbox_px)
-        rows.append(
-            FeatureRow(
-                question_id=record.question_id,
-                scene_id=record.scene.scene_id,
-                kind="token",
-                dip_level=token.dip_level,
-                index_rc=token.grid_rc,
-                bbox_px=token.bbox_px,
-                score=token.score,
-                is_final=False,
-                geometry_px=px,
-                geometry_crs=crs,
-                geometry_lonlat=lonlat,
-            )
-        )
+    rows.extend(
+        row("token", token.dip_level, token.grid_rc, token.bbox_px, token.score) for token in ranked
+    )
     return rows
 
 

@@ -27,6 +27,20 @@ from lrs_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
+#: Keys of the reference's prediction lines, in the order they are written (ours follow).
+REFERENCE_KEYS: tuple[str, ...] = (
+    "question_id",
+    "prompt",
+    "category",
+    "text",
+    "ground_truth",
+    "answer_id",
+    "model_id",
+    "ori_hbox",
+    "ori_rbox",
+    "metadata",
+)
+
 #: Dataset groups of LRS-VQA, in the order the paper's tables use.
 DATASET_GROUPS: tuple[str, ...] = ("FAIR", "GLH-Bridge", "STAR")
 
@@ -429,18 +443,7 @@ class PredictionRecord:
         """
         if not isinstance(data.get("question_id"), str):
             raise DatasetError(f"{where}: prediction has no string 'question_id'")
-        known = {
-            "question_id",
-            "prompt",
-            "category",
-            "text",
-            "ground_truth",
-            "answer_id",
-            "model_id",
-            "ori_hbox",
-            "ori_rbox",
-            "metadata",
-        }
+        known = set(REFERENCE_KEYS)
         for name in known - {"ori_hbox", "ori_rbox", "metadata"}:
             if data.get(name) is not None and not isinstance(data[name], str):
                 raise DatasetError(f"{where}: field '{name}' must be a string, got {data[name]!r}")

@@ -155,11 +155,14 @@ def parse_item(row: Mapping[str, Any], *, where: str = "<item>") -> MmeItem:
     )
 
 
-def read_items(path: Path) -> list[MmeItem]:
-    """Read MME-RealWorld items or predictions from a JSON list or a JSONL file.
+def read_raw_rows(path: Path) -> list[tuple[str, Any]]:
+    """Read the raw rows of a JSON list or JSONL file, each with where it stands.
+
+    Returns:
+        ``(where, row)`` pairs in file order; ``where`` is ``path[i]`` or ``path:line``.
 
     Raises:
-        DatasetError: the file cannot be read or parsed, or an item is invalid.
+        DatasetError: the file cannot be read or parsed.
     """
     path = Path(path)
     try:
@@ -171,8 +174,17 @@ def read_items(path: Path) -> list[MmeItem]:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
             raise DatasetError(f"{path}: not a valid JSON list ({err.msg})") from err
-        return [parse_item(row, where=f"{path}[{i}]") for i, row in enumerate(rows)]
-    return [parse_item(row, where=f"{path}:{line_no}") for line_no, row in iter_jsonl(path)]
+        return [(f"{path}[{i}]", row) for i, row in enumerate(rows)]
+    return [(f"{path}:{line_no}", row) for line_no, row in iter_jsonl(path)]
+
+
+def read_items(path: Path) -> list[MmeItem]:
+    """Read MME-RealWorld items or predictions from a JSON list or a JSONL file.
+
+    Raises:
+        DatasetError: the file cannot be read or parsed, or an item is invalid.
+    """
+    return [parse_item(row, where=where) for where, row in read_raw_rows(path)]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -56,13 +56,12 @@ from lrs_core.evaluation.lrs_vqa import (
     RECORD_KEY,
     LrsVqaQuestion,
     drop_partial_tail,
-    iter_jsonl,
     iter_scenes,
     make_prediction,
     read_questions,
     resolve_image_path,
 )
-from lrs_core.evaluation.mme import build_prompt, parse_item
+from lrs_core.evaluation.mme import build_prompt, parse_item, read_raw_rows
 from lrs_core.ingest import IngestConfig, IngestResult, ingest_scene
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER
 
@@ -465,6 +464,53 @@ def answer_scenes(
 # -- LRS-VQA -----------------------------------------------------------------------------------
 
 
+def _answer_pending(
+    benchmark: Benchmark,
+    pending: list[PendingScene],
+    *,
+    question_file: Path,
+    out: Path,
+    stores: Path,
+    n_selected: int,
+    n_retried: int,
+    started: float,
+    engine_spec: EngineSpec,
+    ingest_config: IngestConfig | None,
+    keep_heatmap: bool,
+    progress: Callable[[int, int], None] | None,
+    num_chunks: int,
+    chunk_idx: int,
+) -> RunSummary:
+    """Answer the pending scenes of a run and count it (``started``: its perf_counter start)."""
+    n_answered, failures, model_id = answer_scenes(
+        pending,
+        engine_spec=engine_spec,
+        out=out,
+        store_dir=stores,
+        ingest_config=ingest_config or IngestConfig(),
+        keep_heatmap=keep_heatmap,
+        progress=progress,
+    )
+    n_pending = sum(len(scene.questions) for scene in pending)
+    return RunSummary(
+        benchmark=benchmark,
+        question_file=question_file,
+        out=out,
+        store_dir=stores,
+        model_id=model_id,
+        num_chunks=num_chunks,
+        chunk_idx=chunk_idx,
+        n_selected=n_selected,
+        n_already_done=n_selected - n_pending,
+        n_retried=n_retried,
+        n_answered=n_answered,
+        n_failed=len(failures),
+        n_scenes=len(pending),
+        seconds=time.perf_counter() - started,
+        failures=tuple(failures),
+    )
+
+
 def _lrs_vqa_row(question: LrsVqaQuestion) -> RowBuilder:
     def build(model_id: str, record: AnswerRecord | None, error: str | None) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -557,40 +603,28 @@ def run_lrs_vqa(
         for scene in selected
     ]
     pending = [scene for scene in pending if scene.questions]
-    spec = EngineSpec(
-        model_dir=Path(model_dir),
-        preset=preset,
-        budget=budget,
-        device=device,
-        dtype=dtype,
-        overrides=dict(overrides or {}),
-    )
-    n_answered, failures, model_id = answer_scenes(
+    return _answer_pending(
+        "lrs-vqa",
         pending,
-        engine_spec=spec,
-        out=out,
-        store_dir=stores,
-        ingest_config=ingest_config or IngestConfig(),
-        keep_heatmap=keep_heatmap,
-        progress=progress,
-    )
-    n_pending = sum(len(scene.questions) for scene in pending)
-    return RunSummary(
-        benchmark="lrs-vqa",
         question_file=question_file,
         out=out,
-        store_dir=stores,
-        model_id=model_id,
+        stores=stores,
+        n_selected=n_selected,
+        n_retried=n_retried,
+        started=start,
+        engine_spec=EngineSpec(
+            model_dir=Path(model_dir),
+            preset=preset,
+            budget=budget,
+            device=device,
+            dtype=dtype,
+            overrides=dict(overrides or {}),
+        ),
+        ingest_config=ingest_config,
+        keep_heatmap=keep_heatmap,
+        progress=progress,
         num_chunks=num_chunks,
         chunk_idx=chunk_idx,
-        n_selected=n_selected,
-        n_already_done=n_selected - n_pending,
-        n_retried=n_retried,
-        n_answered=n_answered,
-        n_failed=len(failures),
-        n_scenes=len(pending),
-        seconds=time.perf_counter() - start,
-        failures=tuple(failures),
     )
 
 
@@ -603,28 +637,14 @@ def read_mme_rows(path: Path) -> list[dict[str, Any]]:
     Raises:
         DatasetError: the file cannot be read or parsed, or an item is invalid.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise DatasetError(f"{path}: cannot read ({err.strerror})") from err
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"{path}: not a valid JSON list ({err.msg})") from err
-        where = [f"{path}[{i}]" for i in range(len(rows))]
-    else:
-        pairs = list(iter_jsonl(path))
-        rows = [row for _, row in pairs]
-        where = [f"{path}:{line_no}" for line_no, _ in pairs]
+    pairs = read_raw_rows(path)
     seen: set[str] = set()
-    for row, place in zip(rows, where, strict=True):
+    for place, row in pairs:
         item = parse_item(row, where=place)
         if item.question_id in seen:
             raise DatasetError(f"{place}: Question_id {item.question_id!r} repeats")
         seen.add(item.question_id)
-    return [dict(row) for row in rows]
+    return [dict(row) for _, row in pairs]
 
 
 def mme_question_text(row: Mapping[str, Any]) -> str:
@@ -726,40 +746,28 @@ def run_mme(
         PendingScene(image=image, image_path=image_paths[image], questions=tuple(items))
         for image, items in grouped.items()
     ]
-    spec = EngineSpec(
-        model_dir=Path(model_dir),
-        preset=preset,
-        budget=budget,
-        device=device,
-        dtype=dtype,
-        overrides=dict(overrides or {}),
-    )
-    n_answered, failures, model_id = answer_scenes(
+    return _answer_pending(
+        "mme",
         pending,
-        engine_spec=spec,
-        out=out,
-        store_dir=stores,
-        ingest_config=ingest_config or IngestConfig(),
-        keep_heatmap=keep_heatmap,
-        progress=progress,
-    )
-    n_pending = sum(len(scene.questions) for scene in pending)
-    return RunSummary(
-        benchmark="mme",
         question_file=question_file,
         out=out,
-        store_dir=stores,
-        model_id=model_id,
+        stores=stores,
+        n_selected=len(rows),
+        n_retried=n_retried,
+        started=start,
+        engine_spec=EngineSpec(
+            model_dir=Path(model_dir),
+            preset=preset,
+            budget=budget,
+            device=device,
+            dtype=dtype,
+            overrides=dict(overrides or {}),
+        ),
+        ingest_config=ingest_config,
+        keep_heatmap=keep_heatmap,
+        progress=progress,
         num_chunks=num_chunks,
         chunk_idx=chunk_idx,
-        n_selected=len(rows),
-        n_already_done=len(rows) - n_pending,
-        n_retried=n_retried,
-        n_answered=n_answered,
-        n_failed=len(failures),
-        n_scenes=len(pending),
-        seconds=time.perf_counter() - start,
-        failures=tuple(failures),
     )
 
 

@@ -23,7 +23,12 @@ from typer.testing import CliRunner
 from lrs_core.cli import build_app
 from lrs_core.errors import DatasetError
 from lrs_core.evaluation.focus_metrics import focus_report_files
-from lrs_core.evaluation.lrs_vqa import QUESTION_FILE_NAME, read_predictions, read_questions
+from lrs_core.evaluation.lrs_vqa import (
+    QUESTION_FILE_NAME,
+    REFERENCE_KEYS,
+    read_predictions,
+    read_questions,
+)
 from lrs_core.evaluation.merge import merge_predictions
 from lrs_core.evaluation.mme import score_file
 from lrs_core.evaluation.report import score_run
@@ -56,18 +61,6 @@ TINY_SYNTH = SynthConfig(
 #: Fast settings for tests that are not about the method: thumbnail preset, two new tokens.
 FAST: dict[str, Any] = {"preset": "thumbnail", "overrides": {"max_new_tokens": 2}}
 SMALL_INGEST = IngestConfig(chunk_px=128, n_workers=1, min_long_side_px=128)
-REFERENCE_KEYS = (
-    "question_id",
-    "prompt",
-    "category",
-    "text",
-    "ground_truth",
-    "answer_id",
-    "model_id",
-    "ori_hbox",
-    "ori_rbox",
-    "metadata",
-)
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
