@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -320,78 +321,59 @@ IngestOnlyOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON line.")]
 
 
-@run_app.command("lrs-vqa")
-def run_lrs_vqa_command(
-    data: DataOpt,
-    model: ModelOpt,
-    out: OutOpt,
-    preset: PresetOpt = "default",
-    questions: QuestionsOpt = None,
-    stores: StoresOpt = None,
-    limit: LimitOpt = None,
-    num_chunks: NumChunksOpt = 1,
-    chunk_idx: ChunkIdxOpt = 0,
-    budget: BudgetOpt = None,
-    device: DeviceOpt = "cpu",
-    max_new_tokens: MaxNewTokensOpt = None,
-    ingest_only: IngestOnlyOpt = False,
-    json_output: JsonOpt = False,
-) -> None:
-    """Answer LRS-VQA (default --questions DATA/LRS_VQA_merged.jsonl); exit 1 if any failed."""
-    _run_benchmark(
+def _benchmark_command(benchmark: str, doc: str) -> Callable[..., None]:
+    """Build the ``lrs eval run <benchmark>`` command (same options for every benchmark)."""
+
+    def command(
+        data: DataOpt,
+        model: ModelOpt,
+        out: OutOpt,
+        preset: PresetOpt = "default",
+        questions: QuestionsOpt = None,
+        stores: StoresOpt = None,
+        limit: LimitOpt = None,
+        num_chunks: NumChunksOpt = 1,
+        chunk_idx: ChunkIdxOpt = 0,
+        budget: BudgetOpt = None,
+        device: DeviceOpt = "cpu",
+        max_new_tokens: MaxNewTokensOpt = None,
+        ingest_only: IngestOnlyOpt = False,
+        json_output: JsonOpt = False,
+    ) -> None:
+        _run_benchmark(
+            benchmark,
+            data=data,
+            questions=questions,
+            model=model,
+            preset=preset,
+            out=out,
+            stores=stores,
+            limit=limit,
+            num_chunks=num_chunks,
+            chunk_idx=chunk_idx,
+            budget=budget,
+            device=device,
+            max_new_tokens=max_new_tokens,
+            ingest_only=ingest_only,
+            json_output=json_output,
+        )
+
+    command.__doc__ = doc
+    command.__name__ = f"run_{benchmark.replace('-', '_')}_command"
+    return command
+
+
+run_lrs_vqa_command = run_app.command("lrs-vqa")(
+    _benchmark_command(
         "lrs-vqa",
-        data=data,
-        questions=questions,
-        model=model,
-        preset=preset,
-        out=out,
-        stores=stores,
-        limit=limit,
-        num_chunks=num_chunks,
-        chunk_idx=chunk_idx,
-        budget=budget,
-        device=device,
-        max_new_tokens=max_new_tokens,
-        ingest_only=ingest_only,
-        json_output=json_output,
+        "Answer LRS-VQA (default --questions DATA/LRS_VQA_merged.jsonl); exit 1 if any failed.",
     )
-
-
-@run_app.command("mme")
-def run_mme_command(
-    data: DataOpt,
-    model: ModelOpt,
-    out: OutOpt,
-    preset: PresetOpt = "default",
-    questions: QuestionsOpt = None,
-    stores: StoresOpt = None,
-    limit: LimitOpt = None,
-    num_chunks: NumChunksOpt = 1,
-    chunk_idx: ChunkIdxOpt = 0,
-    budget: BudgetOpt = None,
-    device: DeviceOpt = "cpu",
-    max_new_tokens: MaxNewTokensOpt = None,
-    ingest_only: IngestOnlyOpt = False,
-    json_output: JsonOpt = False,
-) -> None:
-    """Answer MME-RealWorld-RS (default --questions DATA/MME_RealWorld_RS.json)."""
-    _run_benchmark(
-        "mme",
-        data=data,
-        questions=questions,
-        model=model,
-        preset=preset,
-        out=out,
-        stores=stores,
-        limit=limit,
-        num_chunks=num_chunks,
-        chunk_idx=chunk_idx,
-        budget=budget,
-        device=device,
-        max_new_tokens=max_new_tokens,
-        ingest_only=ingest_only,
-        json_output=json_output,
+)
+run_mme_command = run_app.command("mme")(
+    _benchmark_command(
+        "mme", "Answer MME-RealWorld-RS (default --questions DATA/MME_RealWorld_RS.json)."
     )
+)
 
 
 eval_app.add_typer(run_app)
