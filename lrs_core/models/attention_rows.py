@@ -126,6 +126,47 @@ def _rows_from_logits(
     return probs
 
 
+def _causal_logits(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    *,
+    position_ids: torch.Tensor,
+    rotary_emb: nn.Module,
+    query_positions: torch.Tensor,
+    key_index: torch.Tensor,
+    sequence_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled q·k logits of the query rows against the ``key_index`` slots, and what is allowed.
+
+    Both index tensors are checked by the caller. Queries and keys are the layer's
+    ``input_layernorm`` -> ``q_proj`` / ``k_proj`` -> RoPE of the gathered hidden states.
+
+    Returns:
+        float32 (B, H, Q, Kx) logits (unmasked) and bool (B, Q, Kx) ``allowed``: the causal rule
+        and ``sequence_mask`` of the keys.
+    """
+    batch = hidden.shape[0]
+    attn: Any = layer.self_attn  # stock attention modules are untyped
+    norm: Any = layer.input_layernorm
+    head_dim = int(attn.head_dim)
+    position_ids = position_ids.expand(batch, -1)
+
+    def project(proj: nn.Module, index: torch.Tensor) -> torch.Tensor:
+        x = norm(_gather_rows(hidden, index))
+        out = proj(x).view(batch, index.shape[1], -1, head_dim).transpose(1, 2)
+        cos, sin = rotary_emb(x, position_ids.gather(1, index))
+        return _apply_rope(out, cos, sin)
+
+    query = project(attn.q_proj, query_positions).float()  # (B, H, Q, hd)
+    key = project(attn.k_proj, key_index).float()  # (B, Hkv, Kx, hd)
+    key = _repeat_kv(key, query.shape[1] // key.shape[1])
+    logits = torch.matmul(query, key.transpose(-1, -2)) * float(attn.scaling)  # (B, H, Q, Kx)
+    allowed = key_index[:, None, :] <= query_positions[:, :, None]  # (B, Q, Kx), causal
+    if sequence_mask is not None:
+        allowed = allowed & sequence_mask.to(torch.bool).gather(1, key_index)[:, None, :]
+    return logits, allowed
+
+
 def attention_rows_from_hidden(
     layer: nn.Module,
     hidden: torch.Tensor,
@@ -171,29 +212,19 @@ def attention_rows_from_hidden(
     batch, length, _ = hidden.shape
     _check_indices("query_positions", query_positions, batch, length)
     _check_indices("key_positions", key_positions, batch, length)
-    attn: Any = layer.self_attn  # stock attention modules are untyped
-    norm: Any = layer.input_layernorm
-    head_dim = int(attn.head_dim)
-    position_ids = position_ids.expand(batch, -1)
-
-    def project(proj: nn.Module, index: torch.Tensor) -> torch.Tensor:
-        x = norm(_gather_rows(hidden, index))
-        out = proj(x).view(batch, index.shape[1], -1, head_dim).transpose(1, 2)
-        cos, sin = rotary_emb(x, position_ids.gather(1, index))
-        return _apply_rope(out, cos, sin)
-
     if renormalize_over_keys:
         key_index = key_positions
     else:
         key_index = torch.arange(length, device=hidden.device).expand(batch, -1)
-    query = project(attn.q_proj, query_positions).float()  # (B, H, Q, hd)
-    key = project(attn.k_proj, key_index).float()  # (B, Hkv, Kx, hd)
-    key = _repeat_kv(key, query.shape[1] // key.shape[1])
-    logits = torch.matmul(query, key.transpose(-1, -2)) * float(attn.scaling)  # (B, H, Q, Kx)
-
-    allowed = key_index[:, None, :] <= query_positions[:, :, None]  # (B, Q, Kx), causal
-    if sequence_mask is not None:
-        allowed = allowed & sequence_mask.to(torch.bool).gather(1, key_index)[:, None, :]
+    logits, allowed = _causal_logits(
+        layer,
+        hidden,
+        position_ids=position_ids,
+        rotary_emb=rotary_emb,
+        query_positions=query_positions,
+        key_index=key_index,
+        sequence_mask=sequence_mask,
+    )
     probs = _rows_from_logits(
         logits,
         allowed[:, None],
@@ -483,24 +514,15 @@ def attention_logits_from_hidden(
     batch, length, _ = hidden.shape
     _check_indices("query_positions", query_positions, batch, length)
     _check_indices("key_positions", key_positions, batch, length)
-    attn: Any = layer.self_attn  # stock attention modules are untyped
-    norm: Any = layer.input_layernorm
-    head_dim = int(attn.head_dim)
-    position_ids = position_ids.expand(batch, -1)
-
-    def project(proj: nn.Module, index: torch.Tensor) -> torch.Tensor:
-        x = norm(_gather_rows(hidden, index))
-        out = proj(x).view(batch, index.shape[1], -1, head_dim).transpose(1, 2)
-        cos, sin = rotary_emb(x, position_ids.gather(1, index))
-        return _apply_rope(out, cos, sin)
-
-    query = project(attn.q_proj, query_positions).float()  # (B, H, Q, hd)
-    key = project(attn.k_proj, key_positions).float()  # (B, Hkv, K, hd)
-    key = _repeat_kv(key, query.shape[1] // key.shape[1])
-    logits = torch.matmul(query, key.transpose(-1, -2)) * float(attn.scaling)  # (B, H, Q, K)
-    allowed = key_positions[:, None, :] <= query_positions[:, :, None]  # (B, Q, K), causal
-    if sequence_mask is not None:
-        allowed = allowed & sequence_mask.to(torch.bool).gather(1, key_positions)[:, None, :]
+    logits, allowed = _causal_logits(
+        layer,
+        hidden,
+        position_ids=position_ids,
+        rotary_emb=rotary_emb,
+        query_positions=query_positions,
+        key_index=key_positions,
+        sequence_mask=sequence_mask,
+    )
     if key_mask is not None:
         allowed = allowed & key_mask.to(torch.bool)[:, None, :]
     allowed = allowed[:, None]
