@@ -674,6 +674,19 @@ def plan_pyramid(width: int, height: int, *, config: DipConfig | None = None) ->
 # -- token -> tile maps between levels (spec §5.2) ---------------------------------------------
 
 
+def _outside_grid(tokens: IntArray, rows_n: int, cols_n: int) -> bool:
+    """Whether any int (n, 2) (row, col) lies outside a ``rows_n`` x ``cols_n`` grid."""
+    return bool(
+        tokens.size
+        and (
+            tokens[:, 0].min() < 0
+            or tokens[:, 0].max() >= rows_n
+            or tokens[:, 1].min() < 0
+            or tokens[:, 1].max() >= cols_n
+        )
+    )
+
+
 def _as_token_rc(token_rc: npt.ArrayLike) -> IntArray:
     array = np.asarray(token_rc)
     if array.ndim == 1 and array.size == 0:
@@ -709,12 +722,7 @@ def map_tokens_to_next_level_parity(
     """
     tokens = _as_token_rc(token_rc)
     rows_n, cols_n = level.token_grid_with_newline_hw
-    if tokens.size and (
-        tokens[:, 0].min() < 0
-        or tokens[:, 0].max() >= rows_n
-        or tokens[:, 1].min() < 0
-        or tokens[:, 1].max() >= cols_n
-    ):
+    if _outside_grid(tokens, rows_n, cols_n):
         raise GeometryError(
             f"token_rc outside the {rows_n} x {cols_n} token grid (newline included) of "
             f"dip_level {level.dip_level}"
@@ -752,12 +760,7 @@ def map_tokens_to_tiles(token_rc: npt.ArrayLike, level: DipLevel, next_level: Di
         )
     tokens = _as_token_rc(token_rc)
     rows_n, cols_n = level.token_grid_hw
-    if tokens.size and (
-        tokens[:, 0].min() < 0
-        or tokens[:, 0].max() >= rows_n
-        or tokens[:, 1].min() < 0
-        or tokens[:, 1].max() >= cols_n
-    ):
+    if _outside_grid(tokens, rows_n, cols_n):
         raise GeometryError(
             f"token_rc outside the unpadded {rows_n} x {cols_n} token grid of dip_level "
             f"{level.dip_level}; newline tokens (col {cols_n}) have no footprint"
