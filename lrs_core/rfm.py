@@ -19,10 +19,9 @@ gaps when only some tokens of a level are gathered, spec §11.9).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from transformers.masking_utils import create_causal_mask
 
 from lrs_core.errors import ConfigError
 from lrs_core.models.attention_rows import attention_rows_from_hidden
@@ -76,24 +75,12 @@ def _run_rfm_layers(
     Returns:
         float (B, L, D) in the dtype of ``inputs_embeds``.
     """
-    rfm: Any = model.rfm  # stock decoder layers are untyped upstream
-    mask = create_causal_mask(
-        config=rfm.config,
-        inputs_embeds=inputs_embeds,
+    return model.rfm(  # type: ignore[no-any-return]
+        inputs_embeds,
         attention_mask=attention_mask,
-        past_key_values=None,
+        num_layers=num_layers,
         position_ids=position_ids,
     )
-    position_embeddings = rfm.rotary_emb(inputs_embeds, position_ids)
-    hidden = inputs_embeds
-    for layer in rfm.layers[:num_layers]:
-        hidden = layer(
-            hidden,
-            attention_mask=mask,
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-        )
-    return hidden
 
 
 def score_level_tokens(

@@ -120,6 +120,7 @@ class RfmLayers(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
         num_layers: int | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return the hidden state after the first ``num_layers`` RFM layers (no final norm).
 
@@ -128,12 +129,14 @@ class RfmLayers(nn.Module):
             attention_mask: int/bool (B, L); 1 for real tokens, 0 for (right) padding; None = all
                 real.
             num_layers: how many layers to run; None runs all of them.
+            position_ids: int64 (B, L) RoPE positions; None: ``0 .. L-1`` for every row.
 
         Returns:
             float (B, L, D), same dtype as ``inputs_embeds``.
         """
-        batch, length, _ = inputs_embeds.shape
-        position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, -1)
+        if position_ids is None:
+            batch, length, _ = inputs_embeds.shape
+            position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, -1)
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
