@@ -372,7 +372,7 @@ def run_block(task: BlockTask) -> int:
     """
     if task.marker.exists():
         return -1
-    row0, col0 = int(task.window.row_off), int(task.window.col_off)
+    block_row0, block_col0 = int(task.window.row_off), int(task.window.col_off)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrs-write") as writer:
         writes: list[Future[None]] = []
 
@@ -396,10 +396,11 @@ def run_block(task: BlockTask) -> int:
                 )
 
         def level0_rows(first: int, rgb_rows: np.ndarray, valid_rows: np.ndarray) -> None:
-            write(0, row0 + first, col0, rgb_rows, valid_rows)
+            write(0, block_row0 + first, block_col0, rgb_rows, valid_rows)
 
         rgb, valid = _read_base_block(task, on_rows=level0_rows)
         n_valid = int(np.count_nonzero(valid)) if task.base_level == 0 else 0
+        row0, col0 = block_row0, block_col0
         for store_level in range(task.base_level + 1, task.top_level + 1):
             rgb, valid = reduce_2x2(rgb, valid)
             row0, col0 = row0 // 2, col0 // 2
