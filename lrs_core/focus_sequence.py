@@ -25,7 +25,13 @@ import numpy.typing as npt
 import torch
 
 from lrs_core.dip import DipLevel
-from lrs_core.models.layout import NOT_APPLICABLE, THUMBNAIL_DIP_LEVEL, SequenceLayout, TokenKind
+from lrs_core.models.layout import (
+    NOT_APPLICABLE,
+    THUMBNAIL_DIP_LEVEL,
+    SequenceLayout,
+    TokenKind,
+    fill_text_and_thumbnail,
+)
 from lrs_core.models.prompt import PromptIds
 from lrs_core.models.vlm import VisionLanguageModel
 
@@ -204,17 +210,7 @@ def embed_sequence(
     layout = sequence.layout
     device, dtype = model.device, model.dtype
     out = torch.zeros(layout.length, model.hidden_size, device=device, dtype=dtype)
-    is_text = np.isin(layout.kind, [TokenKind.TEXT.value, TokenKind.SEPARATOR.value])
-    text_pos = np.flatnonzero(is_text)
-    if text_pos.size:
-        ids = torch.from_numpy(layout.token_id[text_pos]).to(device)
-        out[torch.from_numpy(text_pos).to(device)] = model.embed_text(ids).to(dtype)
-    thumb_pos = layout.positions_of(TokenKind.THUMBNAIL)
-    if thumb_pos.size:
-        index = layout.grid_r[thumb_pos] * layout.thumbnail_hw[1] + layout.grid_c[thumb_pos]
-        out[torch.from_numpy(thumb_pos).to(device)] = thumbnail_feats.to(device, dtype)[
-            torch.from_numpy(index).to(device)
-        ]
+    fill_text_and_thumbnail(out, model, layout, thumbnail_feats=thumbnail_feats)
     newline_pos = layout.positions_of(TokenKind.NEWLINE)
     if newline_pos.size:
         out[torch.from_numpy(newline_pos).to(device)] = model.image_newline.to(dtype)

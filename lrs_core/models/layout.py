@@ -228,6 +228,35 @@ def build_layout(
     return SequenceLayout(**arrays, thumbnail_hw=(side, side), level_grid_hw=level_grid_hw)
 
 
+def fill_text_and_thumbnail(
+    out: torch.Tensor,
+    model: VisionLanguageModel,
+    layout: SequenceLayout,
+    *,
+    thumbnail_feats: torch.Tensor,
+) -> None:
+    """Write the text/separator embeddings and the thumbnail tokens of a layout into ``out``.
+
+    Args:
+        out: float (L, D) on the model's device and dtype; written in place at those slots.
+        model: the VLM (its embedding table).
+        layout: the sequence layout.
+        thumbnail_feats: float (Nt, D) unpooled thumbnail tokens in row-major grid order.
+    """
+    device, dtype = out.device, out.dtype
+    is_text = np.isin(layout.kind, [TokenKind.TEXT.value, TokenKind.SEPARATOR.value])
+    text_pos = np.flatnonzero(is_text)
+    if text_pos.size:
+        ids = torch.from_numpy(layout.token_id[text_pos]).to(device)
+        out[torch.from_numpy(text_pos).to(device)] = model.embed_text(ids).to(dtype)
+    thumb_pos = layout.positions_of(TokenKind.THUMBNAIL)
+    if thumb_pos.size:
+        index = layout.grid_r[thumb_pos] * layout.thumbnail_hw[1] + layout.grid_c[thumb_pos]
+        out[torch.from_numpy(thumb_pos).to(device)] = thumbnail_feats.to(device, dtype)[
+            torch.from_numpy(index).to(device)
+        ]
+
+
 def assemble_embeddings(
     model: VisionLanguageModel,
     layout: SequenceLayout,
@@ -248,17 +277,7 @@ def assemble_embeddings(
     """
     device, dtype = model.device, model.dtype
     out = torch.empty(layout.length, model.hidden_size, device=device, dtype=dtype)
-    is_text = (layout.kind == TokenKind.TEXT.value) | (layout.kind == TokenKind.SEPARATOR.value)
-    text_pos = np.flatnonzero(is_text)
-    if text_pos.size:
-        ids = torch.from_numpy(layout.token_id[text_pos]).to(device)
-        out[torch.from_numpy(text_pos).to(device)] = model.embed_text(ids).to(dtype)
-    thumb_pos = layout.positions_of(TokenKind.THUMBNAIL)
-    if thumb_pos.size:
-        index = layout.grid_r[thumb_pos] * layout.thumbnail_hw[1] + layout.grid_c[thumb_pos]
-        out[torch.from_numpy(thumb_pos).to(device)] = thumbnail_feats.to(device, dtype)[
-            torch.from_numpy(index).to(device)
-        ]
+    fill_text_and_thumbnail(out, model, layout, thumbnail_feats=thumbnail_feats)
     level_pos = layout.positions_of(TokenKind.LEVEL)
     if level_pos.size:
         if level_feats is None or layout.level_grid_hw is None:
