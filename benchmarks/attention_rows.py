@@ -29,23 +29,17 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import subprocess
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import transformers
+from _common import GIB, PeakMemory, git_commit
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from lrs_core.models.attention_rows import AttentionRowRecorder, attention_rows_from_hidden
 from lrs_core.models.flops import count_flops, dims_from_configs
-
-GIB = 2**30
-RSS_SAMPLE_S = 0.005
 
 
 def llm_config(vocab: int) -> LlamaConfig:
@@ -70,58 +64,6 @@ def vision_config() -> CLIPVisionConfig:
         image_size=336,
         patch_size=14,
     )
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-class PeakMemory:
-    """Peak memory growth of a block (CUDA allocator, or sampled CPU RSS)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_bytes = 0
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-            return self
-        self._process = psutil.Process()
-        self._base = self._process.memory_info().rss
-        self._peak = self._base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self._process.memory_info().rss)
-            time.sleep(RSS_SAMPLE_S)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak_bytes = torch.cuda.max_memory_allocated() - self._base
-            return
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self._process.memory_info().rss)
-        self.peak_bytes = self._peak - self._base
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, int]:

@@ -465,6 +465,23 @@ class FocusEngine:
             "pruning preset (default, parity)"
         )
 
+    def next_zoom_level(
+        self, plan: DipPlan, level: DipLevel, zoom_steps: int
+    ) -> tuple[DipLevel | None, str]:
+        """The level the focus loop zooms into after ``level``, or None and why it stops.
+
+        Stops after ``max_zoom_steps`` zooms and at the finest level; a single-level plan with
+        ``reencode_single_level`` zooms into the same level again.
+        """
+        cfg = self.config
+        if cfg.max_zoom_steps is not None and zoom_steps >= cfg.max_zoom_steps:
+            return None, f"max_zoom_steps={cfg.max_zoom_steps} reached"
+        if level.dip_level < plan.n_levels:
+            return plan.level(level.dip_level + 1), ""
+        if cfg.reencode_single_level and plan.n_levels == 1:
+            return level, ""
+        return None, "finest level reached"
+
     def _focus_loop(self, state: FocusState, pyramid: Any, thumb: torch.Tensor) -> None:
         cfg, plan = self.config, state.plan
         level = plan.level(1)
@@ -475,15 +492,9 @@ class FocusEngine:
         while True:
             current = self._score(state, level, tiles, thumb)
             state.visited.append(current)
-            if cfg.max_zoom_steps is not None and zoom_steps >= cfg.max_zoom_steps:
-                state.stop_reason = f"max_zoom_steps={cfg.max_zoom_steps} reached"
-                break
-            if level.dip_level < plan.n_levels:
-                next_level = plan.level(level.dip_level + 1)
-            elif cfg.reencode_single_level and plan.n_levels == 1:
-                next_level = level
-            else:
-                state.stop_reason = "finest level reached"
+            next_level, stop_reason = self.next_zoom_level(plan, level, zoom_steps)
+            if next_level is None:
+                state.stop_reason = stop_reason
                 break
             choice = self._choose_tiles(current, next_level)
             next_tiles = sorted(choice.tiles_rc)

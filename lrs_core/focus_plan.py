@@ -103,15 +103,9 @@ def plan_question(
             else:
                 length = prompt.n_text_tokens + thumb + level_view_length(level)
             state.rfm_tokens.append(length)
-            if cfg.max_zoom_steps is not None and steps >= cfg.max_zoom_steps:
-                state.stop_reason = f"max_zoom_steps={cfg.max_zoom_steps} reached"
-                break
-            if level.dip_level < plan.n_levels:
-                next_level = plan.level(level.dip_level + 1)
-            elif cfg.reencode_single_level and plan.n_levels == 1:
-                next_level = level
-            else:
-                state.stop_reason = "finest level reached"
+            next_level, stop_reason = engine.next_zoom_level(plan, level, steps)
+            if next_level is None:
+                state.stop_reason = stop_reason
                 break
             count = (
                 next_level.n_tiles
