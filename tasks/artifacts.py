@@ -223,16 +223,24 @@ def publish_answer_artifacts(
         create_image_artifact(image_url=str(row["overlay"]), description=row["question_id"])
 
 
-def progress_reporter(description: str) -> Callable[[int, int], None] | None:
+def progress_reporter(
+    description: str,
+    *,
+    interval_s: float = PROGRESS_INTERVAL_S,
+    task_run_only: bool = False,
+) -> Callable[[int, int], None] | None:
     """Return a throttled ``progress(done, total)`` feeding a progress artifact.
 
     Args:
         description: what the artifact tracks (shown in the UI).
+        interval_s: least seconds between two updates (the last update always goes through).
+        task_run_only: attach only inside a task run (not directly in a flow run).
 
     Returns:
         The callback, or None outside a flow or task run (nothing to attach an artifact to).
     """
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    in_task = TaskRunContext.get() is not None
+    if not in_task and (task_run_only or FlowRunContext.get() is None):
         return None
     # Called from sync code, so the sync face of Prefect's async_dispatch answers (a UUID).
     artifact_id = cast(UUID, create_progress_artifact(0.0, description=description))
@@ -241,7 +249,7 @@ def progress_reporter(description: str) -> Callable[[int, int], None] | None:
     def report(done: int, total: int) -> None:
         nonlocal last_update
         now = time.monotonic()
-        if done < total and now - last_update < PROGRESS_INTERVAL_S:
+        if done < total and now - last_update < interval_s:
             return
         last_update = now
         update_progress_artifact(artifact_id, PERCENT * done / max(total, 1))

@@ -8,16 +8,12 @@ a retried chunk resumes its prediction file, so nothing already answered is answ
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 
 from lrs_core.evaluation.merge import merge_predictions
 from lrs_core.evaluation.report import score_run
@@ -28,6 +24,7 @@ from lrs_core.evaluation.runner import (
     run_benchmark,
 )
 from tasks._retry import retry_condition_fn
+from tasks.artifacts import progress_reporter
 
 #: Attempts after the first one for a transient failure (bad input is never retried).
 EVAL_RETRIES = 2
@@ -41,25 +38,11 @@ INGEST_TAGS = ["lrs", "lrs-ingest"]
 CPU_TAGS = ["lrs"]
 #: Seconds between two updates of a chunk's progress artifact.
 PROGRESS_INTERVAL_S = 5.0
-PERCENT = 100.0
 
 
 def _progress_reporter(label: str) -> Callable[[int, int], None] | None:
     """Return a throttled callback feeding a Prefect progress artifact; None outside a task run."""
-    if TaskRunContext.get() is None:
-        return None
-    artifact_id = cast(UUID, create_progress_artifact(0.0, description=label))
-    last_update = time.monotonic()
-
-    def report(done: int, total: int) -> None:
-        nonlocal last_update
-        now = time.monotonic()
-        if done < total and now - last_update < PROGRESS_INTERVAL_S:
-            return
-        last_update = now
-        update_progress_artifact(artifact_id, PERCENT * done / max(total, 1))
-
-    return report
+    return progress_reporter(label, interval_s=PROGRESS_INTERVAL_S, task_run_only=True)
 
 
 @task(

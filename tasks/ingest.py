@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 
 from lrs_core.errors import ConfigError
 from lrs_core.ingest import IngestConfig, ingest_scene
 from tasks._retry import retry_condition_fn
+from tasks.artifacts import progress_reporter
 
 #: Attempts after the first one for a transient failure (bad input is never retried).
 INGEST_RETRIES = 3
@@ -24,7 +21,6 @@ INGEST_RETRY_DELAYS_S: list[float] = [5.0, 30.0, 120.0]
 PROGRESS_INTERVAL_S = 2.0
 #: Tags of every ingest task run (a concurrency limit on ``lrs-ingest`` caps parallel ingests).
 INGEST_TAGS = ["lrs", "lrs-ingest"]
-PERCENT = 100.0
 
 
 def ingest_config_from(params: dict[str, Any] | None) -> IngestConfig:
@@ -53,21 +49,9 @@ def ingest_config_from(params: dict[str, Any] | None) -> IngestConfig:
 
 def _progress_reporter(scene_label: str) -> Callable[[int, int], None] | None:
     """Return a throttled callback feeding a Prefect progress artifact; None outside a task run."""
-    if TaskRunContext.get() is None:
-        return None
-    # Called from a sync task, so the sync face of Prefect's async_dispatch answers (a UUID).
-    artifact_id = cast(UUID, create_progress_artifact(0.0, description=f"ingest of {scene_label}"))
-    last_update = time.monotonic()
-
-    def report(done: int, total: int) -> None:
-        nonlocal last_update
-        now = time.monotonic()
-        if done < total and now - last_update < PROGRESS_INTERVAL_S:
-            return
-        last_update = now
-        update_progress_artifact(artifact_id, PERCENT * done / max(total, 1))
-
-    return report
+    return progress_reporter(
+        f"ingest of {scene_label}", interval_s=PROGRESS_INTERVAL_S, task_run_only=True
+    )
 
 
 @task(

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lrs_core.errors import LrsError
+from lrs_core.errors import ConfigError, LrsError
 
 console = Console(stderr=True)
 
@@ -29,10 +29,16 @@ def fail(message: str, *, code: int = 1) -> None:
 
 
 @contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn an :class:`LrsError` into a one-line message and exit status 1."""
+def reported_errors(*, config_is_usage: bool = False) -> Iterator[None]:
+    """Turn an :class:`LrsError` into a one-line message and exit status 1.
+
+    Args:
+        config_is_usage: exit with status 2 (usage) for a :class:`ConfigError` (a bad option).
+    """
     try:
         yield
+    except ConfigError as err:
+        fail(str(err), code=2 if config_is_usage else 1)
     except LrsError as err:
         fail(str(err), code=1)
 

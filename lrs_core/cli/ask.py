@@ -93,8 +93,8 @@ def ask(
 ) -> None:
     """Answer questions about a scene with a coarse-to-fine pruned vision-language model."""
     from lrs_core.ask import Question, load_engine, read_questions_file
-    from lrs_core.cli._common import progress_bar
-    from lrs_core.errors import ConfigError, LrsError
+    from lrs_core.cli._common import progress_bar, reported_errors
+    from lrs_core.errors import LrsError
     from lrs_core.pyramid import open_pyramid
 
     if (question is None) == (questions is None):
@@ -102,7 +102,7 @@ def ask(
     overrides: dict[str, Any] = {}
     if max_new_tokens is not None:
         overrides["max_new_tokens"] = max_new_tokens
-    try:
+    with reported_errors(config_is_usage=True):
         items = (
             [Question(question_id="q1", text=question)]
             if question is not None
@@ -112,12 +112,6 @@ def ask(
             model, preset=preset, budget=budget, device=device, overrides=overrides
         )
         pyramid = open_pyramid(scene)
-    except ConfigError as err:
-        fail(str(err), code=EXIT_USAGE)
-        return
-    except LrsError as err:
-        fail(str(err), code=EXIT_FAILED)
-        return
     if dry_run:
         records = []
         for item in items:

@@ -213,14 +213,13 @@ def _run_benchmark(
     json_output: bool,
 ) -> None:
     """Shared body of ``lrs eval run lrs-vqa`` and ``lrs eval run mme``."""
-    from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-    from lrs_core.cli._common import console, fail, print_json, progress_bar
-    from lrs_core.errors import ConfigError, LrsError
+    from lrs_core.cli import EXIT_FAILED, EXIT_OK
+    from lrs_core.cli._common import console, print_json, progress_bar, reported_errors
     from lrs_core.evaluation import runner
 
     overrides = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     store_dir = stores if stores is not None else runner.default_store_dir(out)
-    try:
+    with reported_errors(config_is_usage=True):
         if ingest_only:
             _, _, images = runner.benchmark_images(
                 benchmark,  # type: ignore[arg-type]  # one of runner.BENCHMARKS by construction
@@ -264,12 +263,6 @@ def _run_benchmark(
                 overrides=overrides,
                 progress=update,
             )
-    except ConfigError as err:
-        fail(str(err), code=EXIT_USAGE)
-        return
-    except LrsError as err:
-        fail(str(err), code=EXIT_FAILED)
-        return
     if json_output:
         print_json(summary.to_dict())
     else:
