@@ -17,18 +17,18 @@ from typing import Any
 
 import torch
 
-from lrs_core.errors import ConfigError, DatasetError, WeightsError
+from lrs_core.errors import ConfigError, DatasetError
 from lrs_core.features import FeatureCache
 from lrs_core.focus import FocusConfig, FocusEngine
-from lrs_core.models.config import VlmConfig
 from lrs_core.models.io import (
     PROJECT_CONFIG_FILE,
     LoadedModel,
+    configs_from_header,
     load_model,
     load_tokenizer,
     read_json,
 )
-from lrs_core.models.vlm import VisionLanguageModel, llm_config_class, vision_config_class
+from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 
@@ -99,12 +99,7 @@ def load_engine(
 def _load_without_weights(source: Path) -> LoadedModel:
     """Build a project-format model on the ``meta`` device (shapes only) with its tokenizer."""
     header = read_json(source / PROJECT_CONFIG_FILE)
-    try:
-        config = VlmConfig.from_dict(header["vlm_config"])
-        vision_config = vision_config_class(config.vision_family).from_dict(header["vision_config"])
-        llm_config = llm_config_class(config.llm_family).from_dict(header["llm_config"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise WeightsError(f"{source / PROJECT_CONFIG_FILE}: invalid model header ({err})") from err
+    config, vision_config, llm_config = configs_from_header(header, source=source)
     model = VisionLanguageModel.build(
         config, vision_config=vision_config, llm_config=llm_config, initialise=False, device="meta"
     )

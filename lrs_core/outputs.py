@@ -326,10 +326,9 @@ def _evidence_json(record: AnswerRecord) -> str:
     )
 
 
-def _answer_row(record: AnswerRecord) -> dict[str, Any]:
-    """Return one flat table row (no geometry columns) for ``record``."""
-    acc = record.accounting
-    row: dict[str, Any] = {
+def _identity_fields(record: AnswerRecord) -> dict[str, Any]:
+    """The columns/properties that name an answer: ids, question, answer, model, preset, error."""
+    return {
         "question_id": record.question_id,
         "scene_id": record.scene.scene_id,
         "question": record.question,
@@ -337,6 +336,14 @@ def _answer_row(record: AnswerRecord) -> dict[str, Any]:
         "model_id": record.model_id,
         "preset": record.preset,
         "error": record.error,
+    }
+
+
+def _answer_row(record: AnswerRecord) -> dict[str, Any]:
+    """Return one flat table row (no geometry columns) for ``record``."""
+    acc = record.accounting
+    row: dict[str, Any] = {
+        **_identity_fields(record),
         "scene_store": record.scene.store,
         "scene_width_px": record.scene.size_wh[0],
         "scene_height_px": record.scene.size_wh[1],
@@ -462,13 +469,7 @@ def write_geoparquet(records: Sequence[AnswerRecord], path: str | os.PathLike[st
 def _answer_properties(record: AnswerRecord) -> dict[str, Any]:
     acc = record.accounting
     return {
-        "question_id": record.question_id,
-        "scene_id": record.scene.scene_id,
-        "question": record.question,
-        "answer": record.answer,
-        "model_id": record.model_id,
-        "preset": record.preset,
-        "error": record.error,
+        **_identity_fields(record),
         "is_georeferenced": record.scene.is_georeferenced,
         "vision_tokens_to_llm": acc.vision_tokens_to_llm,
         "llm_prefill_tokens": acc.llm_prefill_tokens,

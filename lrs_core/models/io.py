@@ -187,6 +187,27 @@ def set_attn_implementation(model: VisionLanguageModel, name: str) -> None:
     model.vision_tower.set_attn_implementation("eager" if name == "eager" else "sdpa")
 
 
+def configs_from_header(
+    header: dict[str, Any], *, source: Path
+) -> tuple[VlmConfig, PreTrainedConfig, PreTrainedConfig]:
+    """The VLM, vision-tower and LLM configs of a project-format model header.
+
+    Args:
+        header: the parsed ``PROJECT_CONFIG_FILE`` of the model folder ``source``.
+        source: the model folder (named in errors).
+
+    Raises:
+        WeightsError: a config is missing or invalid.
+    """
+    try:
+        config = VlmConfig.from_dict(header["vlm_config"])
+        vision_config = vision_config_class(config.vision_family).from_dict(header["vision_config"])
+        llm_config = llm_config_class(config.llm_family).from_dict(header["llm_config"])
+    except (KeyError, TypeError, ConfigError) as err:
+        raise WeightsError(f"{source / PROJECT_CONFIG_FILE}: invalid model header ({err})") from err
+    return config, vision_config, llm_config
+
+
 def _read_project(
     source: Path, *, device: torch.device, dtype: torch.dtype
 ) -> tuple[VisionLanguageModel, PreTrainedTokenizerBase, str]:
@@ -201,12 +222,7 @@ def _read_project(
             f"{PROJECT_FORMAT!r} v{PROJECT_FORMAT_VERSION}; "
             "re-create it with this version of lrs ('lrs model convert')"
         )
-    try:
-        config = VlmConfig.from_dict(header["vlm_config"])
-        vision_config = vision_config_class(config.vision_family).from_dict(header["vision_config"])
-        llm_config = llm_config_class(config.llm_family).from_dict(header["llm_config"])
-    except (KeyError, TypeError, ConfigError) as err:
-        raise WeightsError(f"{source / PROJECT_CONFIG_FILE}: invalid model header ({err})") from err
+    config, vision_config, llm_config = configs_from_header(header, source=source)
     model = build_and_load(
         config,
         vision_config=vision_config,
