@@ -498,3 +498,16 @@ def test_position_modes_of_the_llm_and_the_rfm(
     for request in requests[1:]:  # finer levels hold only the selected tiles' tokens
         rfm_positions = request.position_ids[0].numpy()
         assert (rfm_positions[-1] > len(rfm_positions) - 1) == (mode == "original")
+
+
+def test_an_over_context_baseline_view_warns_only_when_running(
+    tiny_model: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _engine(tiny_model, "full", max_zoom_steps=1)
+    plan = plan_pyramid(2100, 1400, config=engine.dip_config)
+    allowance = engine.thumbnail_tokens + 1  # far below any level's view
+    with caplog.at_level("DEBUG", logger="lrs_core.focus"):
+        engine.baseline_level(plan, allowance, dry_run=True)
+        engine.baseline_level(plan, allowance)
+    over = [r for r in caplog.records if "left in the context" in r.getMessage()]
+    assert [r.levelname for r in over] == ["DEBUG", "WARNING"]

@@ -339,3 +339,28 @@ def test_outputs_with_a_real_pyramid(ingested_store: Path, tmp_path: Path) -> No
     cog = outputs.write_heatmap_cog(record, pyramid, tmp_path / "heat.tif")
     with rasterio.open(cog) as src:
         assert src.crs.to_epsg() == SCENE_EPSG
+
+
+def test_a_flat_heat_map_leaves_the_scene_visible(tmp_path: Path) -> None:
+    record = make_record(make_scene())
+    flat = AnswerRecord.from_dict(
+        {**record.to_dict(), "heatmap": {"values": [0.5] * 12, "shape_hw": [3, 4]}}
+    )
+    image = np.asarray(
+        Image.open(
+            outputs.write_overlay_png(flat, FakePyramid(), tmp_path / "f.png", max_side_px=200)
+        )
+    )
+    plain = FakePyramid().thumbnail(max_side_px=200)
+    assert np.array_equal(image[70, 20], plain[70, 20])  # no heat drawn over a flat map
+    ramp = AnswerRecord.from_dict(
+        {**record.to_dict(), "heatmap": {"values": [0.1] * 11 + [0.1001], "shape_hw": [3, 4]}}
+    )
+    heat = np.asarray(
+        Image.open(
+            outputs.write_overlay_png(ramp, FakePyramid(), tmp_path / "r.png", max_side_px=200)
+        )
+    )
+    # min-max normalised: the lone high cell (bottom-right) is tinted, the low top-left is not
+    assert np.array_equal(heat[5, 5], plain[5, 5])
+    assert not np.array_equal(heat[135, 195], plain[135, 195])
