@@ -381,7 +381,9 @@ def _row_of(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fmt_ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"
 
 
 def report(
@@ -391,7 +393,7 @@ def report(
     header = (
         f"{'scene':5} {'preset':9} {'mode':8} {'s/question':>10} {'tiles':>6} {'prefill':>8} "
         f"{'GFLOP bench':>12} {'x full':>7} {'TFLOP 7B':>9} {'x full':>7} {'s x full':>8} "
-        f"{'peak RSS MiB':>12}"
+        f"{'peak RSS MiB':>12} {'engine MiB':>10}"
     )
     lines += [header, "-" * len(header)]
     for name, _, _ in scenes:
@@ -414,11 +416,12 @@ def report(
                 f"{row['flops_7b']['total'] / 1e12:>9.2f} "
                 f"{_fmt_ratio(row['flops_7b']['total'] / base['flops_7b']['total']):>7} "
                 f"{_fmt_ratio(time_ratio):>8} "
-                f"{'—' if rss is None else format(rss / MIB, '.0f'):>12}"
+                f"{'—' if rss is None else format(rss / MIB, '.0f'):>12} "
+                f"{'—' if rss is None else format(row['engine_peak_bytes'] / MIB, '.0f'):>10}"
             )
     lines.append("")
     lines.append(f"feature reuse ({REUSE_PRESET}, same engine and feature cache, one scene):")
-    reuse_ratios: dict[str, float] = {}
+    reuse_ratios: dict[str, tuple[int, float]] = {}
     for name, _, _ in scenes:
         questions = results[name][REUSE_PRESET]["questions"]
         if not questions:
@@ -427,14 +430,16 @@ def report(
         cached = [q["tiles_cached"] for q in questions]
         encoded = [q["tiles_encoded"] for q in questions]
         last = len(times)
-        reuse_ratios[name] = times[-1] / times[0]
-        lines.append(
-            f"  {name}: q1 {times[0]:.1f} s ({encoded[0]} tiles encoded), q2 {times[1]:.1f} s "
-            f"({encoded[1]} encoded, {cached[1]} cached), q{last} {times[-1]:.1f} s "
-            f"({encoded[-1]} encoded, {cached[-1]} cached); q{last}/q1 = {times[-1] / times[0]:.2f}"
-            if last >= 2
-            else f"  {name}: q1 {times[0]:.1f} s"
-        )
+        reuse_ratios[name] = (last, times[-1] / times[0])
+        parts = [f"q1 {times[0]:.1f} s ({encoded[0]} tiles encoded)"]
+        for index in sorted({1, last - 1} & set(range(1, last))):
+            parts.append(
+                f"q{index + 1} {times[index]:.1f} s ({encoded[index]} encoded, "
+                f"{cached[index]} cached)"
+            )
+        ratio = f"; q{last}/q1 = {times[-1] / times[0]:.2f}" if last >= 2 else ""
+        lines.append(f"  {name}: {', '.join(parts)}{ratio}")
+        lines.append(f"    every question (s): {', '.join(f'{t:.1f}' for t in times)}")
     lines.append("")
     lines.append("goals:")
     for name, _, _ in scenes:
@@ -442,15 +447,19 @@ def report(
         bench = rows[REUSE_PRESET]["flops"]["total"] / rows[BASELINE_PRESET]["flops"]["total"]
         seven = rows[REUSE_PRESET]["flops_7b"]["total"] / rows[BASELINE_PRESET]["flops_7b"]["total"]
         lines.append(
-            f"  {name}: default/full FLOPs = {seven:.3f} (7B), {bench:.3f} (benchmark model); "
+            f"  {name}: default/full FLOPs = {_fmt_ratio(seven)} (7B), {_fmt_ratio(bench)} "
+            "(benchmark model); "
             f"goal <= {GOAL_FLOP_SHARE}: {'met' if seven <= GOAL_FLOP_SHARE else 'NOT met'} (7B), "
             f"{'met' if bench <= GOAL_FLOP_SHARE else 'NOT met'} (benchmark model) "
             f"[full {rows[BASELINE_PRESET]['mode']}]"
         )
-    for name, ratio in reuse_ratios.items():
+    for name, (last, ratio) in reuse_ratios.items():
+        verdict = "met" if ratio <= GOAL_REUSE_SHARE else "NOT met"
+        if last < len(QUESTIONS):
+            verdict = f"not assessed: only {last} questions"
         lines.append(
-            f"  {name}: 10th/1st question time = {ratio:.2f}; goal <= {GOAL_REUSE_SHARE}: "
-            f"{'met' if ratio <= GOAL_REUSE_SHARE else 'NOT met'}"
+            f"  {name}: question {last} / question 1 time = {ratio:.2f}; goal (10th) <= "
+            f"{GOAL_REUSE_SHARE}: {verdict}"
         )
     small, big = scenes[0][0], scenes[-1][0]
     rss_small = _row_of(results[small][REUSE_PRESET])["peak_rss_bytes"]
@@ -463,6 +472,19 @@ def report(
             f"{'met' if ratio <= GOAL_MEMORY_RATIO else 'NOT met'}"
         )
     return "\n".join(lines)
+
+
+def print_saved(paths: list[Path]) -> None:
+    """Print the table of one or more ``--out`` files (their scenes merged, in order)."""
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    scenes: list[tuple[str, int, int]] = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        print(f"{path}: " + "; ".join(f"{k}: {v}" for k, v in data["env"].items()))
+        results.update(data["results"])
+        scenes += [(s["name"], *s["size_wh"]) for s in data["scenes"]]
+    print()
+    print(report(results, scenes))
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -488,7 +510,16 @@ def main() -> None:
     )
     parser.add_argument("--max-measured-tiles", type=int, default=MAX_MEASURED_TILES)
     parser.add_argument("--max-measured-prefill", type=int, default=MAX_MEASURED_PREFILL)
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        nargs="*",
+        help="print the table of earlier --out files (e.g. one per scene) and exit",
+    )
     args = parser.parse_args()
+    if args.report_from:
+        print_saved(args.report_from)
+        return
     scenes = [
         s
         for s in (QUICK_SCENES if args.quick else SCENES)
