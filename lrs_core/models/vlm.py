@@ -11,6 +11,7 @@ length.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +58,10 @@ def llm_config_class(llm_family: str) -> type[PreTrainedConfig]:
 def vision_config_class(vision_family: str) -> type[PreTrainedConfig]:
     """Return the stock config class of a vision family (CLIP or SigLIP vision config)."""
     return _VISION_CLASSES[vision_family][0]
+
+
+#: Serialises model construction (see :meth:`VisionLanguageModel.build`); a lock, not data.
+_BUILD_LOCK = threading.Lock()
 
 
 class RfmLayers(nn.Module):
@@ -203,7 +208,10 @@ class VisionLanguageModel(nn.Module):
         ``initialise=False`` skips weight initialisation (the weights are loaded right after), which
         makes building a 7B model take seconds instead of minutes.
         """
-        with torch.device(device):
+        # transformers' no_init_weights patches torch.nn.init process-wide; builds on two threads
+        # (Prefect task runners) could leave it patched for good, or build a model meant to be
+        # initialised without initialisation, so every build holds _BUILD_LOCK.
+        with _BUILD_LOCK, torch.device(device):
             if initialise:
                 model = cls(config, vision_config=vision_config, llm_config=llm_config)
             else:
