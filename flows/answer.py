@@ -7,11 +7,18 @@ and runs one :func:`tasks.answer.answer_scene_task` per scene. Each answer is ap
 when it exists; a rerun (after a kill, or to add rows) answers only the ids ``out`` does not hold,
 and finished answers are never rewritten.
 
-Bad input fails the item, not the run: an unreadable row, a duplicate id, a missing scene or a
-scene that does not ingest becomes a ``failed`` row with its reason, listed in the run's summary
-artifact. Bad run settings fail the run before any output is written: an unreadable requests file,
-a model directory that does not load, an unknown preset, or an output folder that cannot be
-written.
+Bad input fails the item, not the run: an unreadable row, a duplicate id, a missing scene, a scene
+path outside the data root or a scene that does not ingest becomes a ``failed`` row with its
+reason, listed in the run's summary artifact. Bad run settings fail the run before any output is
+written: an unreadable requests file, a model directory that does not load, an unknown preset, an
+output folder that cannot be written, or one that another run is writing
+(:class:`~lrs_core.locks.WriterLockedError`, naming its pid, host and start; ``wait=True`` queues
+behind it instead).
+
+Scene paths of requests are confined to the data root (the ``data_root`` parameter, else the
+``LRS_DATA_ROOT`` environment variable; without either, paths are not confined): relative paths
+are read from it, and a path that resolves (symbolic links followed) outside it and outside
+``store`` is refused for its row.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from lrs_core.batch_outputs import BatchCounts, batch_lock
 from lrs_core.errors import DatasetError, OutputNotWritableError
 from lrs_core.ingest import RASTER_SUFFIXES
+from lrs_core.locks import WriterLockedError
 from lrs_core.outputs import BatchWriter, answered_ids
 from tasks.answer import answer_scene_task, cached_engine
 from tasks.artifacts import progress_reporter, publish_answer_artifacts
@@ -48,6 +57,8 @@ GENERATED_ID_DIGITS = 12
 STORE_SUFFIX = ".zarr"
 ARTIFACT_KEY_PREFIX = "answer-questions"
 REQUEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+#: Environment variable naming the data root when the flow's ``data_root`` is not given.
+DATA_ROOT_ENV = "LRS_DATA_ROOT"
 
 RequestsLike = str | os.PathLike[str] | list[dict[str, Any]]
 
@@ -239,17 +250,52 @@ def _failed_row(
     }
 
 
-def _resolve_scene(scene: str, store: str) -> tuple[str, str] | str:
-    """Return ``("store", path)`` or ``("raster", path)``, or an error message."""
+def data_root_of(data_root: str | None) -> Path | None:
+    """Return the data root requests are confined to: ``data_root``, else ``$LRS_DATA_ROOT``.
+
+    None (neither is set) leaves request paths unconfined.
+    """
+    chosen = data_root if data_root else os.environ.get(DATA_ROOT_ENV) or None
+    return None if chosen is None else Path(chosen).resolve()
+
+
+def _confined(path: Path, *, allowed: tuple[Path, ...], scene: str) -> str | None:
+    """Return an error when ``path`` resolves outside every ``allowed`` root, else None."""
+    resolved = path.resolve()
+    if any(resolved.is_relative_to(root) for root in allowed):
+        return None
+    return (
+        f"scene {scene!r} resolves to {resolved}, outside the data root {allowed[0]}; refused "
+        "(put the scene under the data root, or run with a data_root that holds it)"
+    )
+
+
+def _resolve_scene(scene: str, store: str, data_root: Path | None = None) -> tuple[str, str] | str:
+    """Return ``("store", path)`` or ``("raster", path)``, or an error message.
+
+    With a ``data_root``, a relative ``scene`` path is read from it, and any path that resolves
+    outside both ``data_root`` and ``store`` is refused (an error message, not an exception).
+    """
     path = Path(scene)
+    allowed: tuple[Path, ...] = ()
+    if data_root is not None:
+        allowed = (data_root, Path(store).resolve())
+        if not path.is_absolute():
+            path = data_root / path
+    in_store = Path(store) / f"{scene}{STORE_SUFFIX}"
     if path.suffix == STORE_SUFFIX or path.is_dir():
+        if allowed and (escape := _confined(path, allowed=allowed, scene=scene)) is not None:
+            return escape
         if path.is_dir():
             return ("store", str(path))
         return f"scene store {scene} does not exist; ingest the scene first or fix the path"
-    in_store = Path(store) / f"{scene}{STORE_SUFFIX}"
     if in_store.is_dir():
+        if allowed and (escape := _confined(in_store, allowed=allowed, scene=scene)) is not None:
+            return escape
         return ("store", str(in_store))
     if path.suffix.lower() in RASTER_SUFFIXES:
+        if allowed and (escape := _confined(path, allowed=allowed, scene=scene)) is not None:
+            return escape
         return ("raster", str(path))  # a missing file fails its ingest task with a clear error
     return (
         f"scene {scene!r} is neither a store path, nor a scene id in {store} (no {in_store}), "
@@ -270,6 +316,8 @@ def answer_questions(
     store: str = "stores",
     budget: int | None = None,
     device: str = "cpu",
+    data_root: str | None = None,
+    wait: bool = False,
 ) -> list[dict[str, Any]]:
     """Answer every request that ``out`` does not hold yet; report each question's outcome.
 
@@ -283,18 +331,24 @@ def answer_questions(
         store: folder of scene stores: where scene ids are looked up and rasters are ingested.
         budget: vision tokens sent to the LLM; None keeps the preset's.
         device: torch device of the model (``cpu``, ``cuda``, ``cuda:1``).
+        data_root: folder request scene paths are confined to (relative ones are read from it);
+            None: ``$LRS_DATA_ROOT``, or unconfined when that is unset too.
+        wait: queue behind another run writing ``out`` instead of failing at once.
 
     Returns:
         One row per request (see :mod:`tasks.artifacts`): ``answered``, ``skipped`` (already in
-        ``out``) or ``failed`` with its ``error``. Published as the artifacts
+        ``out``) or ``failed`` with its ``error``; ``BatchCounts.from_rows(rows).failed`` counts
+        the failures. Published as the artifacts
         ``answer-questions-answers`` (table), ``-summary`` and ``-overlays`` (markdown).
 
     Raises:
         DatasetError: the requests file cannot be read.
         WeightsError, ConfigError: the model does not load, or the preset/budget is invalid.
         OutputNotWritableError: ``out`` cannot be written.
+        WriterLockedError: another run writes ``out`` (and ``wait`` is off).
     """
     logger = get_run_logger()
+    root = data_root_of(data_root)
     items, problems = read_requests(requests)
     done = answered_ids(out) if items else set()
     pending = [item for item in items if item.question_id not in done]
@@ -308,6 +362,8 @@ def answer_questions(
     if pending:  # fail on a bad model before anything is written
         cached_engine(model, preset=preset, budget=budget, device=device)
     check_output_writable(out)
+    with batch_lock(out, purpose="answer-questions", wait=wait):
+        pass  # fail now, before any ingest, when another run writes ``out``; tasks lock it again
 
     rows_by_id: dict[str, dict[str, Any]] = {}
     for problem in problems:
@@ -331,7 +387,7 @@ def answer_questions(
     scene_errors: dict[str, str] = {}
     scenes = list(dict.fromkeys(item.scene for item in pending))
     for scene in scenes:
-        resolved = _resolve_scene(scene, store)
+        resolved = _resolve_scene(scene, store, root)
         if not isinstance(resolved, str) and resolved[0] == "raster":
             ingests[scene] = ingest_scene_task.submit(resolved[1], store)
     for scene, future in ingests.items():
@@ -344,7 +400,7 @@ def answer_questions(
     for scene in scenes:
         if scene in ingests:
             continue
-        resolved = _resolve_scene(scene, store)
+        resolved = _resolve_scene(scene, store, root)
         if isinstance(resolved, str):
             scene_errors[scene] = resolved
         else:
@@ -377,6 +433,7 @@ def answer_questions(
             preset=preset,
             budget=budget,
             device=device,
+            wait=wait,
             return_state=True,
         )
         if state.is_completed():
@@ -394,13 +451,17 @@ def answer_questions(
             progress(finished, len(pending))
 
     if any(row["status"] == "answered" for row in rows_by_id.values()):
-        BatchWriter(out, refresh_geojson=False).finalize()
+        try:
+            with BatchWriter(
+                out, refresh_geojson=False, purpose="answer-questions", wait=wait
+            ) as writer:
+                writer.finalize()
+        except WriterLockedError as err:  # the run now writing ``out`` finalizes it in turn
+            logger.warning("answers.geojson not refreshed: %s", err)
     order = [item.question_id for item in items] + [p.question_id for p in problems]
     rows = [rows_by_id[question_id] for question_id in dict.fromkeys(order)]
-    counts = {
-        s: sum(1 for r in rows if r["status"] == s) for s in ("answered", "skipped", "failed")
-    }
-    logger.info("answers in %s: %s", out, counts)
+    counts = BatchCounts.from_rows(rows)
+    logger.info("answers in %s: %s", out, counts.to_dict())
     publish_answer_artifacts(
         rows, out=out, model=model, preset=preset, key_prefix=ARTIFACT_KEY_PREFIX
     )

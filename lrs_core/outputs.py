@@ -4,7 +4,8 @@ Frames: a record's ``bbox_px`` is ``(x0, y0, x1, y1)`` in level-0 pixel corners 
 first; (0, 0) is the top-left corner of the top-left pixel). The scene CRS geometry applies the full
 level-0 affine (rotation and shear included) to those corners; the EPSG:4326 geometry reprojects
 the scene-CRS ring, densified so long edges follow the projection, in (lon, lat) order as RFC 7946
-wants. Scenes without a georeference keep pixel geometry only (``x`` = column, ``y`` = row, y down).
+wants. Scenes without a georeference keep pixel geometry only (``x`` = column, ``y`` = row, y down):
+their EPSG:4326 geometry is null, never a pixel box labelled EPSG:4326.
 
 The batch output folder (``BatchWriter``, ``answered_ids``, ``read_records``) lives in
 :mod:`lrs_core.batch_outputs`; those names and its folder-layout constants stay importable from
@@ -374,11 +375,15 @@ def _answer_row(record: AnswerRecord) -> dict[str, Any]:
 def answers_frame(records: Sequence[AnswerRecord]) -> geopandas.GeoDataFrame:
     """One row per answer with its evidence footprint, as a GeoDataFrame.
 
-    The active ``geometry`` is the union of the final evidence tiles in EPSG:4326 when the records'
-    scenes are georeferenced; a batch with no georeferenced scene gets pixel geometry with CRS
-    None. In a batch that mixes both, ``geometry`` is EPSG:4326 and null for the
-    non-georeferenced rows. ``geometry_px`` (pixel union, CRS None) is always present, and
-    ``footprint_scene_wkt`` holds the union in each row's own scene CRS (``scene_crs_wkt``).
+    Geometry columns have one meaning each, whatever the records' scenes, so every frame (and
+    every part of a batch folder) has the same schema and the parts read as one honest table:
+
+    * ``geometry`` (active, EPSG:4326): the union of the final evidence tiles in (lon, lat); null
+      for an answer about a scene without georeference, never a pixel box.
+    * ``geometry_px`` (CRS None): the same union in level-0 pixels (x = column, y = row); always
+      present.
+    * ``footprint_scene_wkt``: the union in the row's own scene CRS (``scene_crs_wkt``).
+    * ``is_georeferenced``: whether the scene has a CRS and transform.
 
     Args:
         records: the answers, in output order.
@@ -399,17 +404,16 @@ def answers_frame(records: Sequence[AnswerRecord]) -> geopandas.GeoDataFrame:
         unions_px.append(_union(row.geometry_px for row in tiles))
         unions_crs.append(_union(row.geometry_crs for row in tiles))
         unions_lonlat.append(_union(row.geometry_lonlat for row in tiles))
-    any_georef = any(record.scene.is_georeferenced for record in records)
     frame = pd.DataFrame(rows, columns=list(_answer_row_columns()))
+    frame["is_georeferenced"] = pd.array(
+        [record.scene.is_georeferenced for record in records], dtype="bool"
+    )
     frame["footprint_scene_wkt"] = [None if geom is None else geom.wkt for geom in unions_crs]
     # Fixed column types, so every part of a batch has the same Parquet schema (an all-null
     # column would otherwise be typed ``null`` in one part and ``string`` in the next).
     frame = frame.astype({name: "string" for name in _NULLABLE_TEXT_COLUMNS})
     frame["geometry_px"] = geopandas.GeoSeries(unions_px, crs=None, index=frame.index)
-    if any_georef:
-        primary = geopandas.GeoSeries(unions_lonlat, crs=LONLAT_CRS, index=frame.index)
-    else:
-        primary = geopandas.GeoSeries(unions_px, crs=None, index=frame.index)
+    primary = geopandas.GeoSeries(unions_lonlat, crs=LONLAT_CRS, index=frame.index)
     return geopandas.GeoDataFrame(frame, geometry=primary)
 
 
@@ -436,9 +440,10 @@ def write_geoparquet(records: Sequence[AnswerRecord], path: str | os.PathLike[st
     ``scene_crs_wkt``), the accounting flattened (``vision_tiles_encoded`` ... ``total_flops``,
     ``seconds_<stage>``, ``tokens_per_level`` and ``seconds_json`` as JSON text), ``evidence_json``
     (tiles and tokens), ``record_json`` (the whole record, for :meth:`AnswerRecord.from_dict`),
-    ``footprint_scene_wkt``, ``geometry_px`` and the primary ``geometry`` (see
-    :func:`answers_frame`). The file carries GeoParquet 1.x ``geo`` metadata, so DuckDB's spatial
-    extension, QGIS and ``geopandas.read_parquet`` read it.
+    ``is_georeferenced``, ``footprint_scene_wkt``, ``geometry_px`` and the primary ``geometry``
+    (EPSG:4326, null without georeference; see :func:`answers_frame`). The file carries GeoParquet
+    1.x ``geo`` metadata, so DuckDB's spatial extension, QGIS and ``geopandas.read_parquet`` read
+    it.
 
     Args:
         records: the answers.

@@ -23,9 +23,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lrs_core.ask import load_engine
+from lrs_core.batch_outputs import BatchCounts
 from lrs_core.errors import LrsError
 from lrs_core.focus import FocusConfig, FocusEngine
-from lrs_core.outputs import DEFAULT_OVERLAY_SIDE_PX, BatchWriter, answered_ids
+from lrs_core.outputs import DEFAULT_OVERLAY_SIDE_PX, BatchWriter
 from lrs_core.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 from tasks._retry import retry_condition_fn
@@ -150,6 +151,7 @@ def answer_scene_task(
     budget: int | None = None,
     device: str = "cpu",
     overlay_side_px: int = DEFAULT_OVERLAY_SIDE_PX,
+    wait: bool = False,
 ) -> list[dict[str, Any]]:
     """Answer the questions of one scene that ``out`` does not hold yet; append each answer.
 
@@ -164,17 +166,55 @@ def answer_scene_task(
         budget: vision-token budget; None keeps the preset's.
         device: torch device string.
         overlay_side_px: longest side of the overlay PNGs.
+        wait: queue behind another writer of ``out`` instead of failing at once.
 
     Returns:
         One small dict per question (see :mod:`tasks.artifacts`): ``skipped`` for ids already in
-        ``out``, ``answered`` or ``failed`` (with the engine's error) for the others.
+        ``out``, ``answered`` or ``failed`` (with the engine's error) for the others;
+        :meth:`lrs_core.batch_outputs.BatchCounts.from_rows` counts them.
 
     Raises:
+        WriterLockedError: another run writes ``out`` (the folder is locked from reading the
+            answered ids to the last answer, so two runs never answer a question twice).
         SceneNotFoundError, IncompletePyramidError: the store is missing or unfinished (not
             retried); WeightsError, ConfigError: the model or preset is wrong.
     """
     logger = get_run_logger()
-    done = answered_ids(out)
+    with BatchWriter(
+        out,
+        overlay_side_px=overlay_side_px,
+        refresh_geojson=False,
+        purpose=f"answer-scene {scene_id}",
+        wait=wait,
+    ) as writer:
+        return _answer_locked(
+            writer,
+            store=store,
+            questions=questions,
+            model=model,
+            scene_id=scene_id,
+            preset=preset,
+            budget=budget,
+            device=device,
+            logger=logger,
+        )
+
+
+def _answer_locked(
+    writer: BatchWriter,
+    *,
+    store: str,
+    questions: list[dict[str, str]],
+    model: str,
+    scene_id: str,
+    preset: str,
+    budget: int | None,
+    device: str,
+    logger: Any,
+) -> list[dict[str, Any]]:
+    """The body of :func:`answer_scene_task`, run while ``writer`` holds the folder's lock."""
+    out = writer.out_dir
+    done = writer.answered_ids()
     todo = [q for q in questions if q["question_id"] not in done]
     rows: list[dict[str, Any]] = [
         {
@@ -194,7 +234,6 @@ def answer_scene_task(
         return rows
     engine, lock = cached_engine(model, preset=preset, budget=budget, device=device)
     pyramid = open_pyramid(store)
-    writer = BatchWriter(out, overlay_side_px=overlay_side_px, refresh_geojson=False)
     baseline_engine = FocusEngine(
         engine.loaded,
         config=FocusConfig.preset(BASELINE_PRESET),
@@ -227,13 +266,13 @@ def answer_scene_task(
         )
         if progress is not None:
             progress(index + 1, len(todo))
-    failed = sum(1 for r in rows if r["status"] == "failed")
+    counts = BatchCounts.from_rows(rows)
     logger.info(
         "%s: answered %d, failed %d, skipped %d (already in %s)",
         scene_id,
-        len(todo) - failed,
-        failed,
-        len(rows) - len(todo),
+        counts.answered,
+        counts.failed,
+        counts.skipped,
         out,
     )
     return rows

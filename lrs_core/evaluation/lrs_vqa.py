@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lrs_core.dedupe import first_per_id
 from lrs_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -463,6 +464,26 @@ class PredictionRecord:
         )
 
 
+#: Key of the error message in a failed prediction line.
+ERROR_KEY = "error"
+
+
+def unique_prediction_rows(
+    rows: Iterable[Mapping[str, Any]], *, id_key: str, source: str
+) -> list[Mapping[str, Any]]:
+    """Keep one prediction line per ``id_key`` (see :func:`lrs_core.dedupe.first_per_id`).
+
+    Rows without a string ``id_key`` are kept as they are (the scorer reports them).
+    """
+    rows = list(rows)
+    return first_per_id(
+        rows,
+        id_of=lambda row: row[id_key] if isinstance(row.get(id_key), str) else id(row),
+        failed=lambda row: row.get(ERROR_KEY) is not None,
+        source=source,
+    )
+
+
 def make_prediction(
     question: LrsVqaQuestion,
     *,
@@ -510,15 +531,25 @@ def append_predictions(path: Path, records: Iterable[PredictionRecord]) -> int:
 
 
 def read_predictions(path: Path) -> list[PredictionRecord]:
-    """Read a prediction file (JSONL) into records; a trailing partial line is an error.
+    """Read a prediction file (JSONL) into records, one per question id.
+
+    A repeated id keeps its first line without an ``error`` (else its first line); extra answered
+    lines are dropped with a warning (:func:`lrs_core.dedupe.first_per_id`).
 
     Raises:
-        DatasetError: the file is missing, a line is not JSON, or a line lacks ``question_id``.
+        DatasetError: the file is missing, a line is not JSON (a trailing partial line included),
+            or a line lacks ``question_id``.
     """
-    return [
+    records = [
         PredictionRecord.from_dict(row, where=f"{path}:{line_no}")
         for line_no, row in iter_jsonl(Path(path))
     ]
+    return first_per_id(
+        records,
+        id_of=lambda r: r.question_id,
+        failed=lambda r: r.extra.get(ERROR_KEY) is not None,
+        source=str(path),
+    )
 
 
 def drop_partial_tail(path: Path) -> bool:

@@ -250,5 +250,19 @@ def score_items(items: Iterable[MmeItem]) -> MmeScore:
 
 
 def score_file(path: Path) -> MmeScore:
-    """Read and score an MME-RealWorld prediction file (JSON list or JSONL)."""
-    return score_items(read_items(path))
+    """Read and score an MME-RealWorld prediction file (JSON list or JSONL), one item per id.
+
+    A repeated ``Question_id`` keeps its first line without an ``error`` (warned, see
+    :func:`lrs_core.dedupe.first_per_id`).
+    """
+    from lrs_core.dedupe import first_per_id
+    from lrs_core.evaluation.lrs_vqa import ERROR_KEY
+
+    pairs = [(parse_item(row, where=where), row) for where, row in read_raw_rows(path)]
+    kept = first_per_id(
+        pairs,
+        id_of=lambda pair: pair[0].question_id,
+        failed=lambda pair: pair[1].get(ERROR_KEY) is not None,
+        source=str(path),
+    )
+    return score_items([item for item, _ in kept])

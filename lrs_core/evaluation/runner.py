@@ -32,8 +32,15 @@ extension's dot turned into ``__`` and ``_`` (``LRS_VQA/image/1213.tif`` becomes
 Several runs may write different chunk files at the same time (on several GPUs or workers); a
 store folder shared between them should be filled first (:func:`ingest_benchmark_scenes`), since
 two processes ingesting the same image at once would collide.
-:func:`lrs_core.evaluation.merge.merge_predictions` joins the chunk files. One output file must
-have one writer at a time.
+:func:`lrs_core.evaluation.merge.merge_predictions` joins the chunk files. One output file has one
+writer at a time: a run holds the file's OS lock (:func:`lrs_core.locks.exclusive_writer`, lock
+file ``<out>.lock`` beside it) from reading what is done to its last line, so a second run on the
+same file fails at once with :class:`~lrs_core.locks.WriterLockedError` naming the holder, or
+queues behind it with ``wait=True``. Each line is written with one ``write`` call and fsynced.
+
+Reading a prediction file never yields an id twice: on resume, extra answered lines of an id are
+dropped (the first is kept, with a warning), and a line that is not JSON (a torn write) is dropped
+with a warning so its question is answered again, instead of blocking the resume for good.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from lrs_core.errors import DatasetError, LrsError, NotGeoreferencedWarning
+from lrs_core.evaluation.lrs_vqa import ERROR_KEY as LRS_VQA_ERROR_KEY
 from lrs_core.evaluation.lrs_vqa import (
     QUESTION_FILE_NAME,
     RECORD_KEY,
@@ -63,6 +71,7 @@ from lrs_core.evaluation.lrs_vqa import (
 )
 from lrs_core.evaluation.mme import build_prompt, parse_item, read_raw_rows
 from lrs_core.ingest import IngestConfig, IngestResult, ingest_scene
+from lrs_core.locks import exclusive_writer
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER
 
 if TYPE_CHECKING:
@@ -79,7 +88,7 @@ MME_QUESTION_FILE_NAME = "MME_RealWorld_RS.json"
 #: Suffix of the default store folder beside the output file (``PRED.jsonl.stores/``).
 STORE_DIR_SUFFIX = ".stores"
 #: Key of the error message in a failed prediction line.
-ERROR_KEY = "error"
+ERROR_KEY = LRS_VQA_ERROR_KEY
 #: Key of the answering model and preset in MME lines (LRS-VQA lines use the reference's
 #: ``model_id``).
 MME_MODEL_KEY = "model_id"
@@ -340,11 +349,13 @@ def prepare_output(out: Path, *, id_key: str) -> tuple[set[str], int]:
     """Make ``out`` ready to resume; return ``(ids answered without error, failed lines removed)``.
 
     A half-written last line is cut (:func:`drop_partial_tail`). Lines with an ``error`` field
-    are taken out (the file is rewritten atomically, answered lines unchanged) so the run tries
-    their questions again.
+    are taken out so the run tries their questions again; so are lines that are not JSON (a torn
+    write; warned) and repeated answers of an id (the first is kept; warned). The file is then
+    rewritten atomically, the kept lines unchanged. An empty file is a file with nothing done.
 
     Raises:
-        DatasetError: a line is not JSON or has no string ``id_key``, or an id is answered twice.
+        DatasetError: a JSON line has no string ``id_key`` (not a prediction file of this
+            benchmark).
     """
     out = Path(out)
     if not out.exists():
@@ -352,18 +363,17 @@ def prepare_output(out: Path, *, id_key: str) -> tuple[set[str], int]:
     drop_partial_tail(out)
     done: set[str] = set()
     kept: list[str] = []
-    n_failed = 0
-    with open(out, encoding="utf-8") as fh:
+    n_failed = n_torn = n_repeated = 0
+    with open(out, encoding="utf-8", errors="replace") as fh:
         lines = fh.readlines()
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(
-                f"{out}:{line_no}: not valid JSON ({err.msg}); fix or remove the line to resume"
-            ) from err
+        except json.JSONDecodeError:
+            n_torn += 1
+            continue
         key = row.get(id_key) if isinstance(row, dict) else None
         if not isinstance(key, str):
             raise DatasetError(f"{out}:{line_no}: no string '{id_key}'; is this the right file?")
@@ -371,14 +381,31 @@ def prepare_output(out: Path, *, id_key: str) -> tuple[set[str], int]:
             n_failed += 1
             continue
         if key in done:
-            raise DatasetError(f"{out}:{line_no}: {id_key} {key!r} is answered twice")
+            n_repeated += 1
+            continue
         done.add(key)
         kept.append(line)
+    if n_torn:
+        log.warning(
+            "%s: %d line(s) that are not JSON (torn writes) dropped; their questions are "
+            "answered again",
+            out,
+            n_torn,
+        )
+    if n_repeated:
+        log.warning(
+            "%s: %d repeated answer(s) of an id already answered dropped (the first is kept)",
+            out,
+            n_repeated,
+        )
     if n_failed:
         log.info("%s: %d failed lines taken out to be tried again", out, n_failed)
+    if n_failed or n_torn or n_repeated:
         partial = out.with_name(out.name + ".partial")
         with open(partial, "w", encoding="utf-8") as fh:
             fh.writelines(kept)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(partial, out)
     return done, n_failed
 
@@ -416,11 +443,16 @@ def answer_scenes(
     n_answered = 0
     done = 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a", encoding="utf-8") as fh:
+    with open(out, "ab", buffering=0) as fh:
 
         def write(row: dict[str, Any]) -> None:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
+            # One write of the whole line on an O_APPEND file, then fsync: a line is on disk
+            # whole (or, after a kill, is a partial last line that the next run cuts).
+            data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fh.fileno(), view) :]
+            os.fsync(fh.fileno())
 
         for scene in scenes:
             pyramid: Any = None
@@ -542,6 +574,7 @@ def run_lrs_vqa(
     ingest_config: IngestConfig | None = None,
     keep_heatmap: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    wait: bool = False,
 ) -> RunSummary:
     """Answer (a chunk of) LRS-VQA with one engine; append one prediction line per question.
 
@@ -563,11 +596,13 @@ def run_lrs_vqa(
         ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
         keep_heatmap: keep the scene heat map in each line's record.
         progress: called with ``(questions done, questions pending)`` after each question.
+        wait: queue behind another run writing ``out`` instead of failing at once.
 
     Returns:
         The run's counts; ``n_failed > 0`` means some lines carry an ``error``.
 
     Raises:
+        WriterLockedError: another run writes ``out`` (and ``wait`` is off).
         DatasetError: the question file or the output is invalid, an image path escapes the data
             root, or the chunk arguments are invalid.
         ConfigError: unknown preset or field. WeightsError: the model does not load.
@@ -588,44 +623,49 @@ def run_lrs_vqa(
             must_exist=False,
         )
     )
-    done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["lrs-vqa"])
-    n_selected = sum(len(scene.questions) for scene in selected)
-    pending = [
-        PendingScene(
-            image=scene.image,
-            image_path=scene.image_path,
-            questions=tuple(
-                PendingQuestion(question_id=q.question_id, text=q.text, build_row=_lrs_vqa_row(q))
-                for q in scene.questions
-                if q.question_id not in done_ids
+    with exclusive_writer(
+        out, purpose=f"lrs eval run lrs-vqa chunk {chunk_idx} of {num_chunks}", wait=wait
+    ):  # one writer per prediction file, from reading what is done to the last line
+        done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["lrs-vqa"])
+        n_selected = sum(len(scene.questions) for scene in selected)
+        pending = [
+            PendingScene(
+                image=scene.image,
+                image_path=scene.image_path,
+                questions=tuple(
+                    PendingQuestion(
+                        question_id=q.question_id, text=q.text, build_row=_lrs_vqa_row(q)
+                    )
+                    for q in scene.questions
+                    if q.question_id not in done_ids
+                ),
+            )
+            for scene in selected
+        ]
+        pending = [scene for scene in pending if scene.questions]
+        return _answer_pending(
+            "lrs-vqa",
+            pending,
+            question_file=question_file,
+            out=out,
+            stores=stores,
+            n_selected=n_selected,
+            n_retried=n_retried,
+            started=start,
+            engine_spec=EngineSpec(
+                model_dir=Path(model_dir),
+                preset=preset,
+                budget=budget,
+                device=device,
+                dtype=dtype,
+                overrides=dict(overrides or {}),
             ),
+            ingest_config=ingest_config,
+            keep_heatmap=keep_heatmap,
+            progress=progress,
+            num_chunks=num_chunks,
+            chunk_idx=chunk_idx,
         )
-        for scene in selected
-    ]
-    pending = [scene for scene in pending if scene.questions]
-    return _answer_pending(
-        "lrs-vqa",
-        pending,
-        question_file=question_file,
-        out=out,
-        stores=stores,
-        n_selected=n_selected,
-        n_retried=n_retried,
-        started=start,
-        engine_spec=EngineSpec(
-            model_dir=Path(model_dir),
-            preset=preset,
-            budget=budget,
-            device=device,
-            dtype=dtype,
-            overrides=dict(overrides or {}),
-        ),
-        ingest_config=ingest_config,
-        keep_heatmap=keep_heatmap,
-        progress=progress,
-        num_chunks=num_chunks,
-        chunk_idx=chunk_idx,
-    )
 
 
 # -- MME-RealWorld-RS --------------------------------------------------------------------------
@@ -689,6 +729,7 @@ def run_mme(
     ingest_config: IngestConfig | None = None,
     keep_heatmap: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    wait: bool = False,
 ) -> RunSummary:
     """Answer (a chunk of) MME-RealWorld-RS; append the item plus ``"Output"`` per question.
 
@@ -709,11 +750,13 @@ def run_mme(
         ingest_config: how images become stores.
         keep_heatmap: keep the scene heat map in each line's record.
         progress: called with ``(questions done, questions pending)``.
+        wait: queue behind another run writing ``out`` instead of failing at once.
 
     Returns:
         The run's counts.
 
     Raises:
+        WriterLockedError: another run writes ``out`` (and ``wait`` is off).
         DatasetError: invalid items or output, an image path escaping the data root, bad chunks.
         ConfigError: unknown preset or field. WeightsError: the model does not load.
     """
@@ -728,47 +771,50 @@ def run_mme(
     rows = read_mme_rows(question_file)
     begin, stop = chunk_bounds(len(rows), num_chunks=num_chunks, chunk_idx=chunk_idx)
     rows = rows[begin:stop][:limit]
-    # Resolved (and escapes refused) before the output is touched.
-    image_paths = {row["Image"]: resolve_image_path(root, row["Image"]) for row in rows}
-    done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["mme"])
-    grouped: dict[str, list[PendingQuestion]] = {}
-    for row in rows:
-        if row["Question_id"] in done_ids:
-            continue
-        grouped.setdefault(row["Image"], []).append(
-            PendingQuestion(
-                question_id=row["Question_id"],
-                text=mme_question_text(row),
-                build_row=_mme_row(row),
+    with exclusive_writer(
+        out, purpose=f"lrs eval run mme chunk {chunk_idx} of {num_chunks}", wait=wait
+    ):  # one writer per prediction file, from reading what is done to the last line
+        # Resolved (and escapes refused) before the output is touched.
+        image_paths = {row["Image"]: resolve_image_path(root, row["Image"]) for row in rows}
+        done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["mme"])
+        grouped: dict[str, list[PendingQuestion]] = {}
+        for row in rows:
+            if row["Question_id"] in done_ids:
+                continue
+            grouped.setdefault(row["Image"], []).append(
+                PendingQuestion(
+                    question_id=row["Question_id"],
+                    text=mme_question_text(row),
+                    build_row=_mme_row(row),
+                )
             )
+        pending = [
+            PendingScene(image=image, image_path=image_paths[image], questions=tuple(items))
+            for image, items in grouped.items()
+        ]
+        return _answer_pending(
+            "mme",
+            pending,
+            question_file=question_file,
+            out=out,
+            stores=stores,
+            n_selected=len(rows),
+            n_retried=n_retried,
+            started=start,
+            engine_spec=EngineSpec(
+                model_dir=Path(model_dir),
+                preset=preset,
+                budget=budget,
+                device=device,
+                dtype=dtype,
+                overrides=dict(overrides or {}),
+            ),
+            ingest_config=ingest_config,
+            keep_heatmap=keep_heatmap,
+            progress=progress,
+            num_chunks=num_chunks,
+            chunk_idx=chunk_idx,
         )
-    pending = [
-        PendingScene(image=image, image_path=image_paths[image], questions=tuple(items))
-        for image, items in grouped.items()
-    ]
-    return _answer_pending(
-        "mme",
-        pending,
-        question_file=question_file,
-        out=out,
-        stores=stores,
-        n_selected=len(rows),
-        n_retried=n_retried,
-        started=start,
-        engine_spec=EngineSpec(
-            model_dir=Path(model_dir),
-            preset=preset,
-            budget=budget,
-            device=device,
-            dtype=dtype,
-            overrides=dict(overrides or {}),
-        ),
-        ingest_config=ingest_config,
-        keep_heatmap=keep_heatmap,
-        progress=progress,
-        num_chunks=num_chunks,
-        chunk_idx=chunk_idx,
-    )
 
 
 def run_benchmark(benchmark: Benchmark, questions: Path, **kwargs: Any) -> RunSummary:

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lrs_core.errors import DatasetError
-from lrs_core.evaluation.lrs_vqa import DATASET_GROUPS, dataset_of, iter_jsonl
+from lrs_core.evaluation.lrs_vqa import (
+    DATASET_GROUPS,
+    dataset_of,
+    iter_jsonl,
+    unique_prediction_rows,
+)
 from lrs_core.evaluation.mme import MmeScore
 
 #: Accuracies are reported in percent, as the paper prints them.
@@ -246,16 +251,25 @@ def score_rows(
 def read_prediction_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Concatenate the JSON objects of one or more prediction files (chunks are merged this way).
 
+    A question id never comes out twice: its first line without an ``error`` is kept (else its
+    first line), and dropped extra answers are counted in a warning. A file given twice is read
+    once.
+
     Raises:
         DatasetError: a file is missing, a line is not JSON, or a line is not a JSON object.
     """
     rows: list[dict[str, Any]] = []
-    for path in paths:
-        for line_no, row in iter_jsonl(Path(path)):
+    names: list[str] = []
+    for path in dict.fromkeys(Path(p).resolve() for p in paths):
+        names.append(str(path))
+        for line_no, row in iter_jsonl(path):
             if not isinstance(row, dict):
                 raise DatasetError(f"{path}:{line_no}: expected a JSON object")
             rows.append(row)
-    return rows
+    return [
+        dict(row)
+        for row in unique_prediction_rows(rows, id_key="question_id", source=", ".join(names))
+    ]
 
 
 def score_files(

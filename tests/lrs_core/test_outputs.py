@@ -200,8 +200,12 @@ def test_geoparquet_georeferenced_round_trip(tmp_path: Path) -> None:
 def test_geoparquet_without_georeference_is_in_pixels(tmp_path: Path) -> None:
     path = outputs.write_geoparquet([make_record(make_scene(georef=False))], tmp_path / "a.parquet")
     frame = geopandas.read_parquet(path)
-    assert frame.crs is None
-    assert frame.geometry[0].bounds == pytest.approx((250, 0, 1000, 700))
+    # the EPSG:4326 column never holds a pixel box: null here; pixels live in geometry_px
+    assert frame.crs.to_epsg() == 4326 and frame.geometry.isna()[0]
+    assert frame["geometry_px"].crs is None and not frame.loc[0, "is_georeferenced"]
+    assert frame["geometry_px"].iloc[0].bounds == pytest.approx((250, 0, 1000, 700))
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    assert geo["columns"]["geometry_px"]["crs"] is None  # explicit: not GeoParquet's CRS84 default
     assert frame.loc[0, "footprint_scene_wkt"] is None or frame["footprint_scene_wkt"].isna()[0]
 
 
