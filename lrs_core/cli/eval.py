@@ -211,6 +211,7 @@ def _run_benchmark(
     max_new_tokens: int | None,
     ingest_only: bool,
     json_output: bool,
+    wait: bool = False,
 ) -> None:
     """Shared body of ``lrs eval run lrs-vqa`` and ``lrs eval run mme``."""
     from lrs_core.cli import EXIT_FAILED, EXIT_OK
@@ -262,6 +263,7 @@ def _run_benchmark(
                 device=device,
                 overrides=overrides,
                 progress=update,
+                wait=wait,
             )
     if json_output:
         print_json(summary.to_dict())
@@ -312,6 +314,10 @@ IngestOnlyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON line.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait", help="If another run writes --out, queue behind it instead of failing."),
+]
 
 
 def _benchmark_command(benchmark: str, doc: str) -> Callable[..., None]:
@@ -332,6 +338,7 @@ def _benchmark_command(benchmark: str, doc: str) -> Callable[..., None]:
         max_new_tokens: MaxNewTokensOpt = None,
         ingest_only: IngestOnlyOpt = False,
         json_output: JsonOpt = False,
+        wait: WaitOpt = False,
     ) -> None:
         _run_benchmark(
             benchmark,
@@ -349,6 +356,7 @@ def _benchmark_command(benchmark: str, doc: str) -> Callable[..., None]:
             max_new_tokens=max_new_tokens,
             ingest_only=ingest_only,
             json_output=json_output,
+            wait=wait,
         )
 
     command.__doc__ = doc
