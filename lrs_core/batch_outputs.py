@@ -298,7 +298,7 @@ class BatchWriter:
     Outside a ``with`` block each append or finalize takes the lock for its own duration.
 
     Args:
-        out_dir: the batch output folder, local path or fsspec URL; created if missing.
+        out_dir: the batch output folder, local path or fsspec URL; created on the first write.
         overlay_side_px: longest side of the overlay PNGs.
         refresh_geojson: rewrite ``answers.geojson`` after every append (off for huge batches:
             then only :meth:`finalize` writes it).
@@ -336,7 +336,6 @@ class BatchWriter:
         self.n_failed = 0
         self._held: Any = None
         self._fs, self._base = filesystem(out_dir)
-        self._fs.makedirs(join_path(self._base, PARTS_DIRNAME), exist_ok=True)
 
     def __enter__(self) -> BatchWriter:
         if self._held is not None:
@@ -429,6 +428,7 @@ class BatchWriter:
         return part
 
     def _write_part(self, records: Sequence[AnswerRecord]) -> str:
+        self._fs.makedirs(self.parts_dir, exist_ok=True)
         existing = _part_names(self._fs, self.parts_dir)
         number = 1 + max((_part_number(n) for n in existing), default=-1)
         if is_local(self._fs):

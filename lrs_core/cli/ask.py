@@ -93,18 +93,20 @@ def ask(
 ) -> None:
     """Answer questions about a scene with a coarse-to-fine pruned vision-language model."""
     from lrs_core.ask import Question, load_engine, read_questions_file
-    from lrs_core.cli._common import progress_bar, reported_errors
+    from lrs_core.cli._common import check_budget, check_question, progress_bar, reported_errors
     from lrs_core.errors import LrsError
     from lrs_core.pyramid import open_pyramid
 
     if (question is None) == (questions is None):
         fail("give exactly one of --question TEXT or --questions FILE", code=EXIT_USAGE)
+    check_question(question)
+    check_budget(budget)
     overrides: dict[str, Any] = {}
     if max_new_tokens is not None:
         overrides["max_new_tokens"] = max_new_tokens
     with reported_errors(config_is_usage=True):
         items = (
-            [Question(question_id="q1", text=question)]
+            [Question(question_id="q1", text=question.strip())]
             if question is not None
             else read_questions_file(questions)  # type: ignore[arg-type]  # checked above
         )

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from lrs_core.cli._common import console, fail, print_json, reported_errors
+from lrs_core.cli._common import (
+    check_budget,
+    check_out_path,
+    console,
+    fail,
+    print_json,
+    reported_errors,
+)
 
 #: Where ``prefect server start`` serves the UI by default.
 PREFECT_UI_URL = "http://127.0.0.1:4200"
@@ -51,6 +58,8 @@ def demo(
     """Run the demo: a georeferenced demo scene, the ingest and answer flows, the tiny model."""
     import os
 
+    check_budget(budget)
+    check_out_path(out, kind="folder")
     # Prefect reads these when it is first imported, so they are set before the import below.
     for name, value in PREFECT_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)

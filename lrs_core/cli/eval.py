@@ -215,11 +215,22 @@ def _run_benchmark(
 ) -> None:
     """Shared body of ``lrs eval run lrs-vqa`` and ``lrs eval run mme``."""
     from lrs_core.cli import EXIT_FAILED, EXIT_OK
-    from lrs_core.cli._common import console, print_json, progress_bar, reported_errors
+    from lrs_core.cli._common import (
+        check_budget,
+        check_out_path,
+        console,
+        print_json,
+        progress_bar,
+        reported_errors,
+    )
     from lrs_core.evaluation import runner
 
     overrides = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     store_dir = stores if stores is not None else runner.default_store_dir(out)
+    check_budget(budget)
+    if not ingest_only:
+        check_out_path(out, kind="file")
+    check_out_path(store_dir, kind="folder", option="--stores" if stores else "--out", create=False)
     with reported_errors(config_is_usage=True):
         if ingest_only:
             _, _, images = runner.benchmark_images(
@@ -387,9 +398,10 @@ def merge_command(
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Merge chunk files: one line per question id; conflicting answers are an error."""
-    from lrs_core.cli._common import console, print_json, reported_errors
+    from lrs_core.cli._common import check_out_path, console, print_json, reported_errors
     from lrs_core.evaluation.merge import merge_predictions
 
+    check_out_path(out, kind="file")
     with reported_errors():
         summary = merge_predictions(predictions, out)
     if json_output:

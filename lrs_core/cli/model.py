@@ -30,8 +30,10 @@ def init_tiny_command(
         fail(f"--family {family!r} must be 'llava' or 'qwen2'", code=2)
     if size not in ("tiny", "benchmark"):
         fail(f"--size {size!r} must be 'tiny' or 'benchmark'", code=2)
+    from lrs_core.cli._common import check_out_path
     from lrs_core.models.tiny import init_tiny
 
+    check_out_path(out_dir, kind="folder", option="OUT_DIR")
     with reported_errors():
         path = init_tiny(out_dir, family=family, seed=seed, size=size)  # type: ignore[arg-type]  # checked above
     console.print(f"wrote {family} ({size}) model to {path}")

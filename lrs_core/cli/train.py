@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from lrs_core.cli._common import console, fail, print_json, progress_bar, reported_errors
+from lrs_core.cli._common import (
+    check_out_path,
+    console,
+    fail,
+    print_json,
+    progress_bar,
+    reported_errors,
+)
 
 
 def train_rfm_command(
@@ -69,6 +76,7 @@ def train_rfm_command(
         )
     except ConfigError as err:
         fail(str(err), code=2)
+    check_out_path(out, kind="folder")
     with reported_errors():
         with progress_bar("distilling the RFM", enabled=not json_output) as progress:
             result = train_rfm(
