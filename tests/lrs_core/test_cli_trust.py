@@ -103,3 +103,18 @@ def test_budget_below_one_names_the_option_not_a_field(budget: str, tmp_path: Pa
         assert code == 2
         line = _one_error_line(output)
         assert f"--budget {budget}" in line and "FocusConfig" not in line
+
+
+@pytest.mark.parametrize("command", ["init-tiny", "eval run", "train-rfm", "demo"])
+def test_out_on_a_read_only_filesystem(command: str, tmp_path: Path) -> None:
+    out = Path("/sys/lrs-cli-out-check/out")  # /sys refuses new entries, even to root
+    try:
+        os.makedirs(out.parent)
+    except PermissionError:
+        pass
+    else:  # pragma: no cover - depends on the host
+        os.rmdir(out.parent)
+        pytest.skip("this host lets the test user write under /sys")
+    code, output = _run(*_commands(out, tmp_path)[command])
+    assert code == 1
+    assert "cannot be written" in _one_error_line(output)
