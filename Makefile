@@ -8,7 +8,7 @@ EXTRAS ?= test
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-slow lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@dpkg -s wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null) || \
 	  echo "warning: could not install Debian's wordnet-base; 'lrs eval score' synonym matching will be unavailable"
+	@# PostgreSQL server binaries for the real-server tests (tests/infra: initdb + pg_ctl, no service).
+	@dpkg -s postgresql >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	  echo "warning: could not install Debian's postgresql; the PostgreSQL server tests will be skipped"
 	$(BIN)/lrs setup
 	touch $@
 
@@ -31,6 +35,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The slow tests only (real Prefect servers on SQLite and PostgreSQL, schedules that fire, ...).
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 lint: install
 	$(BIN)/ruff check lrs_core tasks flows tests benchmarks

@@ -7,11 +7,13 @@ and runs one :func:`tasks.answer.answer_scene_task` per scene. Each answer is ap
 when it exists; a rerun (after a kill, or to add rows) answers only the ids ``out`` does not hold,
 and finished answers are never rewritten.
 
-Bad input fails the item, not the run: an unreadable row, a duplicate id, a missing scene, a scene
-path outside the data root or a scene that does not ingest becomes a ``failed`` row with its
-reason, listed in the run's summary artifact. Bad run settings fail the run before any output is
-written: an unreadable requests file, a model directory that does not load, an unknown preset, an
-output folder that cannot be written, or one that another run is writing
+Bad input fails the item, not the batch: an unreadable row, a duplicate id, a missing scene, a
+scene path outside the data root or a scene that does not ingest becomes a ``failed`` row with its
+reason, listed in the run's summary artifact, while the other questions are answered and written.
+The run then ends ``Failed`` with the message "N of M questions failed; see ..." (never a green
+``Completed``), after every other answer is written. Bad run settings fail the run before any
+output is written: an unreadable requests file, a model directory that does not load, an unknown
+preset, an output folder that cannot be written, or one that another run is writing
 (:class:`~lrs_core.locks.WriterLockedError`, naming its pid, host and start; ``wait=True`` queues
 behind it instead).
 
@@ -37,6 +39,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.outcome import failed_run
 from lrs_core.batch_outputs import BatchCounts, batch_lock
 from lrs_core.errors import DatasetError, OutputNotWritableError
 from lrs_core.ingest import RASTER_SUFFIXES
@@ -339,9 +342,15 @@ def answer_questions(
         One row per request (see :mod:`tasks.artifacts`): ``answered``, ``skipped`` (already in
         ``out``) or ``failed`` with its ``error``; ``BatchCounts.from_rows(rows).failed`` counts
         the failures. Published as the artifacts
-        ``answer-questions-answers`` (table), ``-summary`` and ``-overlays`` (markdown).
+        ``answer-questions-answers`` (table), ``-summary`` and ``-overlays`` (markdown). When a
+        row failed the run ends ``Failed`` ("N of M questions failed; see ...") after writing
+        every answer it could; ``state.result(raise_on_failure=False)`` of a
+        ``return_state=True`` call is then a :class:`~flows.outcome.QuestionsFailedError` holding
+        the rows (:func:`flows.outcome.run_result` returns them either way).
 
     Raises:
+        QuestionsFailedError: (called without ``return_state=True``) a row failed; the answers of
+            the other rows are written, and the error's ``result`` holds every row.
         DatasetError: the requests file cannot be read.
         WeightsError, ConfigError: the model does not load, or the preset/budget is invalid.
         OutputNotWritableError: ``out`` cannot be written.
@@ -465,6 +474,12 @@ def answer_questions(
     publish_answer_artifacts(
         rows, out=out, model=model, preset=preset, key_prefix=ARTIFACT_KEY_PREFIX
     )
+    if not counts.all_ok:
+        message = (
+            f"{counts.failed} of {len(rows)} questions failed; see the table artifact "
+            f"'{ARTIFACT_KEY_PREFIX}-answers' (answers of the others are in {out})"
+        )
+        return failed_run(message, rows)  # finished answers are written; the run ends Failed
     return rows
 
 

@@ -11,7 +11,8 @@ demo scene (a georeferenced GeoTIFF with planted objects) → ``ingest-scenes`` 
     OUT/model/               the tiny random model (built on first use; its answers are noise)
 
 ``lrs demo --out OUT`` runs it. A rerun reuses the scene, store and model and answers nothing
-again (the answer flow is resumable).
+again (the answer flow is resumable). A run in which some questions failed ends ``Failed`` with
+their count (:mod:`flows.outcome`); :func:`run_demo` still returns every row.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.answer import answer_questions
+from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
 from flows.ingest import ingest_scenes
+from flows.outcome import failed_run, run_result
 from lrs_core.demo import DEMO_SCENE_WH, DemoScene, write_demo_scene
 from lrs_core.models.io import PROJECT_CONFIG_FILE, WEIGHTS_FILE
 from lrs_core.models.tiny import init_tiny
@@ -98,7 +100,10 @@ def demo(
         budget: vision tokens sent to the LLM; None keeps the preset's.
 
     Returns:
-        ``scene`` (the ingest row), ``rows`` (one per question) and ``model_dir``.
+        ``scene`` (the ingest row), ``rows`` (one per question) and ``model_dir``. When a
+        question failed the run ends ``Failed`` with this dict in its
+        :class:`~flows.outcome.QuestionsFailedError` (read it with
+        :func:`flows.outcome.run_result`).
     """
     logger = get_run_logger()
     out = Path(out_dir).resolve()
@@ -106,15 +111,26 @@ def demo(
     model_dir = ensure_tiny_model(out / MODEL_DIRNAME)
     logger.info("demo scene %s, model %s", scene.scene_path, model_dir)
     (ingested,) = ingest_scenes(sources=[str(scene.scene_path)], store=str(out / STORES_DIRNAME))
-    rows = answer_questions(
-        requests=str(scene.requests_path),
-        model=str(model_dir),
-        preset=preset,
-        out=str(out),
-        store=str(out / STORES_DIRNAME),
-        budget=budget,
+    rows = run_result(  # also the rows of a run in which some questions failed
+        answer_questions(
+            requests=str(scene.requests_path),
+            model=str(model_dir),
+            preset=preset,
+            out=str(out),
+            store=str(out / STORES_DIRNAME),
+            budget=budget,
+            return_state=True,
+        )
     )
-    return {"scene": ingested, "rows": rows, "model_dir": str(model_dir)}
+    result = {"scene": ingested, "rows": rows, "model_dir": str(model_dir)}
+    n_failed = sum(1 for row in rows if row["status"] == "failed")
+    if n_failed:
+        message = (
+            f"{n_failed} of {len(rows)} demo questions failed; see the table artifact "
+            f"'{ARTIFACT_KEY_PREFIX}-answers' (answers of the others are in {out})"
+        )
+        return failed_run(message, result)  # the run's final state says so
+    return result
 
 
 def run_demo(
@@ -137,7 +153,7 @@ def run_demo(
     """
     out = Path(out_dir).resolve()
     state = demo(str(out), size_wh=size_wh, preset=preset, budget=budget, return_state=True)
-    result = state.result()  # raises the flow's error if it failed
+    result = run_result(state)  # raises the flow's error if it could not run at all
     overlays = out / OVERLAYS_DIRNAME
     return DemoResult(
         out_dir=out,

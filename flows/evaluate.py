@@ -4,7 +4,8 @@ Steps: ingest every image the chunks need into one shared store folder (so paral
 ingest the same image at once), run the chunks as ``gpu``-tagged tasks (each resumes its own file
 ``<out stem>.chunk<i>of<K>.jsonl``), merge them into ``out``, score it with the benchmark's own rule
 (plus focus metrics for LRS-VQA) and publish a markdown artifact with the tables. A chunk or the
-scoring that fails is listed in the artifact, and the run then ends Failed; rerunning the flow
+scoring that fails is listed in the artifact, and the run then ends Failed; so does a run in which
+some questions failed (they are written with their error and scored as wrong). Rerunning the flow
 answers only what is missing.
 """
 
@@ -41,7 +42,7 @@ SCORES_ARTIFACT_KEY = "evaluate-scores"
 
 
 class EvaluationFailedError(RuntimeError):
-    """A chunk or the scoring of an ``evaluate`` run failed (the artifact lists which)."""
+    """A chunk, some questions or the scoring of an ``evaluate`` run failed (the artifact says)."""
 
 
 def _cell(value: Any) -> str:
@@ -187,7 +188,8 @@ def evaluate(
 
     Raises:
         ConfigError: unknown benchmark.
-        EvaluationFailedError: a chunk or the scoring failed (after the artifacts are published).
+        EvaluationFailedError: a chunk, some questions or the scoring failed (after the artifacts
+            are published; the merged predictions are written).
     """
     logger = get_run_logger()
     if benchmark not in BENCHMARKS:
@@ -277,6 +279,12 @@ def evaluate(
         "problems": problems,
     }
     failed_chunks = [p for p in problems if p.startswith(("chunk", "scoring"))]
+    if merged is not None and merged["n_failed"]:
+        failed_chunks.insert(
+            0,
+            f"{merged['n_failed']} of {merged['n_rows']} questions failed; see the artifact "
+            f"'{SUMMARY_ARTIFACT_KEY}' and the 'error' field in {out}; rerun to answer them",
+        )
     if failed_chunks:
         raise EvaluationFailedError("; ".join(failed_chunks))
     return result

@@ -4,7 +4,9 @@ Made for a cron deployment (``watch-inbox`` in ``infra/prefect.yaml``). Each run
 with the ingest flow (finished scenes are skipped), then asks every standing question about every
 scene of the inbox whose answer ``out`` does not hold yet, with the answer flow. A run that finds
 nothing new does nothing, and a run killed half-way is completed by the next tick: the flow is
-idempotent. Answer ids are ``<scene_id>-<question_id>``.
+idempotent. Answer ids are ``<scene_id>-<question_id>``. A tick in which some questions failed ends
+``Failed`` with their count (its other answers are written), so a schedule that keeps failing is
+red in the UI rather than a row of green ``Completed`` runs.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.answer import answer_questions
+from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
 from flows.ingest import ingest_scenes
+from flows.outcome import failed_run, run_result
 from lrs_core.ask import Question, read_questions_file
 from lrs_core.errors import DatasetError
 from lrs_core.outputs import answered_ids
@@ -86,6 +89,13 @@ def watch_folder(
 
     Returns:
         ``{"scenes": ingest rows, "answers": answer rows}`` (answers empty when nothing was new).
+        When a question failed the run ends ``Failed`` ("N of M questions failed; see ...");
+        ``state.result(raise_on_failure=False)`` of a ``return_state=True`` call is then a
+        :class:`~flows.outcome.QuestionsFailedError` whose ``result`` is this dict.
+
+    Raises:
+        QuestionsFailedError: (called without ``return_state=True``) a question failed; its
+            ``result`` is the dict above.
     """
     logger = get_run_logger()
     standing = standing_questions(questions)
@@ -112,14 +122,17 @@ def watch_folder(
     )
     answers: list[dict[str, Any]] = []
     if requests:
-        answers = answer_questions(
-            requests=requests,
-            model=model,
-            preset=preset,
-            out=out,
-            store=store,
-            budget=budget,
-            device=device,
+        answers = run_result(  # also the rows of a run in which some questions failed
+            answer_questions(
+                requests=requests,
+                model=model,
+                preset=preset,
+                out=out,
+                store=store,
+                budget=budget,
+                device=device,
+                return_state=True,
+            )
         )
     lines = [
         "# Inbox watch",
@@ -136,7 +149,15 @@ def watch_folder(
     create_markdown_artifact(
         markdown="\n".join(lines) + "\n", key=SUMMARY_ARTIFACT_KEY, description="Inbox watch"
     )
-    return {"scenes": scenes, "answers": answers}
+    result = {"scenes": scenes, "answers": answers}
+    n_failed = sum(1 for a in answers if a["status"] == "failed")
+    if n_failed:
+        message = (
+            f"{n_failed} of {len(answers)} questions failed; see the artifacts "
+            f"'{SUMMARY_ARTIFACT_KEY}' and '{ARTIFACT_KEY_PREFIX}-answers' (answers in {out})"
+        )
+        return failed_run(message, result)  # the run's final state says so
+    return result
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flows.answer import answer_questions, generated_id, read_requests
+from flows.outcome import QuestionsFailedError, run_result
 from lrs_core.errors import DatasetError, OutputNotWritableError, WeightsError
 from lrs_core.outputs import read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
@@ -67,13 +68,16 @@ def test_flow_answers_reports_bad_items_and_resumes(
     requests.write_text("\n".join(lines) + "\n")
 
     # A run killed after its first answer: only that answer is in the output folder.
-    first = answer_questions(
+    first_state = answer_questions(
         requests=[rows[0]],
         model=str(tiny_model_dir),
         preset="thumbnail",
         out=str(out),
         store=str(stores),
+        return_state=True,
     )
+    assert first_state.is_completed() and first_state.name == "Completed"  # all good: green
+    first = first_state.result()
     assert [r["status"] for r in first] == ["answered"]
     before = _part_bytes(out)
 
@@ -85,8 +89,13 @@ def test_flow_answers_reports_bad_items_and_resumes(
         store=str(stores),
         return_state=True,
     )
-    assert state.is_completed()
-    by_id = {r["question_id"]: r for r in state.result()}
+    # Some questions failed: the run says so (Failed, with the count), its good answers are kept.
+    assert state.is_failed(), (state.name, state.message)
+    assert state.message.startswith("3 of 7 questions failed; see the table artifact")
+    outcome = state.result(raise_on_failure=False)
+    assert isinstance(outcome, QuestionsFailedError) and str(outcome) == state.message
+    by_id = {r["question_id"]: r for r in outcome.result}
+    assert run_result(state) == outcome.result
     auto_id = generated_id(str(ingested_store), "Is there water?")
     assert {k: r["status"] for k, r in by_id.items()} == {
         "store-q": "skipped",
@@ -130,15 +139,17 @@ def test_flow_answers_reports_bad_items_and_resumes(
     assert {row["question_id"] for row in table} == set(by_id)
     assert "raster-q.png" in artifacts["answer-questions-overlays"].data
 
-    # Nothing left: a third run answers nothing and writes nothing.
-    again = answer_questions(
-        requests=str(requests),
-        model=str(tiny_model_dir),
-        preset="thumbnail",
-        out=str(out),
-        store=str(stores),
-    )
-    assert sum(r["status"] == "answered" for r in again) == 0
+    # Nothing left: a third run answers nothing and writes nothing; the bad rows still fail it,
+    # and a direct call (no return_state) raises.
+    with pytest.raises(QuestionsFailedError, match="3 of 7 questions failed") as raised:
+        answer_questions(
+            requests=str(requests),
+            model=str(tiny_model_dir),
+            preset="thumbnail",
+            out=str(out),
+            store=str(stores),
+        )
+    assert sum(r["status"] == "answered" for r in raised.value.result) == 0
     assert _part_bytes(out) == after
 
 

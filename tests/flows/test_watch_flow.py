@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from flows.outcome import QuestionsFailedError, run_result
 from flows.watch import standing_questions, watch_folder
 from lrs_core.ask import Question
 from lrs_core.errors import DatasetError
-from lrs_core.outputs import read_records
+from lrs_core.outputs import answered_ids, read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -55,6 +56,24 @@ def test_watch_answers_new_scenes_once(
         "second-land",
         "second-ships",
     ]
+
+    # A tick whose questions fail (100 vision tokens cannot hold the thumbnail) ends Failed and
+    # says how many; a direct call raises with the rows.
+    write_geotiff(inbox / "third.tif", make_rgb_pattern(120, 170, seed=3))
+    state = watch_folder(**params, budget=100, return_state=True)
+    assert state.is_failed() and state.message.startswith("2 of 2 questions failed; see"), (
+        state.message
+    )
+    assert sorted(a["status"] for a in run_result(state)["answers"]) == ["failed", "failed"]
+    with pytest.raises(QuestionsFailedError, match="2 of 2 questions failed") as raised:
+        watch_folder(**params, budget=100)
+    assert [r["status"] for r in raised.value.result["scenes"]] == ["skipped"] * 3
+    assert answered_ids(tmp_path / "out") == {
+        "first-land",
+        "first-ships",
+        "second-land",
+        "second-ships",
+    }
 
 
 def test_standing_questions_from_a_list() -> None:
