@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.answer import DATA_ROOT_ENV, _resolve_scene, answer_questions, data_root_of
+from flows.outcome import run_result
 from lrs_core.batch_outputs import BatchCounts
 from lrs_core.locks import WriterLockedError, exclusive_writer
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
@@ -27,14 +28,17 @@ def test_requests_escaping_the_data_root_fail_their_rows(
         {"scene": "link.zarr", "question": "Q?", "id": "symlink"},
     ]
     out = tmp_path / "out"
-    rows = answer_questions(
+    state = answer_questions(
         requests=requests,
         model=str(tiny_model_dir),
         preset="thumbnail",
         out=str(out),
         store=str(root / "stores"),
         data_root=str(root),
+        return_state=True,
     )
+    assert state.is_failed()
+    rows = run_result(state)
     assert [r["question_id"] for r in rows] == ["dotdot", "absolute", "symlink"]
     for row in rows:
         assert row["status"] == "failed"
