@@ -303,7 +303,7 @@ def _georeference(dataset: DatasetReader) -> tuple[Any, Affine, Georeference, st
         fitted = from_gcps(gcps)
         inverse = ~fitted
         residual = max(
-            math.hypot(*(np.subtract(inverse * (g.x, g.y), (g.col, g.row)))) for g in gcps
+            math.hypot(*np.subtract(inverse @ (g.x, g.y), (g.col, g.row))) for g in gcps
         )
         note = (
             f"affine fitted from {len(gcps)} GCPs (worst residual {residual:.3g} px; "
