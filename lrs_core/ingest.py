@@ -53,9 +53,16 @@ from lrs_core.errors import (
     SceneNotFoundError,
     SceneReadError,
     StoreConflictError,
+    StoreIntegrityError,
 )
 from lrs_core.fsio import write_bytes_atomic
-from lrs_core.integrity import compute_digests
+from lrs_core.integrity import (
+    DIGESTS_FILE,
+    Region,
+    digests_attribute,
+    digests_document,
+    region_digest,
+)
 from lrs_core.locks import exclusive_writer
 from lrs_core.pyramid import (
     DIGESTS_ATTR,
@@ -294,11 +301,26 @@ class BlockTask:
         return self.store / PROGRESS_DIR / f"pass{self.base_level}-r{row}-c{col}"
 
 
-def read_marker(path: Path, *, warn: bool = True) -> int | None:
-    """Return the valid-pixel count a block's resume marker holds, or None when it is absent.
+@dataclass(frozen=True, kw_only=True)
+class BlockMarker:
+    """What a finished block leaves in ``_lrs_progress/`` (JSON).
 
-    A zero-byte or unreadable marker (a crash while it was written, a damaged disk) counts as
-    absent: the block is simply done again. ``warn`` logs a warning for such a marker.
+    Attributes:
+        n_valid: valid level-0 pixels of the block (pass 0; 0 for later passes).
+        regions: ``(store_level, region)`` for every region the block wrote, with its digests
+            (:func:`lrs_core.integrity.region_digest`).
+    """
+
+    n_valid: int
+    regions: tuple[tuple[int, Region], ...]
+
+
+def read_marker(path: Path, *, warn: bool = True) -> BlockMarker | None:
+    """Return a block's resume marker, or None when it is absent.
+
+    A zero-byte, unreadable or malformed marker (a crash while it was written, a damaged disk,
+    an lrs from before markers carried digests) counts as absent: the block is simply done
+    again. ``warn`` logs a warning for such a marker.
     """
     try:
         text = path.read_text()
@@ -309,16 +331,21 @@ def read_marker(path: Path, *, warn: bool = True) -> int | None:
             log.warning("%s: unreadable resume marker (%s); redoing its block", path, err)
         return None
     try:
-        return int(text)
-    except ValueError:
+        data = json.loads(text)
+        return BlockMarker(
+            n_valid=int(data["n_valid"]),
+            regions=tuple((int(level), list(region)) for level, region in data["regions"]),
+        )
+    except (ValueError, KeyError, TypeError):
         if warn:
             log.warning("%s: damaged resume marker %r; redoing its block", path, text[:20])
         return None
 
 
-def write_marker(path: Path, n_valid: int) -> None:
+def write_marker(path: Path, marker: BlockMarker) -> None:
     """Write a block's resume marker durably (temp file, fsync, rename, fsync of the folder)."""
-    write_bytes_atomic(path, str(n_valid).encode(), durable=True)
+    document = {"n_valid": marker.n_valid, "regions": [list(r) for r in marker.regions]}
+    write_bytes_atomic(path, json.dumps(document).encode(), durable=True)
 
 
 def file_checksum(path: Path) -> str:
@@ -416,11 +443,19 @@ def run_block(task: BlockTask) -> int:
         return -1
     block_row0, block_col0 = int(task.window.row_off), int(task.window.col_off)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrs-write") as writer:
-        writes: list[Future[None]] = []
+        writes: list[Future[Any]] = []
+        digests: list[Future[tuple[int, Region]]] = []
+
+        def digest(
+            store_level: int, top: int, left: int, rgb: np.ndarray, valid: np.ndarray
+        ) -> tuple[int, Region]:
+            return store_level, region_digest(top, left, rgb, valid)
 
         def write(
             store_level: int, top: int, left: int, rgb: np.ndarray, valid: np.ndarray
         ) -> None:
+            # The digest of exactly the pixels written, taken in memory (no read-back).
+            digests.append(writer.submit(digest, store_level, top, left, rgb, valid))
             for array_path, data in (
                 (rgb_path(store_level), rgb),
                 (valid_path(store_level), valid),
@@ -449,8 +484,20 @@ def run_block(task: BlockTask) -> int:
             write(store_level, row0, col0, rgb, valid)
         for future in writes:
             future.result()
-    write_marker(task.marker, n_valid)
+        regions = tuple(future.result() for future in digests)
+    write_marker(task.marker, BlockMarker(n_valid=n_valid, regions=regions))
     return n_valid
+
+
+def _marker(task: BlockTask) -> BlockMarker:
+    """The marker of a block that has just run (it must be there and readable)."""
+    marker = read_marker(task.marker)
+    if marker is None:
+        raise StoreIntegrityError(
+            f"{task.marker}: block marker missing or unreadable right after its block ran; "
+            "check the disk and re-run the ingest"
+        )
+    return marker
 
 
 def is_sequential(info: SceneInfo) -> bool:
@@ -977,7 +1024,7 @@ def _ingest_locked(
                 )
                 _run_tasks(tasks, config=pass_config, dask_address=dask_address, on_done=on_done)
                 if pass_index == 0:
-                    n_valid = sum(read_marker(t.marker) or 0 for t in tasks)
+                    n_valid = sum(_marker(t).n_valid for t in tasks)
                     if n_valid == 0:
                         raise SceneReadError(
                             f"{source}: every pixel is nodata (or alpha 0); nothing to ingest"
@@ -991,7 +1038,16 @@ def _ingest_locked(
             raise
         checksum = recorded.result() if recorded is not None else checksum
         assert checksum is not None  # hashed above, or recorded in the store being resumed
-        digests = compute_digests(store)
+        regions_by_level: list[list[Region]] = [[] for _ in level_shapes]
+        for task in (t for tasks in passes for t in tasks):
+            for store_level, region in _marker(task).regions:
+                regions_by_level[store_level].append(region)
+        write_bytes_atomic(
+            store / DIGESTS_FILE,
+            json.dumps(digests_document(regions_by_level)).encode(),
+            durable=True,
+        )
+        digests = digests_attribute(regions_by_level)
         write_stac_item(
             path=stac_path,
             scene_id=scene_id,

@@ -1,23 +1,30 @@
 """Content digests of a scene store, and the full check behind ``lrs verify``.
 
-A store's root carries, in ``lrs.digests``, one pair of digests per store level, written by the
-ingest after every level and before ``lrs.complete``::
+The ingest hashes every region it writes, in memory, as it writes it (no read-back): a region is
+a chunk-aligned rectangle ``(top, left, height, width)`` of one level, and its digests are
+blake2b-128 of its RGB pixels, uint8 ``(y, x, band)`` in C order, and of its validity mask as
+uint8 0/1 ``(y, x)`` in C order. The region list goes to ``<store>/lrs_digests.json``::
 
-    {"algorithm": "blake2b-128", "levels": [{"rgb": "<hex>", "valid": "<hex>"}, ...]}
+    {"algorithm": "blake2b-128", "levels": [[[top, left, h, w, rgb_hex, valid_hex], ...], ...]}
 
-``rgb`` hashes the level's decoded RGB array, uint8 ``(y, x, band)`` in C order; ``valid`` hashes
-its validity mask as uint8 0/1 ``(y, x)`` in C order. They cover the *decoded* pixels, so they do
-not depend on chunking or compression, and are read in row strips (memory bounded by a strip).
+and the root attributes get, in ``lrs.digests``, one digest per level over that level's sorted
+region lines (``top,left,h,w,<hex>`` and a newline each), written before ``lrs.complete``::
 
-:func:`verify_store` recomputes them, and checks that every level is the 2x reduction of the one
-below (:func:`lrs_core.pyramid.reduce_2x2`, the rule the ingest writes with; ``docs/pyramid.md``)
-and that invalid pixels hold 0. :func:`lrs_core.pyramid.open_pyramid` only checks that the
-digests are there (cheap); ``lrs verify`` is the full check.
+    {"algorithm": "blake2b-128", "file": "lrs_digests.json",
+     "levels": [{"rgb": hex, "valid": hex}, ...]}
+
+:func:`verify_store` checks that the regions tile each level exactly, recomputes every region's
+digests from the stored pixels and the per-level digests from them, and checks that every level
+is the 2x reduction of the one below (:func:`lrs_core.pyramid.reduce_2x2`, the rule the ingest
+writes with; ``docs/pyramid.md``) and that invalid pixels hold 0.
+:func:`lrs_core.pyramid.open_pyramid` only checks that ``lrs.digests`` is there (cheap).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,11 +47,64 @@ from lrs_core.pyramid import (
 #: Hash of the content digests (and its digest size in bytes).
 DIGEST_ALGORITHM = "blake2b-128"
 DIGEST_BYTES = 16
-#: Rows of a level read at a time (an even number, so a strip reduces to whole rows).
+#: File (in the store root) listing the digest of every written region.
+DIGESTS_FILE = "lrs_digests.json"
+#: Rows of a level read at a time by the reduction check (even, so a strip reduces to whole rows).
 STRIP_ROWS = 1024
 #: Largest |difference| allowed between a stored level and the reduction of the level below.
 #: The ingest writes exactly ``reduce_2x2`` (0 expected); 1 is the rounding of a 2x2 mean.
 REDUCTION_TOLERANCE = 1
+
+#: One written region: ``[top, left, height, width, rgb_hex, valid_hex]``.
+Region = list[Any]
+
+
+def region_digest(top: int, left: int, rgb: np.ndarray, valid: np.ndarray) -> Region:
+    """Digest one region of a level as the ingest writes it.
+
+    Args:
+        top: first row of the region in its level.
+        left: first column.
+        rgb: uint8 (h, w, 3), 0 where invalid.
+        valid: bool (h, w).
+
+    Returns:
+        ``[top, left, h, w, rgb_hex, valid_hex]``.
+    """
+    rgb_hash = hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=DIGEST_BYTES)
+    valid_hash = hashlib.blake2b(
+        np.ascontiguousarray(valid).view(np.uint8).data, digest_size=DIGEST_BYTES
+    )
+    height, width = valid.shape
+    return [top, left, height, width, rgb_hash.hexdigest(), valid_hash.hexdigest()]
+
+
+def combine_regions(regions: Sequence[Region]) -> dict[str, str]:
+    """The per-level ``{"rgb", "valid"}`` digests over a level's regions (order-independent)."""
+    rgb_hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    valid_hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    for top, left, height, width, rgb_hex, valid_hex in sorted(regions):
+        place = f"{top},{left},{height},{width},"
+        rgb_hash.update(f"{place}{rgb_hex}\n".encode())
+        valid_hash.update(f"{place}{valid_hex}\n".encode())
+    return {"rgb": rgb_hash.hexdigest(), "valid": valid_hash.hexdigest()}
+
+
+def digests_document(regions_by_level: Sequence[Sequence[Region]]) -> dict[str, Any]:
+    """The ``lrs_digests.json`` document: every level's regions, sorted."""
+    return {
+        "algorithm": DIGEST_ALGORITHM,
+        "levels": [sorted(list(r) for r in regions) for regions in regions_by_level],
+    }
+
+
+def digests_attribute(regions_by_level: Sequence[Sequence[Region]]) -> dict[str, Any]:
+    """The ``lrs.digests`` root attribute: one combined digest pair per level."""
+    return {
+        "algorithm": DIGEST_ALGORITHM,
+        "file": DIGESTS_FILE,
+        "levels": [combine_regions(regions) for regions in regions_by_level],
+    }
 
 
 def _open_levels(store: str | Path) -> tuple[zarr.Group, dict[str, Any], int]:
@@ -71,28 +131,28 @@ def _arrays(group: zarr.Group, store_level: int) -> tuple[zarr.Array[Any], zarr.
     return rgb, valid
 
 
-def compute_digests(store: str | Path) -> dict[str, Any]:
-    """Compute the ``lrs.digests`` object of a store from its arrays (see the module docstring).
+def _read_regions(store: Path, n_levels: int) -> tuple[list[list[Region]] | None, str | None]:
+    """The region lists of ``lrs_digests.json``, or None and why they cannot be used."""
+    try:
+        document = json.loads((store / DIGESTS_FILE).read_text())
+        levels = document["levels"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{DIGESTS_FILE} is missing or unreadable ({err})"
+    if not isinstance(levels, list) or len(levels) != n_levels:
+        return None, f"{DIGESTS_FILE} does not list {n_levels} levels"
+    return levels, None
 
-    Args:
-        store: path of a ``<scene_id>.zarr`` store, finished or not.
 
-    Returns:
-        ``{"algorithm": "blake2b-128", "levels": [{"rgb": hex, "valid": hex}, ...]}``.
-    """
-    group, _, n_levels = _open_levels(store)
-    levels = []
-    for store_level in range(n_levels):
-        rgb, valid = _arrays(group, store_level)
-        rgb_hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
-        valid_hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
-        for top in range(0, int(valid.shape[0]), STRIP_ROWS):
-            rgb_hash.update(np.ascontiguousarray(rgb[top : top + STRIP_ROWS]).tobytes())
-            valid_hash.update(
-                np.ascontiguousarray(valid[top : top + STRIP_ROWS]).astype(np.uint8).tobytes()
-            )
-        levels.append({"rgb": rgb_hash.hexdigest(), "valid": valid_hash.hexdigest()})
-    return {"algorithm": DIGEST_ALGORITHM, "levels": levels}
+def _coverage_problem(regions: Sequence[Region], shape_hw: tuple[int, int]) -> str | None:
+    """Why ``regions`` do not tile a level of ``shape_hw`` exactly, or None when they do."""
+    covered = np.zeros(shape_hw, dtype=np.uint8)
+    for top, left, height, width, *_ in regions:
+        if top < 0 or left < 0 or top + height > shape_hw[0] or left + width > shape_hw[1]:
+            return f"region {top},{left},{height},{width} leaves the level"
+        covered[top : top + height, left : left + width] += 1
+    if covered.min() != 1 or covered.max() != 1:
+        return "the written regions do not cover the level exactly once"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,8 +206,8 @@ class VerifyReport:
 def verify_store(store: str | Path) -> VerifyReport:
     """Recompute a store's digests and check each level against the one below.
 
-    Each level is read once in row strips of :data:`STRIP_ROWS`; the strip is hashed, reduced
-    with :func:`reduce_2x2` and compared with the matching rows of the next level.
+    Each written region is read back and hashed; each level is then read in row strips of
+    :data:`STRIP_ROWS`, reduced with :func:`reduce_2x2` and compared with the next level.
 
     Args:
         store: path of a ``<scene_id>.zarr`` store.
@@ -166,25 +226,66 @@ def verify_store(store: str | Path) -> VerifyReport:
     if not lrs.get("complete", False):
         problems.append("the ingest did not finish (lrs.complete is not true)")
     missing = digest_problem(attributes)
+    regions_by_level: list[list[Region]] | None = None
+    if missing is None:
+        regions_by_level, missing = _read_regions(Path(store), n_levels)
     if missing is not None:
         problems.append(f"cannot check content: {missing}")
-    stored = [] if missing is not None else lrs[DIGESTS_ATTR]["levels"]
+    stored = [] if regions_by_level is None else lrs[DIGESTS_ATTR]["levels"]
     checks: list[LevelCheck] = []
-    max_diff: list[int | None] = [None] * n_levels
-    mismatches: list[int | None] = [None] * n_levels
     for store_level in range(n_levels):
         rgb, valid = _arrays(group, store_level)
-        height, width = int(valid.shape[0]), int(valid.shape[1])
-        rgb_hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
-        valid_hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
-        invalid_nonzero = 0
+        shape_hw = (int(valid.shape[0]), int(valid.shape[1]))
+        digest_ok = False
+        if regions_by_level is not None:
+            regions = regions_by_level[store_level]
+            coverage = _coverage_problem(regions, shape_hw)
+            recomputed = [
+                region_digest(
+                    top,
+                    left,
+                    np.asarray(rgb[top : top + height, left : left + width]),
+                    np.asarray(valid[top : top + height, left : left + width]),
+                )
+                for top, left, height, width, *_ in regions
+            ]
+            changed = sum(
+                1 for got, want in zip(recomputed, regions, strict=True) if list(want) != got
+            )
+            digest_ok = (
+                coverage is None
+                and not changed
+                and combine_regions(regions) == stored[store_level]
+            )
+            if coverage is not None:
+                problems.append(f"level {store_level}: {coverage}")
+            if changed:
+                problems.append(
+                    f"level {store_level}: {changed} of {len(regions)} written regions differ "
+                    "from their digests (changed after ingest)"
+                )
+            elif combine_regions(regions) != stored[store_level]:
+                problems.append(f"level {store_level}: {DIGESTS_FILE} does not match lrs.digests")
+        checks.append(
+            LevelCheck(
+                store_level=store_level,
+                shape_hw=shape_hw,
+                digest_ok=digest_ok,
+                reduction_max_diff=None,
+                reduction_mask_mismatches=None,
+                invalid_nonzero=0,
+            )
+        )
+    for store_level in range(n_levels):
+        rgb, valid = _arrays(group, store_level)
         has_next = store_level + 1 < n_levels
         next_rgb, next_valid = _arrays(group, store_level + 1) if has_next else (None, None)
-        for top in range(0, height, STRIP_ROWS):
-            rgb_strip = np.ascontiguousarray(rgb[top : top + STRIP_ROWS])
-            valid_strip = np.ascontiguousarray(valid[top : top + STRIP_ROWS])
-            rgb_hash.update(rgb_strip.tobytes())
-            valid_hash.update(valid_strip.astype(np.uint8).tobytes())
+        invalid_nonzero = 0
+        level_max: int | None = None
+        level_mismatches = 0
+        for top in range(0, int(valid.shape[0]), STRIP_ROWS):
+            rgb_strip = np.asarray(rgb[top : top + STRIP_ROWS])
+            valid_strip = np.asarray(valid[top : top + STRIP_ROWS])
             invalid_nonzero += int(np.count_nonzero(rgb_strip[~valid_strip].any(axis=-1)))
             if next_rgb is None or next_valid is None:
                 continue
@@ -193,42 +294,22 @@ def verify_store(store: str | Path) -> VerifyReport:
             got_rgb = np.asarray(next_rgb[row0 : row0 + want_rgb.shape[0]])
             got_valid = np.asarray(next_valid[row0 : row0 + want_valid.shape[0]])
             diff = int(np.abs(got_rgb.astype(np.int16) - want_rgb.astype(np.int16)).max())
-            bad_mask = int(np.count_nonzero(got_valid != want_valid))
-            level_diff = max_diff[store_level + 1]
-            max_diff[store_level + 1] = diff if level_diff is None else max(level_diff, diff)
-            mismatches[store_level + 1] = (mismatches[store_level + 1] or 0) + bad_mask
-        digest_ok = bool(stored) and stored[store_level] == {
-            "rgb": rgb_hash.hexdigest(),
-            "valid": valid_hash.hexdigest(),
-        }
-        if stored and not digest_ok:
-            problems.append(
-                f"level {store_level}: content differs from its digest (changed after ingest)"
-            )
+            level_max = diff if level_max is None else max(level_max, diff)
+            level_mismatches += int(np.count_nonzero(got_valid != want_valid))
         if invalid_nonzero:
             problems.append(f"level {store_level}: {invalid_nonzero} invalid pixels are not 0")
-        checks.append(
-            LevelCheck(
-                store_level=store_level,
-                shape_hw=(height, width),
-                digest_ok=digest_ok,
-                reduction_max_diff=None,
-                reduction_mask_mismatches=None,
-                invalid_nonzero=invalid_nonzero,
+        checks[store_level] = replace(checks[store_level], invalid_nonzero=invalid_nonzero)
+        if has_next:
+            checks[store_level + 1] = replace(
+                checks[store_level + 1],
+                reduction_max_diff=level_max,
+                reduction_mask_mismatches=level_mismatches,
             )
-        )
-    for store_level in range(1, n_levels):
-        level_max, level_mismatches = max_diff[store_level], mismatches[store_level]
-        checks[store_level] = replace(
-            checks[store_level],
-            reduction_max_diff=level_max,
-            reduction_mask_mismatches=level_mismatches,
-        )
-        if (level_max or 0) > REDUCTION_TOLERANCE or level_mismatches:
-            problems.append(
-                f"level {store_level}: not the 2x reduction of level {store_level - 1} "
-                f"(RGB differs by up to {level_max}, {level_mismatches} mask pixels differ)"
-            )
+            if (level_max or 0) > REDUCTION_TOLERANCE or level_mismatches:
+                problems.append(
+                    f"level {store_level + 1}: not the 2x reduction of level {store_level} "
+                    f"(RGB differs by up to {level_max}, {level_mismatches} mask pixels differ)"
+                )
     return VerifyReport(
         store=str(store), ok=not problems, problems=tuple(problems), levels=tuple(checks)
     )

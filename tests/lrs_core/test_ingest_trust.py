@@ -110,7 +110,7 @@ def test_verify_finds_changed_pixels_and_missing_digests(tmp_path: Path) -> None
     report = verify_store(store)
     assert not report.ok
     text = " ".join(report.problems)
-    assert "level 1: content differs from its digest" in text
+    assert "level 1: 1 of 6 written regions differ from their digests" in text
     assert "level 1: not the 2x reduction of level 0" in text
     assert "level 2: not the 2x reduction of level 1" in text
     failed = runner.invoke(app, ["verify", str(store)])
@@ -118,6 +118,8 @@ def test_verify_finds_changed_pixels_and_missing_digests(tmp_path: Path) -> None
     not_a_store = runner.invoke(app, ["verify", str(tmp_path / "nothing.zarr")])
     assert not_a_store.exit_code == 1 and "no Zarr store" in not_a_store.output
 
+    (store / "lrs_digests.json").unlink()
+    assert "lrs_digests.json is missing" in " ".join(verify_store(store).problems)
     meta = json.loads((store / "zarr.json").read_text())
     del meta["attributes"]["lrs"]["digests"]
     (store / "zarr.json").write_text(json.dumps(meta))
