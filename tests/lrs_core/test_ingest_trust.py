@@ -245,9 +245,10 @@ def test_crs_without_geotransform_is_not_georeferenced(tmp_path: Path) -> None:
             crs=CRS.from_epsg(32633),
         ) as dst:
             dst.write(make_rgb_pattern(30, 40))
-    with warnings.catch_warnings(), rasterio.open(source) as check:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        assert check.crs is not None  # the file does carry a CRS
+        with rasterio.open(source) as check:
+            assert check.crs is not None  # the file does carry a CRS
     with pytest.warns(NotGeoreferencedWarning, match="a CRS but no geotransform"):
         result = ingest_scene(source, tmp_path / "out", config=SMALL)
     pyramid = open_pyramid(result.store)
