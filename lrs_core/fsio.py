@@ -69,9 +69,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(
-    path: str | os.PathLike[str], data: bytes, *, durable: bool = False
-) -> None:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = False) -> None:
     """Write ``data`` so readers see the old file or the new one, never half of one.
 
     Local files go through a temporary file in the same folder and a rename (a symlink at

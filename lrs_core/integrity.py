@@ -253,9 +253,7 @@ def verify_store(store: str | Path) -> VerifyReport:
                 1 for got, want in zip(recomputed, regions, strict=True) if list(want) != got
             )
             digest_ok = (
-                coverage is None
-                and not changed
-                and combine_regions(regions) == stored[store_level]
+                coverage is None and not changed and combine_regions(regions) == stored[store_level]
             )
             if coverage is not None:
                 problems.append(f"level {store_level}: {coverage}")

@@ -302,9 +302,7 @@ def _georeference(dataset: DatasetReader) -> tuple[Any, Affine, Georeference, st
     if gcps and gcp_crs is not None and len(gcps) >= MIN_GCPS:
         fitted = from_gcps(gcps)
         inverse = ~fitted
-        residual = max(
-            math.hypot(*np.subtract(inverse @ (g.x, g.y), (g.col, g.row))) for g in gcps
-        )
+        residual = max(math.hypot(*np.subtract(inverse @ (g.x, g.y), (g.col, g.row))) for g in gcps)
         note = (
             f"affine fitted from {len(gcps)} GCPs (worst residual {residual:.3g} px; "
             "the GCPs themselves are not kept)"
