@@ -143,13 +143,29 @@ def _read_regions(store: Path, n_levels: int) -> tuple[list[list[Region]] | None
     return levels, None
 
 
-def _coverage_problem(regions: Sequence[Region], shape_hw: tuple[int, int]) -> str | None:
-    """Why ``regions`` do not tile a level of ``shape_hw`` exactly, or None when they do."""
-    covered = np.zeros(shape_hw, dtype=np.uint8)
-    for top, left, height, width, *_ in regions:
-        if top < 0 or left < 0 or top + height > shape_hw[0] or left + width > shape_hw[1]:
-            return f"region {top},{left},{height},{width} leaves the level"
-        covered[top : top + height, left : left + width] += 1
+def _coverage_problem(
+    regions: Sequence[Region], shape_hw: tuple[int, int], chunk_hw: tuple[int, int]
+) -> str | None:
+    """Why ``regions`` do not tile a level exactly once, or None when they do.
+
+    Regions start on chunk edges and end on one or at the level's edge, so coverage is counted
+    per chunk (memory: one byte per chunk, not per pixel).
+    """
+    height, width = shape_hw
+    chunk_h, chunk_w = chunk_hw
+    covered = np.zeros((-(-height // chunk_h), -(-width // chunk_w)), dtype=np.int32)
+    for top, left, region_h, region_w, *_ in regions:
+        bottom, right = top + region_h, left + region_w
+        inside = 0 <= top < bottom <= height and 0 <= left < right <= width
+        aligned = (
+            top % chunk_h == 0
+            and left % chunk_w == 0
+            and (bottom == height or bottom % chunk_h == 0)
+            and (right == width or right % chunk_w == 0)
+        )
+        if not (inside and aligned):
+            return f"region {top},{left},{region_h},{region_w} is outside the level or unaligned"
+        covered[top // chunk_h : -(-bottom // chunk_h), left // chunk_w : -(-right // chunk_w)] += 1
     if covered.min() != 1 or covered.max() != 1:
         return "the written regions do not cover the level exactly once"
     return None
@@ -239,7 +255,8 @@ def verify_store(store: str | Path) -> VerifyReport:
         digest_ok = False
         if regions_by_level is not None:
             regions = regions_by_level[store_level]
-            coverage = _coverage_problem(regions, shape_hw)
+            chunk_hw = (int(valid.chunks[0]), int(valid.chunks[1]))
+            coverage = _coverage_problem(regions, shape_hw, chunk_hw)
             recomputed = [
                 region_digest(
                     top,

@@ -118,7 +118,14 @@ def test_verify_finds_changed_pixels_and_missing_digests(tmp_path: Path) -> None
     not_a_store = runner.invoke(app, ["verify", str(tmp_path / "nothing.zarr")])
     assert not_a_store.exit_code == 1 and "no Zarr store" in not_a_store.output
 
-    (store / "lrs_digests.json").unlink()
+    regions_file = store / "lrs_digests.json"
+    document = json.loads(regions_file.read_text())
+    document["levels"][0].pop()
+    regions_file.write_text(json.dumps(document))
+    assert "level 0: the written regions do not cover the level exactly once" in " ".join(
+        verify_store(store).problems
+    )
+    regions_file.unlink()
     assert "lrs_digests.json is missing" in " ".join(verify_store(store).problems)
     meta = json.loads((store / "zarr.json").read_text())
     del meta["attributes"]["lrs"]["digests"]
