@@ -445,7 +445,7 @@ def digest_problem(attributes: dict[str, Any]) -> str | None:
     digests = lrs.get(DIGESTS_ATTR) if isinstance(lrs, dict) else None
     n_levels = len(attributes.get("multiscales", {}).get("layout", []))
     if not isinstance(digests, dict) or not isinstance(digests.get("levels"), list):
-        return "it has no content digests (written by an lrs from before 2026-11-27)"
+        return "it has no content digests (unfinished, or written by an lrs before 2026-11-27)"
     levels = digests["levels"]
     if len(levels) != n_levels or not all(
         isinstance(d, dict) and isinstance(d.get("rgb"), str) and isinstance(d.get("valid"), str)
