@@ -70,3 +70,11 @@ class WindowError(LrsError, ValueError):
 
 class OutputNotWritableError(LrsError, PermissionError):
     """An output folder cannot be created or written (permissions, read-only filesystem)."""
+
+
+class StoreIntegrityError(LrsError, RuntimeError):
+    """A finished store fails its integrity check (digests, or levels that are not reductions)."""
+
+
+class NoLonLatFootprintWarning(LrsWarning):
+    """A georeferenced scene's footprint does not reproject to EPSG:4326 (e.g. a full disk)."""

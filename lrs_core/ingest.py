@@ -23,7 +23,9 @@ Checksum: blake2b (128-bit) of the whole source file, streamed in 8 MiB pieces.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,16 +40,32 @@ import rasterio
 import rasterio.errors
 import zarr
 from rasterio.windows import Window
+from shapely.geometry import Polygon
 
 from lrs_core.errors import (
     ConfigError,
+    GeoreferenceError,
     LrsError,
+    LrsWarning,
+    NoLonLatFootprintWarning,
     NotGeoreferencedWarning,
+    OutputNotWritableError,
     SceneNotFoundError,
     SceneReadError,
     StoreConflictError,
+    StoreIntegrityError,
 )
+from lrs_core.fsio import write_bytes_atomic
+from lrs_core.integrity import (
+    DIGESTS_FILE,
+    Region,
+    digests_attribute,
+    digests_document,
+    region_digest,
+)
+from lrs_core.locks import exclusive_writer
 from lrs_core.pyramid import (
+    DIGESTS_ATTR,
     LRS_ATTR,
     MULTISCALES_CONVENTION,
     PROGRESS_DIR,
@@ -76,6 +94,7 @@ from lrs_core.scene import (
     open_raster,
     polygon_to_lonlat,
     read_rgb_window,
+    symlink_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -223,6 +242,7 @@ class IngestResult:
         error: one-line reason when failed.
         level_shapes: (height, width) per store level, level 0 first.
         stac_item: path of the STAC item JSON, when written.
+        warnings: messages of the warnings the ingest issued (georeference), one line each.
     """
 
     scene_id: str
@@ -232,11 +252,13 @@ class IngestResult:
     error: str | None = None
     level_shapes: tuple[tuple[int, int], ...] = ()
     stac_item: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (level shapes as lists)."""
         data = asdict(self)
         data["level_shapes"] = [list(s) for s in self.level_shapes]
+        data["warnings"] = list(self.warnings)
         return data
 
 
@@ -277,6 +299,53 @@ class BlockTask:
         """Resume marker written when the block is done."""
         row, col = self.block_rc
         return self.store / PROGRESS_DIR / f"pass{self.base_level}-r{row}-c{col}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockMarker:
+    """What a finished block leaves in ``_lrs_progress/`` (JSON).
+
+    Attributes:
+        n_valid: valid level-0 pixels of the block (pass 0; 0 for later passes).
+        regions: ``(store_level, region)`` for every region the block wrote, with its digests
+            (:func:`lrs_core.integrity.region_digest`).
+    """
+
+    n_valid: int
+    regions: tuple[tuple[int, Region], ...]
+
+
+def read_marker(path: Path, *, warn: bool = True) -> BlockMarker | None:
+    """Return a block's resume marker, or None when it is absent.
+
+    A zero-byte, unreadable or malformed marker (a crash while it was written, a damaged disk,
+    an lrs from before markers carried digests) counts as absent: the block is simply done
+    again. ``warn`` logs a warning for such a marker.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        if warn:
+            log.warning("%s: unreadable resume marker (%s); redoing its block", path, err)
+        return None
+    try:
+        data = json.loads(text)
+        return BlockMarker(
+            n_valid=int(data["n_valid"]),
+            regions=tuple((int(level), list(region)) for level, region in data["regions"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        if warn:
+            log.warning("%s: damaged resume marker %r; redoing its block", path, text[:20])
+        return None
+
+
+def write_marker(path: Path, marker: BlockMarker) -> None:
+    """Write a block's resume marker durably (temp file, fsync, rename, fsync of the folder)."""
+    document = {"n_valid": marker.n_valid, "regions": [list(r) for r in marker.regions]}
+    write_bytes_atomic(path, json.dumps(document).encode(), durable=True)
 
 
 def file_checksum(path: Path) -> str:
@@ -370,15 +439,23 @@ def run_block(task: BlockTask) -> int:
     Returns:
         Number of valid level-0 pixels in the block for pass 0 (0 for later passes).
     """
-    if task.marker.exists():
+    if read_marker(task.marker, warn=False) is not None:
         return -1
     block_row0, block_col0 = int(task.window.row_off), int(task.window.col_off)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrs-write") as writer:
-        writes: list[Future[None]] = []
+        writes: list[Future[Any]] = []
+        digests: list[Future[tuple[int, Region]]] = []
+
+        def digest(
+            store_level: int, top: int, left: int, rgb: np.ndarray, valid: np.ndarray
+        ) -> tuple[int, Region]:
+            return store_level, region_digest(top, left, rgb, valid)
 
         def write(
             store_level: int, top: int, left: int, rgb: np.ndarray, valid: np.ndarray
         ) -> None:
+            # The digest of exactly the pixels written, taken in memory (no read-back).
+            digests.append(writer.submit(digest, store_level, top, left, rgb, valid))
             for array_path, data in (
                 (rgb_path(store_level), rgb),
                 (valid_path(store_level), valid),
@@ -407,8 +484,20 @@ def run_block(task: BlockTask) -> int:
             write(store_level, row0, col0, rgb, valid)
         for future in writes:
             future.result()
-    task.marker.write_text(str(n_valid))
+        regions = tuple(future.result() for future in digests)
+    write_marker(task.marker, BlockMarker(n_valid=n_valid, regions=regions))
     return n_valid
+
+
+def _marker(task: BlockTask) -> BlockMarker:
+    """The marker of a block that has just run (it must be there and readable)."""
+    marker = read_marker(task.marker)
+    if marker is None:
+        raise StoreIntegrityError(
+            f"{task.marker}: block marker missing or unreadable right after its block ran; "
+            "check the disk and re-run the ingest"
+        )
+    return marker
 
 
 def is_sequential(info: SceneInfo) -> bool:
@@ -466,7 +555,7 @@ def _run_tasks(
     on_done: Callable[[], None],
 ) -> list[int]:
     """Run block tasks on dask (local threads or a distributed scheduler); return their results."""
-    pending = [t for t in tasks if not t.marker.exists()]
+    pending = [t for t in tasks if read_marker(t.marker) is None]
     for _ in range(len(tasks) - len(pending)):
         on_done()
     if not pending:
@@ -510,6 +599,7 @@ def _root_attributes(
     checksum: str | None,
     level_shapes: Sequence[tuple[int, int]],
     config: IngestConfig,
+    lonlat_footprint: bool,
 ) -> dict[str, Any]:
     """Root attributes of a new (incomplete) store: GeoZarr conventions and lrs metadata."""
     conventions = [MULTISCALES_CONVENTION, SPATIAL_CONVENTION]
@@ -531,8 +621,11 @@ def _root_attributes(
         "scene_id": scene_id,
         "size_wh": list(info.size_wh),
         "layout": "(y, x, band) uint8 RGB per level in <level>/rgb; bool (y, x) in <level>/valid",
-        "source": str(info.path),
+        "source": str(info.path.resolve()),
         "checksum": checksum,
+        "georeference": info.georeference,
+        "georeference_note": info.georeference_note,
+        "lonlat_footprint": lonlat_footprint,
         "source_driver": info.driver,
         "source_dtype": info.dtype,
         "source_band_count": info.band_count,
@@ -546,10 +639,51 @@ def _root_attributes(
     return attributes
 
 
+def lonlat_footprint(info: SceneInfo) -> Polygon | None:
+    """The scene's EPSG:4326 footprint, or None when it has none (checked before any pixel pass).
+
+    Warns:
+        NoLonLatFootprintWarning: georeferenced, but the footprint does not reproject to
+            EPSG:4326 (a geostationary full disk reaching past the Earth's limb, a CRS pyproj
+            cannot transform). The store keeps its CRS and transform; lon/lat fields are null.
+    """
+    if not info.is_georeferenced or info.crs_wkt is None:
+        return None
+    width, height = info.size_wh
+    footprint = footprint_polygon(info.transform, (0.0, 0.0, float(width), float(height)))
+    try:
+        return polygon_to_lonlat(footprint, info.crs_wkt)
+    except GeoreferenceError as err:
+        warnings.warn(
+            f"{info.path}: its footprint has no EPSG:4326 form ({err}); the store keeps its "
+            "CRS and transform, with null lon/lat bbox and geometry",
+            NoLonLatFootprintWarning,
+            stacklevel=3,
+        )
+        return None
+
+
 def write_stac_item(
-    *, path: Path, scene_id: str, store: Path, info: SceneInfo, checksum: str
+    *,
+    path: Path,
+    scene_id: str,
+    store: Path,
+    info: SceneInfo,
+    checksum: str,
+    lonlat: Polygon | None,
 ) -> Path:
-    """Write a STAC item (projection extension; EPSG:4326 bbox/geometry when georeferenced).
+    """Write a STAC item (projection extension; EPSG:4326 bbox/geometry when there is one).
+
+    The file is replaced atomically (temporary file and rename), so a symlink planted at
+    ``path`` is replaced, never written through.
+
+    Args:
+        path: the ``<scene_id>.stac.json`` file.
+        scene_id: the item id.
+        store: the store it describes.
+        info: the source's :class:`SceneInfo`.
+        checksum: the source checksum.
+        lonlat: the EPSG:4326 footprint (:func:`lonlat_footprint`), or None.
 
     Returns:
         The path written.
@@ -560,9 +694,7 @@ def write_stac_item(
     width, height = info.size_wh
     geometry: dict[str, Any] | None = None
     bbox: list[float] | None = None
-    if info.is_georeferenced and info.crs_wkt is not None:
-        footprint = footprint_polygon(info.transform, (0.0, 0.0, float(width), float(height)))
-        lonlat = polygon_to_lonlat(footprint, info.crs_wkt)
+    if lonlat is not None:
         geometry = lonlat.__geo_interface__
         bbox = list(lonlat.bounds)
     acquired = datetime.fromtimestamp(info.path.stat().st_mtime, tz=UTC)
@@ -571,7 +703,11 @@ def write_stac_item(
         geometry=geometry,
         bbox=bbox,
         datetime=acquired,
-        properties={"lrs:checksum": checksum, "lrs:datetime_source": "file modification time"},
+        properties={
+            "lrs:checksum": checksum,
+            "lrs:datetime_source": "file modification time",
+            "lrs:georeference": info.georeference,
+        },
     )
     projection = ProjectionExtension.ext(item, add_if_missing=True)
     projection.apply(
@@ -593,7 +729,8 @@ def write_stac_item(
         "source",
         pystac.Asset(href=str(info.path.resolve()), roles=["source"], title="ingested raster"),
     )
-    item.save_object(include_self_link=False, dest_href=str(path))
+    document = item.to_dict(include_self_link=False, transform_hrefs=False)
+    write_bytes_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
     return path
 
 
@@ -610,15 +747,24 @@ def _existing_state(
     attributes = read_store_attributes(store)
     lrs = None if attributes is None else attributes.get(LRS_ATTR)
     if overwrite:
-        shutil.rmtree(store)
+        if store.is_dir():
+            shutil.rmtree(store)
+        else:
+            store.unlink()
         return "new"
+    if not store.is_dir():
+        raise StoreConflictError(
+            f"{store}: exists and is not a folder; remove it or pass --overwrite"
+        )
     if not isinstance(lrs, dict):
         if attributes is None and not any(store.iterdir()):
             return "new"
         raise StoreConflictError(
             f"{store}: exists but is not an lrs store; remove it or pass --overwrite"
         )
-    if lrs.get("checksum") is None and not lrs.get("complete") and lrs.get("source") == source:
+    recorded = lrs.get("source")
+    same_path = isinstance(recorded, str) and Path(recorded).resolve() == Path(source).resolve()
+    if lrs.get("checksum") is None and not lrs.get("complete") and same_path:
         # An ingest of this path killed before its checksum pass finished (see ingest_scene):
         # nothing in it can be verified, so it starts over.
         log.info("%s: unfinished and unverified (no checksum recorded); starting over", store)
@@ -630,6 +776,12 @@ def _existing_state(
             f"({checksum}); pick another --id or pass --overwrite"
         )
     if lrs.get("complete"):
+        if lrs.get(DIGESTS_ATTR) is None:
+            # Written before stores carried their own digests: it cannot be verified, and
+            # open_pyramid refuses it, so the same source rewrites it.
+            log.info("%s: complete but without content digests; ingesting it again", store)
+            shutil.rmtree(store)
+            return "new"
         return "complete"
     if lrs.get("config") != config.store_layout():
         raise StoreConflictError(
@@ -655,8 +807,13 @@ def ingest_scene(
     overwrite: bool = False,
     dask_address: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    wait: bool = False,
 ) -> IngestResult:
     """Ingest one raster into ``out_dir/<scene_id>.zarr`` and a STAC item beside it.
+
+    The whole ingest of a store (``--overwrite`` deletes included) holds the store's writer lock
+    (:func:`lrs_core.locks.exclusive_writer`, ``<scene_id>.zarr.lock`` beside it). The last
+    steps record a content digest per level, then ``lrs.complete`` (fsynced).
 
     Args:
         source: a GeoTIFF/COG/PNG/JPEG/TIFF file.
@@ -666,6 +823,7 @@ def ingest_scene(
         overwrite: replace a store that holds another source (or any store) under this id.
         dask_address: ``tcp://host:port`` of a dask.distributed scheduler; None: local threads.
         progress: called with (blocks done, blocks total) as blocks finish.
+        wait: when another process writes this store, wait for it instead of failing.
 
     Returns:
         ``status="ingested"``, or ``"skipped"`` when the same source is already complete.
@@ -673,23 +831,104 @@ def ingest_scene(
     Raises:
         SceneNotFoundError: the source is missing.
         SceneReadError: the source is corrupt, not a raster, absurdly sized or all nodata.
-        StoreConflictError: the store holds another source and ``overwrite`` is False.
+        StoreConflictError: the store holds another source and ``overwrite`` is False, or the
+            store path is a symlink.
+        OutputNotWritableError: ``out_dir`` is a file or cannot be written.
+        WriterLockedError: another process writes this store (and ``wait`` is False).
 
     Warns:
-        NotGeoreferencedWarning: the source has no CRS (pixel coordinates only).
+        NotGeoreferencedWarning: the source has no CRS, or a CRS without a geotransform
+            (pixel coordinates only).
+        NoLonLatFootprintWarning: the footprint does not reproject to EPSG:4326.
     """
     source = Path(source)
     out_dir = Path(out_dir)
     scene_id = scene_id or source.stem
     store = out_dir / f"{scene_id}.zarr"
-    stac_path = out_dir / f"{scene_id}{STAC_SUFFIX}"
     info = inspect_scene(source, bands=config.bands, max_pixels=config.max_scene_pixels)
-    if not info.is_georeferenced:
-        warnings.warn(
-            f"{source}: no CRS; the store uses pixel coordinates and null geographic fields",
-            NotGeoreferencedWarning,
-            stacklevel=2,
+    issued: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LrsWarning)
+        if not info.is_georeferenced:
+            warnings.warn(
+                f"{source}: not georeferenced ({info.georeference_note}); the store uses pixel "
+                "coordinates and null geographic fields",
+                NotGeoreferencedWarning,
+                stacklevel=2,
+            )
+        elif info.georeference == "gcps":
+            log.info("%s: georeference is an %s", source, info.georeference_note)
+        # Before any pixel is written: a footprint without an EPSG:4326 form is known now.
+        lonlat = lonlat_footprint(info)
+    for caught_warning in caught:
+        if issubclass(caught_warning.category, LrsWarning):
+            issued.append(str(caught_warning.message))
+        warnings.warn_explicit(
+            caught_warning.message,
+            caught_warning.category,
+            caught_warning.filename,
+            caught_warning.lineno,
         )
+    prepare_out_dir(out_dir)
+    if store.is_symlink():
+        raise StoreConflictError(
+            f"{store}: is a symlink (to {os.readlink(store)}); ingest never writes through a "
+            "link, with or without --overwrite: remove the link or pick another --out"
+        )
+    with exclusive_writer(store, purpose=f"ingest {source}", wait=wait):
+        result = _ingest_locked(
+            source,
+            info,
+            store,
+            scene_id=scene_id,
+            lonlat=lonlat,
+            config=config,
+            overwrite=overwrite,
+            dask_address=dask_address,
+            progress=progress,
+        )
+    return replace(result, warnings=tuple(issued))
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create the folder of stores, or say in one line why it cannot be written.
+
+    Raises:
+        OutputNotWritableError: ``out_dir`` is a file, cannot be created, or is not writable.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputNotWritableError(
+            f"{out_dir}: --out is an existing file, not a folder; pick a folder path"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputNotWritableError(
+            f"{out_dir}: cannot create the output folder ({err.strerror or err}); "
+            "pick a writable --out"
+        ) from err
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputNotWritableError(
+            f"{out_dir}: the output folder is not writable; pick a writable --out or fix its "
+            "permissions"
+        )
+
+
+def _ingest_locked(
+    source: Path,
+    info: SceneInfo,
+    store: Path,
+    *,
+    scene_id: str,
+    lonlat: Polygon | None,
+    config: IngestConfig,
+    overwrite: bool,
+    dask_address: str | None,
+    progress: Callable[[int, int], None] | None,
+) -> IngestResult:
+    """The body of :func:`ingest_scene`, run while holding the store's writer lock."""
+    out_dir = store.parent
+    stac_path = out_dir / f"{scene_id}{STAC_SUFFIX}"
     level_shapes = level_shapes_hw(info.size_hw, min_long_side_px=config.min_long_side_px)
     # The blake2b pass over the source (~0.5 s for 167 MB; hashlib releases the GIL) overlaps
     # pass 0 when the store is new whatever the checksum: absent, or replaced (--overwrite).
@@ -699,7 +938,9 @@ def ingest_scene(
         hashing = hasher.submit(file_checksum, source)
         fresh = overwrite or not store.exists()
         checksum = None if fresh else hashing.result()
-        state = _existing_state(store, checksum, config, overwrite=overwrite, source=str(info.path))
+        state = _existing_state(
+            store, checksum, config, overwrite=overwrite, source=str(info.path.resolve())
+        )
         if state == "complete":
             log.info("%s: already ingested from the same source (%s); skipped", store, checksum)
             attributes = read_store_attributes(store) or {}
@@ -746,6 +987,7 @@ def ingest_scene(
                     checksum=checksum,
                     level_shapes=level_shapes,
                     config=config,
+                    lonlat_footprint=lonlat is not None or not info.is_georeferenced,
                 ),
                 level_transforms=[
                     level_transform(info.transform, k) for k in range(len(level_shapes))
@@ -782,7 +1024,7 @@ def ingest_scene(
                 )
                 _run_tasks(tasks, config=pass_config, dask_address=dask_address, on_done=on_done)
                 if pass_index == 0:
-                    n_valid = sum(int(t.marker.read_text()) for t in tasks)
+                    n_valid = sum(_marker(t).n_valid for t in tasks)
                     if n_valid == 0:
                         raise SceneReadError(
                             f"{source}: every pixel is nodata (or alpha 0); nothing to ingest"
@@ -796,10 +1038,27 @@ def ingest_scene(
             raise
         checksum = recorded.result() if recorded is not None else checksum
         assert checksum is not None  # hashed above, or recorded in the store being resumed
-        write_stac_item(
-            path=stac_path, scene_id=scene_id, store=store, info=info, checksum=checksum
+        regions_by_level: list[list[Region]] = [[] for _ in level_shapes]
+        for task in (t for tasks in passes for t in tasks):
+            for store_level, region in _marker(task).regions:
+                regions_by_level[store_level].append(region)
+        write_bytes_atomic(
+            store / DIGESTS_FILE,
+            json.dumps(digests_document(regions_by_level)).encode(),
+            durable=True,
         )
-        mark_complete(store, extra={"finished": datetime.now(UTC).isoformat()})
+        digests = digests_attribute(regions_by_level)
+        write_stac_item(
+            path=stac_path,
+            scene_id=scene_id,
+            store=store,
+            info=info,
+            checksum=checksum,
+            lonlat=lonlat,
+        )
+        mark_complete(
+            store, extra={"finished": datetime.now(UTC).isoformat(), DIGESTS_ATTR: digests}
+        )
         shutil.rmtree(store / PROGRESS_DIR, ignore_errors=True)
         log.info("%s: ingested %s, levels %s", store, source, list(level_shapes))
         return IngestResult(
@@ -812,20 +1071,79 @@ def ingest_scene(
         )
 
 
-def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
-    """Expand folders to the rasters directly inside them (sorted); files pass through as given."""
-    expanded: list[Path] = []
+@dataclass(frozen=True, kw_only=True)
+class SourceScan:
+    """Sources expanded from files and folders, and what the expansion left out.
+
+    Attributes:
+        paths: raster files to ingest, in order (files given directly pass through as given).
+        skipped: ``(path, reason)`` for each entry of a folder that is not ingested.
+    """
+
+    paths: tuple[Path, ...]
+    skipped: tuple[tuple[Path, str], ...]
+
+
+def _skip_reason(path: Path, *, recursive: bool) -> str | None:
+    """Why a folder entry is not ingested, or None when it is a raster file to ingest."""
+    if path.is_symlink() and not path.exists():
+        return symlink_problem(path)
+    if path.is_dir():
+        if path.suffix == ".zarr":
+            return "a Zarr store (ingest output)"
+        return None if recursive else "a subfolder; pass --recursive to ingest the rasters inside"
+    if not path.is_file():
+        return "not a regular file"
+    if path.name.startswith("."):
+        return "a hidden file"
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        return f"not a raster suffix ({', '.join(sorted(RASTER_SUFFIXES))})"
+    return None
+
+
+def scan_sources(sources: Sequence[str | Path], *, recursive: bool = False) -> SourceScan:
+    """Expand folders to the rasters inside them (sorted), saying what was left out and why.
+
+    Args:
+        sources: files and/or folders. Files pass through as given, even without a raster
+            suffix (the ingest then says what is wrong with them).
+        recursive: also descend into subfolders (symlinked folders are not followed, so a link
+            loop cannot recurse; ``*.zarr`` stores are never entered).
+
+    Returns:
+        The :class:`SourceScan`.
+    """
+    paths: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+
+    def walk(folder: Path) -> None:
+        for entry in sorted(folder.iterdir()):
+            reason = _skip_reason(entry, recursive=recursive)
+            if reason is None and entry.is_dir():
+                if entry.is_symlink():
+                    skipped.append((entry, "a symlinked folder (not followed)"))
+                else:
+                    walk(entry)
+            elif reason is None:
+                paths.append(entry)
+            else:
+                skipped.append((entry, reason))
+
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            expanded.extend(
-                sorted(
-                    p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
-                )
-            )
+            walk(path)
         else:
-            expanded.append(path)
-    return expanded
+            paths.append(path)
+    return SourceScan(paths=tuple(paths), skipped=tuple(skipped))
+
+
+def expand_sources(sources: Sequence[str | Path], *, recursive: bool = False) -> list[Path]:
+    """Expand folders to the rasters inside them (see :func:`scan_sources`); files as given."""
+    skipped = scan_sources(sources, recursive=recursive)
+    for path, reason in skipped.skipped:
+        log.info("%s: skipped, %s", path, reason)
+    return list(skipped.paths)
 
 
 def ingest_many(
@@ -838,6 +1156,8 @@ def ingest_many(
     dask_address: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_scene: Callable[[Path], None] | None = None,
+    wait: bool = False,
+    recursive: bool = False,
 ) -> list[IngestResult]:
     """Ingest several sources (folders expanded); one bad scene never stops the others.
 
@@ -850,6 +1170,8 @@ def ingest_many(
         dask_address: as in :func:`ingest_scene`.
         progress: as in :func:`ingest_scene` (restarts for each scene).
         on_scene: called with each source before it is ingested (e.g. to relabel a progress bar).
+        wait: as in :func:`ingest_scene`.
+        recursive: as in :func:`scan_sources`.
 
     Returns:
         One :class:`IngestResult` per source; failures carry ``status="failed"`` and the error.
@@ -857,7 +1179,7 @@ def ingest_many(
     Raises:
         ConfigError: ``scene_id`` given for more than one source.
     """
-    paths = expand_sources(sources)
+    paths = expand_sources(sources, recursive=recursive)
     if scene_id is not None and len(paths) != 1:
         raise ConfigError(f"--id {scene_id!r} needs exactly one source, got {len(paths)}")
     results: list[IngestResult] = []
@@ -875,6 +1197,7 @@ def ingest_many(
                     overwrite=overwrite,
                     dask_address=dask_address,
                     progress=progress,
+                    wait=wait,
                 )
             )
         except LrsError as err:
@@ -897,8 +1220,10 @@ __all__ = [
     "IngestConfig",
     "IngestResult",
     "SceneNotFoundError",
+    "SourceScan",
     "expand_sources",
     "file_checksum",
     "ingest_many",
     "ingest_scene",
+    "scan_sources",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,13 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from lrs_core.errors import IncompletePyramidError, SceneNotFoundError, WindowError
+from lrs_core.errors import (
+    GeoreferenceError,
+    IncompletePyramidError,
+    SceneNotFoundError,
+    WindowError,
+)
+from lrs_core.fsio import fsync_dir
 from lrs_core.records import BBoxPx, SceneRef
 from lrs_core.scene import RGB_CHANNELS, footprint_polygon, polygon_to_lonlat
 
@@ -49,6 +56,10 @@ RGB_ARRAY = "rgb"
 VALID_ARRAY = "valid"
 #: Folder of per-block resume markers inside an unfinished store.
 PROGRESS_DIR = "_lrs_progress"
+#: Root metadata file of a Zarr v3 store.
+ROOT_METADATA = "zarr.json"
+#: Field of the ``lrs`` attributes holding the per-level content digests.
+DIGESTS_ATTR = "digests"
 #: Reduction factor between consecutive store levels, per axis.
 LEVEL_FACTOR = 2
 #: Root attribute holding lrs' own metadata.
@@ -412,13 +423,41 @@ def update_lrs_attributes(store: Path, fields: dict[str, Any]) -> None:
 
 
 def mark_complete(store: Path, *, extra: dict[str, Any]) -> None:
-    """Set ``lrs.complete`` (and ``extra`` lrs fields) on the root group; an ingest's last write."""
+    """Set ``lrs.complete`` (and ``extra`` lrs fields) on the root group; an ingest's last write.
+
+    The root metadata file and the store folder are fsynced afterwards, so a store reported as
+    ingested still says so after a power failure.
+    """
     update_lrs_attributes(store, {**extra, "complete": True})
+    with open(store / ROOT_METADATA, "rb") as handle:
+        os.fsync(handle.fileno())
+    fsync_dir(store)
+
+
+def digest_problem(attributes: dict[str, Any]) -> str | None:
+    """Why a store's root attributes lack usable content digests, or None when they have them.
+
+    The cheap check :func:`open_pyramid` runs: one ``{"rgb", "valid"}`` digest per level of the
+    layout (``lrs.digests``, written by the ingest just before ``lrs.complete``). The full check,
+    recomputing them, is :func:`lrs_core.integrity.verify_store` (``lrs verify``).
+    """
+    lrs = attributes.get(LRS_ATTR)
+    digests = lrs.get(DIGESTS_ATTR) if isinstance(lrs, dict) else None
+    n_levels = len(attributes.get("multiscales", {}).get("layout", []))
+    if not isinstance(digests, dict) or not isinstance(digests.get("levels"), list):
+        return "it has no content digests (unfinished, or written by an lrs before 2026-11-27)"
+    levels = digests["levels"]
+    if len(levels) != n_levels or not all(
+        isinstance(d, dict) and isinstance(d.get("rgb"), str) and isinstance(d.get("valid"), str)
+        for d in levels
+    ):
+        return f"its content digests cover {len(levels)} levels, not the {n_levels} it has"
+    return None
 
 
 def read_store_attributes(store: Path) -> dict[str, Any] | None:
     """Return the root attributes of a store, or None when there is no readable root metadata."""
-    meta = store / "zarr.json"
+    meta = store / ROOT_METADATA
     if not meta.is_file():
         return None
     try:
@@ -634,10 +673,24 @@ class Pyramid:
         return footprint_polygon(self.transform or Affine.identity(), bounds_px)
 
     def footprint_lonlat(self, bounds_px: BBoxPx) -> Polygon | None:
-        """Polygon of a level-0 pixel box in EPSG:4326 (lon, lat); None when not georeferenced."""
+        """Polygon of a level-0 pixel box in EPSG:4326 (lon, lat).
+
+        Returns:
+            The polygon; None when the scene is not georeferenced, or when its footprint does
+            not reproject to EPSG:4326 (``lrs.lonlat_footprint`` false, e.g. a geostationary
+            full disk) and neither does this box.
+
+        Raises:
+            GeoreferenceError: the box does not reproject although the scene's footprint does.
+        """
         if self.crs_wkt is None:
             return None
-        return polygon_to_lonlat(self.footprint(bounds_px), self.crs_wkt)
+        try:
+            return polygon_to_lonlat(self.footprint(bounds_px), self.crs_wkt)
+        except GeoreferenceError:
+            if self.attributes[LRS_ATTR].get("lonlat_footprint", True) is False:
+                return None
+            raise
 
 
 def open_pyramid(store: str | Path) -> Pyramid:
@@ -649,9 +702,14 @@ def open_pyramid(store: str | Path) -> Pyramid:
     Returns:
         The :class:`Pyramid`, with its array handles open.
 
+    Only a cheap integrity check runs here: the store is marked complete and carries one
+    content digest per level. ``lrs verify`` (:func:`lrs_core.integrity.verify_store`) recomputes
+    the digests and checks every level against the one below.
+
     Raises:
         SceneNotFoundError: nothing is there, or it is not an lrs store.
-        IncompletePyramidError: the store was never marked complete (an interrupted ingest).
+        IncompletePyramidError: the store was never marked complete (an interrupted ingest), or
+            it has no content digests.
     """
     store_str = str(store)
     try:
@@ -672,5 +730,11 @@ def open_pyramid(store: str | Path) -> Pyramid:
             f"{store_str}: the ingest of {lrs.get('source')} did not finish; re-run "
             f"'lrs ingest {lrs.get('source')} --out {Path(store_str).parent}' "
             "(finished blocks are kept)"
+        )
+    problem = digest_problem(dict(group.attrs))
+    if problem is not None:
+        raise IncompletePyramidError(
+            f"{store_str}: cannot be trusted: {problem}; re-ingest it with "
+            f"'lrs ingest {lrs.get('source')} --out {Path(store_str).parent} --overwrite'"
         )
     return Pyramid(store_str, group)

@@ -6,9 +6,10 @@ pixel in row ``r``, column ``c`` is ``(c + 0.5, r + 0.5)``. A scene's affine map
 its CRS: ``x_map = a*x + b*y + c``, ``y_map = d*x + e*y + f`` (rasterio / ``affine`` order), and
 footprints always go through the full affine, so rotated and sheared grids are exact.
 
-A scene without a CRS (a plain PNG/JPEG/TIFF) is *not georeferenced*: its transform is the identity
-on pixels, its geographic fields are None, and :class:`~lrs_core.errors.NotGeoreferencedWarning`
-is issued once by the ingest.
+A scene without a CRS (a plain PNG/JPEG/TIFF), or with a CRS but no geotransform, is *not
+georeferenced*: its transform is the identity on pixels, its geographic fields are None, and
+:class:`~lrs_core.errors.NotGeoreferencedWarning` is issued once by the ingest. A scene with
+ground control points only keeps a georeference: an affine fitted to its GCPs (recorded as such).
 
 Band mapping (1-based band indices, as GDAL numbers them): one band is replicated to grey RGB;
 three or more bands map the bands tagged red/green/blue, else the first three, unless the caller
@@ -19,6 +20,7 @@ sample of valid pixels to 0..255.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -26,7 +28,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -36,7 +38,7 @@ from pyproj import Transformer
 from pyproj.exceptions import CRSError, ProjError
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.io import DatasetReader
-from rasterio.transform import Affine
+from rasterio.transform import Affine, from_gcps
 from rasterio.windows import Window
 from shapely.geometry import Polygon
 
@@ -53,6 +55,10 @@ UINT8_MAX = 255
 FOOTPRINT_EDGE_POINTS = 16
 #: EPSG code of longitude/latitude on WGS 84.
 LONLAT_EPSG = 4326
+#: Fewest ground control points an affine is fitted from (3 fix an affine; more are averaged).
+MIN_GCPS = 3
+#: Where a scene's transform comes from (see :attr:`SceneInfo.georeference`).
+Georeference = Literal["geotransform", "gcps", "none"]
 #: Numeric dtypes the ingest maps to uint8 (uint8 as is, the others through the stretch).
 SUPPORTED_DTYPES = frozenset(
     {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
@@ -119,8 +125,13 @@ class SceneInfo:
         crs_wkt: WKT2 of the CRS, or None when not georeferenced.
         epsg: EPSG code of the CRS when it has one.
         transform: level-0 affine, pixel corners -> scene CRS; identity when not georeferenced.
-        is_georeferenced: True when the file has a CRS.
+        is_georeferenced: True when the file has a CRS and a geotransform (or GCPs a transform
+            was fitted from).
         driver: GDAL driver short name (``"GTiff"``, ``"PNG"`` ...).
+        georeference: where the transform comes from: ``"geotransform"`` (the file's own),
+            ``"gcps"`` (fitted from the file's ground control points) or ``"none"``.
+        georeference_note: one line on the georeference, for metadata and warnings (why there is
+            none, or how well the GCP fit holds).
     """
 
     path: Path
@@ -136,6 +147,8 @@ class SceneInfo:
     transform: Affine
     is_georeferenced: bool
     driver: str
+    georeference: Georeference = "geotransform"
+    georeference_note: str = ""
 
     @property
     def size_hw(self) -> tuple[int, int]:
@@ -158,6 +171,8 @@ def open_raster(path: str | Path) -> DatasetReader:
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise SceneReadError(f"{path}: {symlink_problem(path)}; point the link at a raster")
         raise SceneNotFoundError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise SceneReadError(f"{path}: is a folder, not a raster file")
@@ -170,6 +185,19 @@ def open_raster(path: str | Path) -> DatasetReader:
     except rasterio.errors.RasterioIOError as err:
         detail = " ".join(str(err).split())
         raise SceneReadError(f"{path}: not a readable raster ({detail})") from err
+
+
+def symlink_problem(path: Path) -> str:
+    """Describe why a symlink leads nowhere: ``"a symlink loop"`` or ``"a broken symlink to X"``."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "a symlink loop"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop"
+        return f"a broken symlink to {os.readlink(path)}"
+    return "a symlink"
 
 
 def _default_band_map(dataset: DatasetReader) -> tuple[tuple[int, int, int], int | None]:
@@ -235,13 +263,9 @@ def inspect_scene(
         flags = dataset.mask_flag_enums[band_map[0] - 1]
         has_dataset_mask = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
         nodata = dataset.nodata
-        crs = dataset.crs
-        if crs is not None:
-            crs_wkt = crs.to_wkt(version="WKT2_2019")
-            epsg = crs.to_epsg()
-            transform = dataset.transform
-        else:
-            crs_wkt, epsg, transform = None, None, Affine.identity()
+        crs, transform, georeference, note = _georeference(dataset)
+        crs_wkt = None if crs is None else crs.to_wkt(version="WKT2_2019")
+        epsg = None if crs is None else crs.to_epsg()
         return SceneInfo(
             path=path,
             size_wh=(width, height),
@@ -256,7 +280,43 @@ def inspect_scene(
             transform=transform,
             is_georeferenced=crs is not None,
             driver=dataset.driver,
+            georeference=georeference,
+            georeference_note=note,
         )
+
+
+def _georeference(dataset: DatasetReader) -> tuple[Any, Affine, Georeference, str]:
+    """Return ``(crs, transform, georeference, note)`` of a dataset; crs None when there is none.
+
+    A CRS alone is not a georeference: without a geotransform (GDAL reports the identity) the
+    pixels cannot be placed, so such a file counts as not georeferenced. A file with GCPs and no
+    geotransform gets an affine fitted to its GCPs (least squares), with the fit's worst residual
+    in the note.
+    """
+    crs = dataset.crs
+    transform = dataset.transform
+    has_transform = transform != Affine.identity()
+    if crs is not None and has_transform:
+        return crs, transform, "geotransform", "the file's geotransform"
+    gcps, gcp_crs = dataset.gcps
+    if gcps and gcp_crs is not None and len(gcps) >= MIN_GCPS:
+        fitted = from_gcps(gcps)
+        inverse = ~fitted
+        residual = max(math.hypot(*np.subtract(inverse @ (g.x, g.y), (g.col, g.row))) for g in gcps)
+        note = (
+            f"affine fitted from {len(gcps)} GCPs (worst residual {residual:.3g} px; "
+            "the GCPs themselves are not kept)"
+        )
+        return gcp_crs, fitted, "gcps", note
+    if crs is not None:
+        note = "a CRS but no geotransform (pixels cannot be placed on the map)"
+    elif gcps:
+        note = f"{len(gcps)} GCPs without a CRS (or fewer than {MIN_GCPS})"
+    elif has_transform:
+        note = "a geotransform but no CRS"
+    else:
+        note = "no CRS and no geotransform"
+    return None, Affine.identity(), "none", note
 
 
 def _unique_bands(info: SceneInfo) -> list[int]:
@@ -376,19 +436,28 @@ def read_rgb_window(
         valid = np.empty((height, width), dtype=bool)
     else:
         rgb, valid = out
-    if stretch.method == "none":
-        # uint8: GDAL writes the bands pixel-interleaved straight into rgb (measured 3x faster
-        # than reading planes and copying each into a strided channel).
+    bands = _unique_bands(info)
+    if stretch.method == "none" and len(bands) == RGB_CHANNELS:
+        # uint8, three distinct bands: GDAL writes them pixel-interleaved straight into rgb
+        # (measured 3x faster than reading planes and copying each into a strided channel).
         planes = rgb.transpose(2, 0, 1)
-        dataset.read(list(info.band_map), window=window, out=planes)
+        dataset.read(bands, window=window, out=planes)
         valid[...] = read_valid(dataset, info, planes, window=window)
         if not valid.all():
             rgb[~valid] = 0
         return rgb, valid
-    bands = _unique_bands(info)
+    # Each distinct band is read once into a contiguous buffer and replicated in numpy: a band
+    # index repeated in one strided read ([1, 1, 1]) let GDAL's decode threads leave channels
+    # unwritten (nodata marked valid, pixels painted red; issue 10).
     values = dataset.read(bands, window=window)
     valid[...] = read_valid(dataset, info, values, window=window)
     position = {band: i for i, band in enumerate(bands)}
+    if stretch.method == "none":
+        for channel, band in enumerate(info.band_map):
+            rgb[..., channel] = values[position[band]]
+        if not valid.all():
+            rgb[~valid] = 0
+        return rgb, valid
     for channel, band in enumerate(info.band_map):
         plane = values[position[band]]
         lo, hi = stretch.low[channel], stretch.high[channel]

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from lrs_core.errors import ConfigError, LrsError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message, one line (no wrap at 80)
 
 
 def print_json(obj: Any) -> None:

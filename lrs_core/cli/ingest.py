@@ -42,24 +42,48 @@ def ingest(
         bool, typer.Option("--overwrite", help="Replace a store holding another source.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per scene.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Queue behind another process writing the same store."),
+    ] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also ingest the rasters in subfolders.")
+    ] = False,
 ) -> None:
-    """Ingest raster scenes into Zarr multiscale pyramids (resumable; reruns skip done scenes)."""
+    """Ingest raster scenes into Zarr multiscale pyramids (resumable; reruns skip done scenes).
+
+    Warnings (a scene without georeference, a footprint with no lon/lat form) and the folder
+    entries left out are printed on standard error; --json records carry the warnings too.
+    """
     import warnings
 
     from lrs_core.cli._common import progress_bar
-    from lrs_core.errors import ConfigError, LrsWarning
-    from lrs_core.ingest import IngestConfig, expand_sources, ingest_many
+    from lrs_core.errors import ConfigError, LrsWarning, OutputNotWritableError
+    from lrs_core.ingest import IngestConfig, ingest_many, prepare_out_dir, scan_sources
 
     try:
         config = IngestConfig(bands=_parse_bands(bands))
     except ConfigError as err:
         fail(str(err), code=EXIT_USAGE)
-    paths = expand_sources(sources)
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out is an existing file, not a folder; pick a folder path", code=EXIT_USAGE)
+    scan = scan_sources(sources, recursive=recursive)
+    for skipped, reason in scan.skipped:
+        console.print(f"[yellow]skipped[/] {skipped}: {reason}", highlight=False)
+    paths = list(scan.paths)
     if not paths:
         fail("no raster files found in the given sources", code=EXIT_USAGE)
     if scene_id is not None and len(paths) != 1:
         fail(f"--id {scene_id!r} needs exactly one source, got {len(paths)}", code=EXIT_USAGE)
-    with progress_bar("ingest", enabled=not as_json) as update, warnings.catch_warnings():
+    try:
+        prepare_out_dir(out)
+    except OutputNotWritableError as err:
+        fail(str(err), code=EXIT_FAILED)
+    with (
+        progress_bar("ingest", enabled=not as_json) as update,
+        warnings.catch_warnings(),
+    ):
+        # Each result carries the warnings of its scene; they are printed below, once.
         warnings.simplefilter("ignore", LrsWarning)
         try:
             results = ingest_many(
@@ -70,11 +94,15 @@ def ingest(
                 overwrite=overwrite,
                 dask_address=dask_address,
                 progress=update,
+                wait=wait,
             )
         except OSError as err:
             if dask_address is None:
                 raise
             fail(f"cannot use the dask scheduler at {dask_address}: {err}", code=EXIT_FAILED)
+    for result in results:
+        for message in result.warnings:
+            console.print(f"[yellow]warning:[/] {message}", highlight=False)
     for result in results:
         if as_json:
             print_json(result.to_dict())

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pystac
+import pytest
 
 from flows.ingest import expand_scene_sources, ingest_scenes
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
+
+#: Every finished store a test here writes is verified afterwards (lrs verify).
+pytestmark = pytest.mark.usefixtures("verify_written_stores")
 
 #: Seconds allowed for the server to record task-run state events after the flow returns.
 EVENTS_SETTLE_S = 60.0

@@ -4,12 +4,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from lrs_core.cli import build_app
 from lrs_core.pyramid import open_pyramid
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
+
+#: Every finished store a test here writes is verified afterwards (lrs verify).
+pytestmark = pytest.mark.usefixtures("verify_written_stores")
 
 runner = CliRunner()
 

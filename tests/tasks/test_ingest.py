@@ -14,6 +14,9 @@ from tasks._retry import is_transient_error, retry_condition_fn
 from tasks.ingest import ingest_config_from, ingest_scene_task
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
+#: Every finished store a test here writes is verified afterwards (lrs verify).
+pytestmark = pytest.mark.usefixtures("verify_written_stores")
+
 SMALL_CONFIG = {"chunk_px": 64, "levels_per_pass": 2, "n_workers": 1, "min_long_side_px": 64}
 
 
