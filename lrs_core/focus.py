@@ -29,6 +29,7 @@ from lrs_core.dip import (
     DipLevel,
     DipPlan,
     plan_pyramid,
+    reencoded_level,
 )
 from lrs_core.errors import LrsError, TokenBudgetError
 from lrs_core.features import FeatureCache, FeatureKey
@@ -68,7 +69,7 @@ from lrs_core.records import (
     AnswerRecord,
 )
 from lrs_core.rfm import RfmConfig
-from lrs_core.tiles import read_thumbnail, read_tiles
+from lrs_core.tiles import PixelDtype, mean_rgb_uint8, read_thumbnail, read_tiles
 
 __all__ = [
     "STAGES",
@@ -127,7 +128,10 @@ class FocusEngine:
             tokens_per_tile_side=vlm.pooled_per_side,
         )
         self.feature_cache = FeatureCache() if feature_cache is None else feature_cache
-        rfm_config = RfmConfig(exclude_newline_keys=not config.include_newline_in_selection)
+        rfm_config = RfmConfig(
+            exclude_newline_keys=not config.include_newline_in_selection,
+            placeholder_logit_bias=config.rfm_placeholder_logit_bias,
+        )
         self.scorer: TokenScorer = scorer or RfmScorer(loaded, config=rfm_config)
         vision_config: Any = self.model.vision_tower.config
         self.dims: ModelDims = dims or dims_from_configs(
@@ -137,6 +141,12 @@ class FocusEngine:
             projector_in=int(vision_config.hidden_size),
         )
         self.thumbnail_tokens = self.dip_config.thumbnail_tokens
+        # Pixels as the reference makes them under parity: unrounded floats, padding exactly 0
+        # after normalisation (spec §1.1); otherwise uint8 padded with this model's own mean.
+        self.pixel_dtype: PixelDtype = "float32" if config.resampler == "parity" else "uint8"
+        self.pad_rgb = mean_rgb_uint8(vlm.image_mean)
+        # feature-cache view keys: float parity pixels differ from the uint8 ones of older caches
+        self._pixel_key = config.resampler + ("-f32" if self.pixel_dtype == "float32" else "")
         separator: Any = self.tokenizer.convert_tokens_to_ids(vlm.separator_token)
         if separator is None or separator == self.tokenizer.unk_token_id:
             separator = self.tokenizer(vlm.separator_token, add_special_tokens=False).input_ids[-1]
@@ -270,7 +280,7 @@ class FocusEngine:
         key = FeatureKey(
             scene_key=self._scene_key(pyramid),
             model_key=self._model_key(),
-            view_key=f"{self.config.resampler}-thumbnail-{thumb.resize_hw[0]}x{thumb.resize_hw[1]}",
+            view_key=f"{self._pixel_key}-thumbnail-{thumb.resize_hw[0]}x{thumb.resize_hw[1]}",
             dip_level=0,
             tile_rc=(0, 0),
         )
@@ -279,7 +289,13 @@ class FocusEngine:
             state.tiles_cached += 1
             return cached.to(self.model.device, self.model.dtype)
         with self._timed(state, "read"):
-            pixels = read_thumbnail(pyramid, thumb, resampler=self.config.resampler)
+            pixels = read_thumbnail(
+                pyramid,
+                thumb,
+                resampler=self.config.resampler,
+                pad_rgb=self.pad_rgb,
+                dtype=self.pixel_dtype,
+            )
         feats = self._encode(state, pixels[None], pooled=False)[0]
         self.feature_cache.put(key, feats, store=pyramid.store)
         return feats
@@ -295,7 +311,7 @@ class FocusEngine:
     ) -> torch.Tensor:
         """Float (n, 144, D) tile features of a level, from the cache or encoded (read lazily)."""
         rows, cols = level.resize_hw
-        view_key = f"{self.config.resampler}-{level.tile_size_px}-{rows}x{cols}"
+        view_key = f"{self._pixel_key}-{level.tile_size_px}-{rows}x{cols}"
         keys = [
             FeatureKey(
                 scene_key=self._scene_key(pyramid),
@@ -317,7 +333,12 @@ class FocusEngine:
         if missing:
             with self._timed(state, "read"):
                 pixels = read_tiles(
-                    pyramid, level, [tiles_rc[i] for i in missing], resampler=self.config.resampler
+                    pyramid,
+                    level,
+                    [tiles_rc[i] for i in missing],
+                    resampler=self.config.resampler,
+                    pad_rgb=self.pad_rgb,
+                    dtype=self.pixel_dtype,
                 )
             feats = self._encode(state, pixels, pooled=True)
             for row, index in enumerate(missing):
@@ -471,15 +492,16 @@ class FocusEngine:
         """The level the focus loop zooms into after ``level``, or None and why it stops.
 
         Stops after ``max_zoom_steps`` zooms and at the finest level; a single-level plan with
-        ``reencode_single_level`` zooms into the same level again.
+        ``reencode_single_level`` zooms into the same level again, its token grid unpadded against
+        its ``resize_hw`` as the reference's pass 2 does (:func:`lrs_core.dip.reencoded_level`).
         """
         cfg = self.config
         if cfg.max_zoom_steps is not None and zoom_steps >= cfg.max_zoom_steps:
             return None, f"max_zoom_steps={cfg.max_zoom_steps} reached"
         if level.dip_level < plan.n_levels:
             return plan.level(level.dip_level + 1), ""
-        if cfg.reencode_single_level and plan.n_levels == 1:
-            return level, ""
+        if cfg.reencode_single_level and plan.n_levels == 1 and zoom_steps == 0:
+            return reencoded_level(level), ""
         return None, "finest level reached"
 
     def _focus_loop(self, state: FocusState, pyramid: Any, thumb: torch.Tensor) -> None:
@@ -513,7 +535,7 @@ class FocusEngine:
                     f"over the {level_allowance} allowed"
                 )
                 break
-            same_level = next_level is level
+            same_level = next_level.dip_level == level.dip_level
             level, tiles = next_level, next_tiles
             state.tile_feats = self._tile_feats(
                 state, pyramid, level, tiles, bypass_cache=same_level
