@@ -45,6 +45,8 @@ DEFAULT_MAX_NEW_TOKENS = 32
 DEFAULT_EVIDENCE_TOKENS = 64
 #: Heat-map cells along the scene's long side.
 DEFAULT_HEATMAP_CELLS = 64
+#: Questions about one scene the LLM answers in one batched pass (``FocusEngine.answer_many``).
+DEFAULT_QA_BATCH = 8
 #: Tiles per vision-tower call.
 DEFAULT_VISION_BATCH = 16
 _GRID_PRESET = re.compile(r"^grid-(\d+)$")
