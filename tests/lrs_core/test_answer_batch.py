@@ -123,6 +123,13 @@ def test_batches_split_and_layer_drop_answers_one_by_one(
     engine = _engine(tiny_model)
     records = engine.answer_many(large_pyramid, QUESTIONS, batch_size=2)
     assert [r.preset_params["run"]["llm_batch"] for r in records] == [2, 2, 1]
+    too_long = " ".join(["ship"] * (tiny_model.model.config.max_context_tokens + 10))
+    failed, answered = engine.answer_many(
+        large_pyramid, [("too-long", too_long), QUESTIONS[0]], batch_size=2
+    )
+    assert failed.error is not None and "TokenBudgetError" in failed.error and not failed.answer
+    assert answered.error is None and answered.answer == records[0].answer
+    assert answered.preset_params["run"]["llm_batch"] == 1
     fastv = FocusEngine(
         tiny_model, config=FocusConfig.preset("fastv", max_new_tokens=1, max_zoom_steps=0)
     )
