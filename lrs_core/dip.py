@@ -27,6 +27,7 @@ This module does not import torch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -607,6 +608,28 @@ def _make_level(
         tile_size_px=config.tile_size_px,
         tokens_per_tile_side=config.tokens_per_tile_side,
     )
+
+
+def reencoded_level(level: DipLevel) -> DipLevel:
+    """Return a level as the reference sees it when it re-encodes it as its own next level.
+
+    With one tiled level the reference's pass 2 re-selects tiles of that same level, and it unpads
+    the pass-2 token canvas against the level's ``resize_hw`` (spec §5.1 ``unpad(C, M,
+    levels[nxt].resize_hw)``), while pass 1 unpadded it against the scene's ``(W, H)`` under the
+    ``parity`` rule (spec §2.3). The two grids differ by one row or column for some sizes (a
+    343 x 358 scene: 24 x 22 tokens in pass 1, 24 x 23 in pass 2). Under the ``default`` rule the
+    level is already unpadded against ``resize_hw`` and comes back equal.
+
+    Args:
+        level: the single tiled level.
+
+    Returns:
+        The same level with ``token_grid_hw`` unpadded against its ``resize_hw``.
+    """
+    rows, cols = level.grid_hw
+    side = level.tokens_per_tile_side
+    grid = unpadded_token_grid_hw((rows * side, cols * side), level.resize_hw)
+    return dataclasses.replace(level, token_grid_hw=grid)
 
 
 def _drop_near_duplicates(sizes: list[int], *, min_ratio: float) -> list[int]:

@@ -29,10 +29,11 @@ from lrs_core.dip import (
     DipLevel,
     DipPlan,
     plan_pyramid,
+    reencoded_level,
 )
-from lrs_core.errors import LrsError, TokenBudgetError
+from lrs_core.errors import ConfigError, LrsError, TokenBudgetError
 from lrs_core.features import FeatureCache, FeatureKey
-from lrs_core.focus_config import FocusConfig
+from lrs_core.focus_config import DEFAULT_QA_BATCH, FocusConfig
 from lrs_core.focus_record import build_record, layer_drop_llm_flops
 from lrs_core.focus_select import (
     TileChoice,
@@ -60,7 +61,7 @@ from lrs_core.focus_state import (
     question_id_of,
 )
 from lrs_core.models.flops import ModelDims, count_flops, dims_from_configs
-from lrs_core.models.generation import generate_from_embeds
+from lrs_core.models.generation import PackedInputs, generate_from_embeds
 from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import TokenKind
 from lrs_core.models.prompt import PromptIds, tokenize_prompt
@@ -68,7 +69,7 @@ from lrs_core.records import (
     AnswerRecord,
 )
 from lrs_core.rfm import RfmConfig
-from lrs_core.tiles import read_thumbnail, read_tiles
+from lrs_core.tiles import PixelDtype, mean_rgb_uint8, read_thumbnail, read_tiles
 
 __all__ = [
     "STAGES",
@@ -127,7 +128,10 @@ class FocusEngine:
             tokens_per_tile_side=vlm.pooled_per_side,
         )
         self.feature_cache = FeatureCache() if feature_cache is None else feature_cache
-        rfm_config = RfmConfig(exclude_newline_keys=not config.include_newline_in_selection)
+        rfm_config = RfmConfig(
+            exclude_newline_keys=not config.include_newline_in_selection,
+            placeholder_logit_bias=config.rfm_placeholder_logit_bias,
+        )
         self.scorer: TokenScorer = scorer or RfmScorer(loaded, config=rfm_config)
         vision_config: Any = self.model.vision_tower.config
         self.dims: ModelDims = dims or dims_from_configs(
@@ -137,6 +141,12 @@ class FocusEngine:
             projector_in=int(vision_config.hidden_size),
         )
         self.thumbnail_tokens = self.dip_config.thumbnail_tokens
+        # Pixels as the reference makes them under parity: unrounded floats, padding exactly 0
+        # after normalisation (spec §1.1); otherwise uint8 padded with this model's own mean.
+        self.pixel_dtype: PixelDtype = "float32" if config.resampler == "parity" else "uint8"
+        self.pad_rgb = mean_rgb_uint8(vlm.image_mean)
+        # feature-cache view keys: float parity pixels differ from the uint8 ones of older caches
+        self._pixel_key = config.resampler + ("-f32" if self.pixel_dtype == "float32" else "")
         separator: Any = self.tokenizer.convert_tokens_to_ids(vlm.separator_token)
         if separator is None or separator == self.tokenizer.unk_token_id:
             separator = self.tokenizer(vlm.separator_token, add_special_tokens=False).input_ids[-1]
@@ -187,35 +197,147 @@ class FocusEngine:
         questions: Sequence[tuple[str, str]],
         *,
         progress: Callable[[int, int], None] | None = None,
+        batch_size: int = DEFAULT_QA_BATCH,
     ) -> list[AnswerRecord]:
         """Answer several ``(question_id, text)`` questions about one scene, sharing tile features.
 
-        The thumbnail and every tile are encoded once per scene (the feature cache). A question that
-        fails with an :class:`LrsError` gets a record with ``error`` set and an empty answer.
+        The thumbnail and every tile are encoded once per scene (the feature cache). The coarse-to-
+        fine loop runs per question; the LLM then answers up to ``batch_size`` questions in one
+        left-padded pass (prefill and decode, per-row position ids and kept tokens,
+        :meth:`generate_many`), which gives the same tokens as one by one under greedy decoding.
+        ``fastv``/``pdrop`` and sampling answer one by one. A question that fails with an
+        :class:`LrsError` gets a record with ``error`` set and an empty answer.
+
+        Each record's ``seconds["llm"]`` is its share of its batch's LLM time (the batch time over
+        the rows); ``preset_params["run"]["llm_batch"]`` is the number of rows of that batch.
+
+        Raises:
+            ConfigError: ``batch_size`` < 1.
         """
-        records = []
-        for index, (question_id, text) in enumerate(questions):
-            try:
-                records.append(self.answer(pyramid, text, question_id=question_id))
-            except LrsError as err:
-                log.warning(
-                    "%s: question %s failed: %s", getattr(pyramid, "store", "?"), question_id, err
-                )
-                records.append(
-                    AnswerRecord(
-                        question_id=question_id,
-                        scene=pyramid.scene_ref(),
-                        question=text,
-                        answer="",
-                        model_id=self.loaded.model_id,
-                        preset=self.config.preset,
-                        preset_params=self.config.to_dict(),
-                        error=f"{type(err).__name__}: {err}",
-                    )
-                )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
+        batchable = self.config.strategy not in ("fastv", "pdrop") and not self.config.do_sample
+        step = batch_size if batchable else 1
+        records: list[AnswerRecord] = []
+        for chunk_start in range(0, len(questions), step):
+            chunk = questions[chunk_start : chunk_start + step]
+            if step == 1:
+                (question_id, text) = chunk[0]
+                try:
+                    records.append(self.answer(pyramid, text, question_id=question_id))
+                except LrsError as err:
+                    records.append(self._failed(pyramid, question_id, text, err))
+            else:
+                records.extend(self._answer_batch(pyramid, chunk))
             if progress is not None:
-                progress(index + 1, len(questions))
+                for done in range(chunk_start + 1, chunk_start + len(chunk) + 1):
+                    progress(done, len(questions))
         return records
+
+    def _failed(self, pyramid: Any, question_id: str, text: str, err: LrsError) -> AnswerRecord:
+        log.warning("%s: question %s failed: %s", getattr(pyramid, "store", "?"), question_id, err)
+        return AnswerRecord(
+            question_id=question_id,
+            scene=pyramid.scene_ref(),
+            question=text,
+            answer="",
+            model_id=self.loaded.model_id,
+            preset=self.config.preset,
+            preset_params=self.config.to_dict(),
+            error=f"{type(err).__name__}: {err}",
+        )
+
+    def _answer_batch(
+        self, pyramid: Any, questions: Sequence[tuple[str, str]]
+    ) -> list[AnswerRecord]:
+        """Build every question's LLM input, then run the LLM once over all of them."""
+        results: dict[int, AnswerRecord] = {}
+        built: list[tuple[int, FocusState, LlmInput, list[ScoredLevel], float, MemoryProbe]] = []
+        for index, (question_id, text) in enumerate(questions):
+            start = time.perf_counter()
+            probe = MemoryProbe(self.model.device)
+            try:
+                with torch.inference_mode():
+                    state, llm_input, levels = self._build(pyramid, text, probe)
+            except LrsError as err:
+                results[index] = self._failed(pyramid, question_id, text, err)
+                continue
+            built.append((index, state, llm_input, levels, time.perf_counter() - start, probe))
+        if built:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                outputs = self.generate_many([b[2] for b in built])
+            share = (time.perf_counter() - start) / len(built)
+            for (index, state, llm_input, levels, build_seconds, probe), output in zip(
+                built, outputs, strict=True
+            ):
+                answer, steps, llm_flops = output
+                probe.sample()
+                state.seconds["llm"] += share
+                state.seconds["total"] = build_seconds + share
+                question_id, text = questions[index]
+                results[index] = self._record(
+                    scene=pyramid.scene_ref(),
+                    question=text,
+                    question_id=question_id,
+                    answer=answer,
+                    state=state,
+                    llm_input_counts=(llm_input.n_vision, llm_input.n_text),
+                    levels=levels,
+                    kept=llm_input,
+                    decode_steps=steps,
+                    llm_flops=llm_flops,
+                    peak=probe.peak_bytes(),
+                    extra={"llm_batch": len(built)},
+                    planned=False,
+                )
+        return [results[i] for i in range(len(questions))]
+
+    def generate_many(self, llm_inputs: Sequence[LlmInput]) -> list[tuple[str, int, float]]:
+        """Answer several LLM inputs in one left-padded batch (greedy, or seeded sampling).
+
+        Each row keeps its own kept tokens and position ids; padding slots sit on the left with
+        attention mask 0, a zero embedding and position id 0 (as
+        :func:`lrs_core.models.generation.pack_kept`), so every row's last prompt token is in the
+        last column and decoding continues each row's own positions.
+
+        Args:
+            llm_inputs: from :meth:`prepare` (or the loop), one per question.
+
+        Returns:
+            Per input: (answer text, decode steps, LLM FLOPs of that row).
+        """
+        if not llm_inputs:
+            return []
+        cfg, tokenizer = self.config, self.tokenizer
+        packed = pack_llm_inputs(llm_inputs)
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
+        generation = generate_from_embeds(
+            self.model.llm,
+            packed.inputs_embeds,
+            attention_mask=packed.attention_mask,
+            position_ids=packed.position_ids,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=int(pad),
+            do_sample=cfg.do_sample,
+            generator=generator,
+        )
+        out = []
+        for row, llm_input in enumerate(llm_inputs):
+            steps = generation.decode_steps[row]
+            flops = count_flops(
+                self.dims,
+                vision_tiles=0,
+                prefill_tokens=llm_input.sequence.length,
+                decode_steps=steps,
+            ).llm_flops
+            text = tokenizer.decode(generation.token_ids[row], skip_special_tokens=True)
+            out.append((str(text).strip(), steps, flops))
+        return out
 
     def prepare(self, pyramid: Any, question: str) -> LlmInput:
         """Run everything up to the LLM and return its input (for tests and inspection)."""
@@ -270,7 +392,7 @@ class FocusEngine:
         key = FeatureKey(
             scene_key=self._scene_key(pyramid),
             model_key=self._model_key(),
-            view_key=f"{self.config.resampler}-thumbnail-{thumb.resize_hw[0]}x{thumb.resize_hw[1]}",
+            view_key=f"{self._pixel_key}-thumbnail-{thumb.resize_hw[0]}x{thumb.resize_hw[1]}",
             dip_level=0,
             tile_rc=(0, 0),
         )
@@ -279,7 +401,13 @@ class FocusEngine:
             state.tiles_cached += 1
             return cached.to(self.model.device, self.model.dtype)
         with self._timed(state, "read"):
-            pixels = read_thumbnail(pyramid, thumb, resampler=self.config.resampler)
+            pixels = read_thumbnail(
+                pyramid,
+                thumb,
+                resampler=self.config.resampler,
+                pad_rgb=self.pad_rgb,
+                dtype=self.pixel_dtype,
+            )
         feats = self._encode(state, pixels[None], pooled=False)[0]
         self.feature_cache.put(key, feats, store=pyramid.store)
         return feats
@@ -295,7 +423,7 @@ class FocusEngine:
     ) -> torch.Tensor:
         """Float (n, 144, D) tile features of a level, from the cache or encoded (read lazily)."""
         rows, cols = level.resize_hw
-        view_key = f"{self.config.resampler}-{level.tile_size_px}-{rows}x{cols}"
+        view_key = f"{self._pixel_key}-{level.tile_size_px}-{rows}x{cols}"
         keys = [
             FeatureKey(
                 scene_key=self._scene_key(pyramid),
@@ -317,7 +445,12 @@ class FocusEngine:
         if missing:
             with self._timed(state, "read"):
                 pixels = read_tiles(
-                    pyramid, level, [tiles_rc[i] for i in missing], resampler=self.config.resampler
+                    pyramid,
+                    level,
+                    [tiles_rc[i] for i in missing],
+                    resampler=self.config.resampler,
+                    pad_rgb=self.pad_rgb,
+                    dtype=self.pixel_dtype,
                 )
             feats = self._encode(state, pixels, pooled=True)
             for row, index in enumerate(missing):
@@ -471,15 +604,16 @@ class FocusEngine:
         """The level the focus loop zooms into after ``level``, or None and why it stops.
 
         Stops after ``max_zoom_steps`` zooms and at the finest level; a single-level plan with
-        ``reencode_single_level`` zooms into the same level again.
+        ``reencode_single_level`` zooms into the same level again, its token grid unpadded against
+        its ``resize_hw`` as the reference's pass 2 does (:func:`lrs_core.dip.reencoded_level`).
         """
         cfg = self.config
         if cfg.max_zoom_steps is not None and zoom_steps >= cfg.max_zoom_steps:
             return None, f"max_zoom_steps={cfg.max_zoom_steps} reached"
         if level.dip_level < plan.n_levels:
             return plan.level(level.dip_level + 1), ""
-        if cfg.reencode_single_level and plan.n_levels == 1:
-            return level, ""
+        if cfg.reencode_single_level and plan.n_levels == 1 and zoom_steps == 0:
+            return reencoded_level(level), ""
         return None, "finest level reached"
 
     def _focus_loop(self, state: FocusState, pyramid: Any, thumb: torch.Tensor) -> None:
@@ -513,7 +647,7 @@ class FocusEngine:
                     f"over the {level_allowance} allowed"
                 )
                 break
-            same_level = next_level is level
+            same_level = next_level.dip_level == level.dip_level
             level, tiles = next_level, next_tiles
             state.tile_feats = self._tile_feats(
                 state, pyramid, level, tiles, bypass_cache=same_level
@@ -723,3 +857,30 @@ class FocusEngine:
 
     def _record(self, **fields: Any) -> AnswerRecord:
         return build_record(self, **fields)
+
+
+def pack_llm_inputs(llm_inputs: Sequence[LlmInput]) -> PackedInputs:
+    """Left pad several questions' LLM inputs into one batch.
+
+    Row ``b`` holds its own embeddings and position ids in its last ``L_b`` slots; padding slots
+    have a zero embedding, attention mask 0 and position id 0 (the convention of
+    :func:`lrs_core.models.generation.pack_kept`).
+
+    Args:
+        llm_inputs: one per question, each (1, L_b, D) embeddings and (1, L_b) position ids.
+
+    Returns:
+        (B, max L_b, D) embeddings, int64 (B, max L_b) attention mask and position ids.
+    """
+    width = max(x.sequence.length for x in llm_inputs)
+    first = llm_inputs[0].inputs_embeds
+    batch = len(llm_inputs)
+    embeds = first.new_zeros(batch, width, first.shape[-1])
+    mask = torch.zeros(batch, width, dtype=torch.int64, device=first.device)
+    positions = torch.zeros(batch, width, dtype=torch.int64, device=first.device)
+    for row, llm_input in enumerate(llm_inputs):
+        length = llm_input.sequence.length
+        embeds[row, width - length :] = llm_input.inputs_embeds[0]
+        mask[row, width - length :] = 1
+        positions[row, width - length :] = llm_input.position_ids[0].to(first.device)
+    return PackedInputs(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)

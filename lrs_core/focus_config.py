@@ -8,6 +8,7 @@ with the fixes of spec §11.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ PRESET_NAMES: tuple[str, ...] = (
     "fastv",
     "pdrop",
 )
+#: What the reference adds to a masked placeholder key's logit in RFM pass 2: its additive mask
+#: (``finfo.min`` where masked) cast to bool, i.e. 1.0 instead of -inf (spec §5.1 pass 2).
+REFERENCE_PLACEHOLDER_LOGIT_BIAS = 1.0
 #: The reference's hard-coded ratio ρ for selection and pruning (spec §5.1, §5.4).
 REFERENCE_RATIO = 0.25
 #: Our default cap on tiles per zoom step (spec §12 names the unused CLI hint 6; 12 keeps
@@ -41,6 +45,8 @@ DEFAULT_MAX_NEW_TOKENS = 32
 DEFAULT_EVIDENCE_TOKENS = 64
 #: Heat-map cells along the scene's long side.
 DEFAULT_HEATMAP_CELLS = 64
+#: Questions about one scene the LLM answers in one batched pass (``FocusEngine.answer_many``).
+DEFAULT_QA_BATCH = 8
 #: Tiles per vision-tower call.
 DEFAULT_VISION_BATCH = 16
 _GRID_PRESET = re.compile(r"^grid-(\d+)$")
@@ -88,6 +94,10 @@ class FocusConfig:
         rfm_gather_valid_only: RFM passes run over valid tokens only, with their full-sequence
             position ids (ours, spec §11.9); False: the whole canvas with masked placeholders
             (parity, spec §5.1 pass 2).
+        rfm_placeholder_logit_bias: None (ours): masked placeholders of an RFM pass get score 0.
+            A float: they stay in each head's softmax with this added to their logit (parity:
+            ``1.0``, the reference's mask cast to bool, spec §5.1 pass 2;
+            :class:`lrs_core.rfm.RfmConfig`). Only matters with ``rfm_gather_valid_only=False``.
         rfm_position_mode: RoPE positions of an RFM pass: ``original`` (each token's position in
             the full-level sequence, gaps where tiles were not selected; spec §5.5) or ``compact``
             (``0..L-1`` over the tokens present, as the LLM sees them; keeps positions small at the
@@ -121,6 +131,7 @@ class FocusConfig:
     position_mode: PositionModeName = "compact"
     rfm_gather_valid_only: bool = True
     rfm_position_mode: PositionModeName = "original"
+    rfm_placeholder_logit_bias: float | None = None
     grid_n: int = DEFAULT_GRID_N
     fastv_layer: int = 2
     fastv_keep_ratio: float = 0.5
@@ -148,6 +159,13 @@ class FocusConfig:
                 raise ConfigError(
                     f"FocusConfig.{name}={getattr(self, name)!r} is not one of {allowed}"
                 )
+        bias = self.rfm_placeholder_logit_bias
+        if bias is not None and (
+            isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
+        ):
+            raise ConfigError(
+                f"FocusConfig.rfm_placeholder_logit_bias={bias!r} must be None or a finite number"
+            )
         for name in ("select_ratio", "keep_ratio", "fastv_keep_ratio", "pdrop_keep_ratio"):
             value = getattr(self, name)
             if (
@@ -227,6 +245,8 @@ def focus_preset(cls: type[FocusConfig], /, name: str, **overrides: Any) -> Focu
             "keep_all_newlines": True,  # topk ∪ all newlines (spec §5.4)
             "reencode_single_level": True,  # one tiled level: re-select it (spec §5.3, §5.6)
             "rfm_gather_valid_only": False,  # full canvas, masked placeholders (spec §5.1, §11.9)
+            # placeholders get +1.0, not -inf, in the scored row (the bool-cast mask, spec §5.1)
+            "rfm_placeholder_logit_bias": REFERENCE_PLACEHOLDER_LOGIT_BIAS,
             "position_mode": "compact",  # the LLM sees positions 0..L-1 (spec §5.5)
         }
     elif name == "thumbnail":

@@ -86,7 +86,12 @@ class RfmScorer:
             attention_mask=request.attention_mask,
             query_positions=request.query_positions,
             key_positions=request.key_positions,
-            key_mask=torch.from_numpy(request.key_valid)[None],
+            # under the placeholder quirk, placeholders join the softmax via attention_mask
+            key_mask=(
+                torch.from_numpy(request.key_valid)[None]
+                if self.config.placeholder_logit_bias is None
+                else None
+            ),
             config=self.config,
         )
         return scores[0].float().cpu().numpy()

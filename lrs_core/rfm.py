@@ -18,12 +18,14 @@ gaps when only some tokens of a level are gathered, spec §11.9).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from lrs_core.errors import ConfigError
+from lrs_core.focus_config import REFERENCE_PLACEHOLDER_LOGIT_BIAS
 from lrs_core.models.attention_rows import attention_rows_from_hidden
 from lrs_core.models.vlm import VisionLanguageModel
 
@@ -38,10 +40,17 @@ class RfmConfig:
         head_reduction: how the query heads are combined; ``"mean"`` (spec §3 step 6).
         exclude_newline_keys: leave the level's newline tokens out of the key slice, so the softmax
             runs over image tokens only (ours, spec §11.6). The reference keeps them (``False``).
+        placeholder_logit_bias: None (ours): masked placeholder keys (``attention_mask`` 0) get
+            probability 0. A float: they stay in each head's softmax with this value added to
+            their logit, before the mean over heads. The reference's ``get_text_image_attn`` casts
+            the 4-D float mask to bool before adding it, so masked keys get
+            :data:`REFERENCE_PLACEHOLDER_LOGIT_BIAS` (``parity``, spec §5.1 pass 2). Only the
+            scored row is affected; the RFM layers before it always mask placeholders.
     """
 
     head_reduction: HeadReduction = "mean"
     exclude_newline_keys: bool = True
+    placeholder_logit_bias: float | None = None
 
     def __post_init__(self) -> None:
         if self.head_reduction != "mean":
@@ -51,6 +60,14 @@ class RfmConfig:
         if not isinstance(self.exclude_newline_keys, bool):
             raise ConfigError(
                 f"RfmConfig.exclude_newline_keys={self.exclude_newline_keys!r} must be a bool"
+            )
+        bias = self.placeholder_logit_bias
+        if bias is not None and (
+            isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)
+        ):
+            raise ConfigError(
+                f"RfmConfig.placeholder_logit_bias={bias!r} must be None or a finite number "
+                f"(the reference adds {REFERENCE_PLACEHOLDER_LOGIT_BIAS})"
             )
 
 
@@ -106,8 +123,11 @@ def score_level_tokens(
         key_positions: int64 (B, K); sequence indices of the scored tokens (pad rows with any valid
             index and mark those slots False in ``key_mask``).
         key_mask: bool (B, K); False slots get probability 0 and are left out of the softmax.
-        config: head reduction; None = :class:`RfmConfig` defaults. (Which keys are passed, newline
-            or not, is the caller's choice; ``exclude_newline_keys`` documents it.)
+            With ``config.placeholder_logit_bias`` set, leave placeholders True here: they take
+            part in the softmax through ``attention_mask`` (callers zero their scores after).
+        config: head reduction and placeholder bias; None = :class:`RfmConfig` defaults. (Which
+            keys are passed, newline or not, is the caller's choice; ``exclude_newline_keys``
+            documents it.)
 
     Returns:
         float32 (B, K) on the model's device; each row sums to 1 over its valid keys (0 for a row
@@ -150,5 +170,6 @@ def score_level_tokens(
         key_mask=None if key_mask is None else key_mask.to(device),
         sequence_mask=attention_mask.to(torch.bool),
         renormalize_over_keys=True,
+        masked_key_logit_bias=config.placeholder_logit_bias,
     )
     return rows.mean[:, 0, :]

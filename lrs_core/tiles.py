@@ -13,13 +13,16 @@ Only the tiles asked for are read. Two resamplers (:class:`Resampler`):
   rounding to uint8) without ever holding the whole scene.
 
 Padding: tiles are anchored top-left, and the area beyond the level's ``resize_hw`` (bottom rows,
-right columns) is filled with ``pad_rgb``. The reference pads with 0 *after* CLIP normalisation,
-which is the CLIP mean colour; the closest uint8 colour is :data:`CLIP_MEAN_RGB_UINT8` (123, 117,
-104), the default here for both resamplers. After normalisation it is within 0.004 of 0, not exactly
-0. Invalid (nodata) pixels of the store read as 0 under ``parity`` (what a decoder gives the
-reference) and as ``pad_rgb`` under ``antialiased``.
+right columns) is padding. The reference pads with exactly 0 *after* normalisation, i.e. the
+model's image mean. uint8 output fills it with ``pad_rgb``, by default the uint8 colour closest to
+the model's mean (:func:`mean_rgb_uint8`; the engine passes its own model's ``image_mean``, CLIP's
+gives (123, 117, 104)), within half a grey level of exact. float32 output (``dtype="float32"``, the
+``parity`` preset) keeps the resampler's unrounded values and marks padding NaN, which
+:meth:`lrs_core.models.vlm.VisionLanguageModel.preprocess_tiles` turns into exactly 0 after
+normalisation, as the reference. Invalid (nodata) pixels of the store read as 0 under ``parity``
+(what a decoder gives the reference) and as ``pad_rgb`` under ``antialiased``.
 
-Output arrays are uint8 ``(n, S, S, 3)`` RGB, ``S`` the tile side, rows first (image layout).
+Output arrays are ``(n, S, S, 3)`` RGB in 0..255, ``S`` the tile side, rows first (image layout).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from enum import Enum
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -35,16 +38,9 @@ from rasterio.windows import Window
 
 from lrs_core.dip import DipLevel, Thumbnail
 from lrs_core.errors import ConfigError, GeometryError
+from lrs_core.models.config import CLIP_IMAGE_MEAN
 from lrs_core.records import BBoxPx
 
-#: CLIP's per-channel mean (R, G, B) in [0, 1], the reference's normalisation (spec §1.1).
-CLIP_MEAN_RGB = (0.48145466, 0.4578275, 0.40821073)
-#: The uint8 colour closest to CLIP's mean: the reference's zero padding in normalised space.
-CLIP_MEAN_RGB_UINT8: tuple[int, int, int] = (
-    round(255 * CLIP_MEAN_RGB[0]),
-    round(255 * CLIP_MEAN_RGB[1]),
-    round(255 * CLIP_MEAN_RGB[2]),
-)
 #: Level-0 rows read at once by the parity resampler (bounds memory to rows x columns x 3 bytes).
 PARITY_BAND_ROWS = 512
 #: Channels of an RGB image.
@@ -53,6 +49,27 @@ RGB_CHANNELS = 3
 UInt8Array = npt.NDArray[np.uint8]
 Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+#: Element types the readers return: ``uint8`` (rounded) or ``float32`` (NaN = padding).
+PixelDtype = Literal["uint8", "float32"]
+#: Largest 8-bit channel value.
+CHANNEL_MAX = 255
+
+
+def mean_rgb_uint8(image_mean: Sequence[float]) -> tuple[int, int, int]:
+    """Return the uint8 RGB colour closest to a model's per-channel ``image_mean`` (in [0, 1]).
+
+    It is the padding colour that becomes (nearly) 0 after the model's normalisation, which is how
+    the reference pads (spec §1.1).
+    """
+    values = [round(CHANNEL_MAX * float(v)) for v in image_mean]
+    if len(values) != RGB_CHANNELS or not all(0 <= v <= CHANNEL_MAX for v in values):
+        raise ConfigError(f"image_mean={tuple(image_mean)!r} must be three values in [0, 1]")
+    return values[0], values[1], values[2]
+
+
+#: The padding colour of CLIP models (123, 117, 104), the default when no model's mean is given.
+CLIP_MEAN_RGB_UINT8: tuple[int, int, int] = mean_rgb_uint8(CLIP_IMAGE_MEAN)
 
 
 class Resampler(Enum):
@@ -223,7 +240,22 @@ def _fused(a: Float32Array, b: Float32Array, c: Float32Array) -> Float32Array:
 
 
 def _to_uint8(values: Float32Array) -> UInt8Array:
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(values), 0, CHANNEL_MAX).astype(np.uint8)
+
+
+def _as_float(dtype: str) -> bool:
+    if dtype not in ("uint8", "float32"):
+        raise ConfigError(f"dtype={dtype!r} is not one of ('uint8', 'float32')")
+    return dtype == "float32"
+
+
+def _canvas(shape: tuple[int, ...], pad: tuple[int, int, int], *, as_float: bool) -> np.ndarray:
+    """An output array filled with the padding: ``pad`` (uint8) or NaN (float32)."""
+    if as_float:
+        return np.full(shape, np.nan, dtype=np.float32)
+    out = np.empty(shape, dtype=np.uint8)
+    out[...] = np.asarray(pad, dtype=np.uint8)
+    return out
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -236,7 +268,8 @@ def read_tiles(
     *,
     resampler: Resampler | str = Resampler.ANTIALIASED,
     pad_rgb: tuple[int, int, int] = CLIP_MEAN_RGB_UINT8,
-) -> UInt8Array:
+    dtype: PixelDtype = "uint8",
+) -> npt.NDArray[Any]:
     """Read the pixels of some tiles of one DIP level.
 
     Args:
@@ -244,22 +277,24 @@ def read_tiles(
         level: the DIP level the tiles belong to; planned for this scene's size.
         tiles_rc: (row, col) tile indices in ``level``'s grid, in output order.
         resampler: :class:`Resampler` (or its value).
-        pad_rgb: colour of the padded area beyond the level's ``resize_hw``.
+        pad_rgb: colour of the padded area beyond the level's ``resize_hw`` (uint8 output; pass
+            :func:`mean_rgb_uint8` of the model's ``image_mean``).
+        dtype: ``uint8`` (rounded) or ``float32`` (the resampler's values unrounded, NaN padding).
 
     Returns:
-        uint8 (n, S, S, 3) RGB, S = ``level.tile_size_px``; the tile's in-scene part at the
-        top-left, ``pad_rgb`` elsewhere.
+        (n, S, S, 3) RGB in 0..255 of ``dtype``, S = ``level.tile_size_px``; the tile's in-scene
+        part at the top-left, ``pad_rgb`` (uint8) or NaN (float32) elsewhere.
 
     Raises:
         GeometryError: the level is for another scene size, or a tile is outside its grid.
-        ConfigError: bad ``resampler`` or ``pad_rgb``.
+        ConfigError: bad ``resampler``, ``pad_rgb`` or ``dtype``.
     """
     method = _resampler(resampler)
     pad = _check_pad(pad_rgb)
+    as_float = _as_float(dtype)
     _check_scene(pyramid, level.image_hw)
     side = level.tile_size_px
-    out = np.empty((len(tiles_rc), side, side, RGB_CHANNELS), dtype=np.uint8)
-    out[...] = np.asarray(pad, dtype=np.uint8)
+    out = _canvas((len(tiles_rc), side, side, RGB_CHANNELS), pad, as_float=as_float)
     for index, tile_rc in enumerate(tiles_rc):
         content_h, content_w = level.tile_content_hw(tile_rc)
         if method is Resampler.ANTIALIASED:
@@ -268,14 +303,13 @@ def read_tiles(
             )
         else:
             row0, col0 = int(tile_rc[0]) * side, int(tile_rc[1]) * side
-            pixels = _to_uint8(
-                resample_parity(
-                    pyramid,
-                    resize_hw=level.resize_hw,
-                    rows=(row0, row0 + content_h),
-                    cols=(col0, col0 + content_w),
-                )
+            values = resample_parity(
+                pyramid,
+                resize_hw=level.resize_hw,
+                rows=(row0, row0 + content_h),
+                cols=(col0, col0 + content_w),
             )
+            pixels = np.clip(values, 0, CHANNEL_MAX) if as_float else _to_uint8(values)
         out[index, :content_h, :content_w] = pixels
     return out
 
@@ -286,7 +320,8 @@ def read_thumbnail(
     *,
     resampler: Resampler | str = Resampler.ANTIALIASED,
     pad_rgb: tuple[int, int, int] = CLIP_MEAN_RGB_UINT8,
-) -> UInt8Array:
+    dtype: PixelDtype = "uint8",
+) -> npt.NDArray[Any]:
     """Read the thumbnail: the whole scene at ``thumb.resize_hw``, pasted top-left (spec §1.4).
 
     Under ``parity`` every level-0 row band the samples touch is read once (memory stays bounded,
@@ -296,32 +331,32 @@ def read_thumbnail(
         pyramid: the scene store.
         thumb: the plan's thumbnail.
         resampler: :class:`Resampler` (or its value).
-        pad_rgb: colour of the canvas beyond ``thumb.resize_hw``.
+        pad_rgb: colour of the canvas beyond ``thumb.resize_hw`` (uint8 output).
+        dtype: ``uint8`` or ``float32`` (unrounded, NaN padding), as in :func:`read_tiles`.
 
     Returns:
-        uint8 (S, S, 3) RGB.
+        (S, S, 3) RGB in 0..255 of ``dtype``.
 
     Raises:
         GeometryError: the thumbnail is for another scene size.
-        ConfigError: bad ``resampler`` or ``pad_rgb``.
+        ConfigError: bad ``resampler``, ``pad_rgb`` or ``dtype``.
     """
     method = _resampler(resampler)
     pad = _check_pad(pad_rgb)
+    as_float = _as_float(dtype)
     _check_scene(pyramid, thumb.image_hw)
     canvas_h, canvas_w = thumb.canvas_hw
-    out = np.empty((canvas_h, canvas_w, RGB_CHANNELS), dtype=np.uint8)
-    out[...] = np.asarray(pad, dtype=np.uint8)
+    out = _canvas((canvas_h, canvas_w, RGB_CHANNELS), pad, as_float=as_float)
     height, width = thumb.image_hw
     thumb_h, thumb_w = thumb.resize_hw
     if method is Resampler.ANTIALIASED:
         bounds = (0.0, 0.0, float(width), float(height))
         pixels = pyramid.read_region(bounds, out_hw=(thumb_h, thumb_w), fill_rgb=pad)
     else:
-        pixels = _to_uint8(
-            resample_parity(
-                pyramid, resize_hw=thumb.resize_hw, rows=(0, thumb_h), cols=(0, thumb_w)
-            )
+        values = resample_parity(
+            pyramid, resize_hw=thumb.resize_hw, rows=(0, thumb_h), cols=(0, thumb_w)
         )
+        pixels = np.clip(values, 0, CHANNEL_MAX) if as_float else _to_uint8(values)
     out[:thumb_h, :thumb_w] = pixels
     return out
 

@@ -47,7 +47,7 @@ from lrs_core.models.layout import SequenceLayout, TokenKind, assemble_batch, bu
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER, PromptIds, tokenize_prompt
 from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.pyramid import Pyramid, open_pyramid
-from lrs_core.tiles import read_thumbnail, read_tiles
+from lrs_core.tiles import mean_rgb_uint8, read_thumbnail, read_tiles
 
 log = logging.getLogger(__name__)
 
@@ -318,11 +318,12 @@ def encode_view(
     Every tile of the level is read (antialiased) and encoded; the pooled tile tokens are laid
     out over the level's padded canvas and cropped to its unpadded grid (spec §2.2-2.3).
     """
-    thumb = read_thumbnail(pyramid, plan.thumbnail)
+    pad = mean_rgb_uint8(model.config.image_mean)  # this model's padding colour
+    thumb = read_thumbnail(pyramid, plan.thumbnail, pad_rgb=pad)
     thumb_feats = model.encode_tiles(model.preprocess_tiles(thumb[None]), pooled=False)[0]
     rows, cols = level.grid_hw
     tiles = [(r, c) for r in range(rows) for c in range(cols)]
-    pixels = read_tiles(pyramid, level, tiles)
+    pixels = read_tiles(pyramid, level, tiles, pad_rgb=pad)
     feats = model.encode_tiles(model.preprocess_tiles(pixels), pooled=True)
     side = level.tokens_per_tile_side
     canvas = feats.view(rows, cols, side, side, -1).permute(0, 2, 1, 3, 4)

@@ -106,8 +106,13 @@ class GroupScore:
 
     @property
     def average_accuracy(self) -> float:
-        """AA: the mean of the per-category accuracies, a fraction in [0, 1]."""
-        return sum(c.accuracy for c in self.categories.values()) / len(self.categories)
+        """AA: the mean of the per-category accuracies, a fraction in [0, 1].
+
+        Summed in sorted category order, as the official script does, so the float (and its
+        rounding on exact ties) is the same whatever order the lines came in.
+        """
+        accuracies = [self.categories[name].accuracy for name in sorted(self.categories)]
+        return sum(accuracies) / len(accuracies)
 
 
 def _percent(fraction: float) -> float:

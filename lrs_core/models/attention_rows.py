@@ -178,6 +178,7 @@ def attention_rows_from_hidden(
     key_mask: torch.Tensor | None = None,
     sequence_mask: torch.Tensor | None = None,
     renormalize_over_keys: bool = True,
+    masked_key_logit_bias: float | None = None,
 ) -> AttentionRows:
     """Exact attention rows of one decoder layer, recomputed from the hidden states entering it.
 
@@ -202,6 +203,11 @@ def attention_rows_from_hidden(
             chosen keys and, without renormalisation, the rest of each row's denominator.
         renormalize_over_keys: True: softmax over the chosen keys only (the reference RFM, spec §3
             step 5). False: the full causal row's softmax, restricted to the chosen keys.
+        masked_key_logit_bias: None (default): keys hidden by ``sequence_mask`` get probability 0.
+            A float: they stay in the softmax with this value *added* to their logit instead. The
+            reference's ``get_text_image_attn`` casts its 4-D additive mask to bool before adding
+            it, so its masked placeholder keys get ``+1.0`` (the ``parity`` quirk, spec §5.1
+            pass 2). ``key_mask`` and the causal rule still exclude keys.
 
     Returns:
         The rows, float32 (B, H, Q, K) per head.
@@ -216,6 +222,7 @@ def attention_rows_from_hidden(
         key_index = key_positions
     else:
         key_index = torch.arange(length, device=hidden.device).expand(batch, -1)
+    biased = masked_key_logit_bias is not None and sequence_mask is not None
     logits, allowed = _causal_logits(
         layer,
         hidden,
@@ -223,8 +230,12 @@ def attention_rows_from_hidden(
         rotary_emb=rotary_emb,
         query_positions=query_positions,
         key_index=key_index,
-        sequence_mask=sequence_mask,
+        sequence_mask=None if biased else sequence_mask,
     )
+    if biased:
+        assert sequence_mask is not None and masked_key_logit_bias is not None  # for mypy
+        hidden_keys = ~sequence_mask.to(torch.bool).gather(1, key_index)  # (B, Kx)
+        logits = logits + float(masked_key_logit_bias) * hidden_keys[:, None, None, :].float()
     probs = _rows_from_logits(
         logits,
         allowed[:, None],

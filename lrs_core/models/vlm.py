@@ -237,8 +237,14 @@ class VisionLanguageModel(nn.Module):
     def preprocess_tiles(self, tiles: np.ndarray) -> torch.Tensor:
         """Return normalised pixels for the vision tower.
 
+        ``config.image_mean`` / ``image_std`` are the one source of the normalisation (the
+        tile readers' padding colour derives from the same mean).
+
         Args:
-            tiles: uint8 (n, S, S, 3) RGB tiles, ``S == config.tile_size_px``.
+            tiles: uint8 or float32 (n, S, S, 3) RGB tiles in 0..255, ``S ==
+                config.tile_size_px``. float32 NaN marks padding, which becomes exactly 0 after
+                normalisation (the reference's zero padding, spec §1.1;
+                ``lrs_core.tiles.read_tiles(dtype="float32")``).
 
         Returns:
             float (n, 3, S, S) on the model's device and dtype: ``(pixel / 255 - mean) / std``.
@@ -247,15 +253,23 @@ class VisionLanguageModel(nn.Module):
             ValueError: wrong dtype or shape.
         """
         size = self.config.tile_size_px
-        if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[1:] != (size, size, 3):
+        if (
+            tiles.dtype not in (np.uint8, np.float32)
+            or tiles.ndim != 4
+            or tiles.shape[1:] != (size, size, 3)
+        ):
             raise ValueError(
-                f"tiles must be uint8 (n, {size}, {size}, 3); got {tiles.dtype} {tiles.shape}"
+                f"tiles must be uint8 or float32 (n, {size}, {size}, 3); got {tiles.dtype} "
+                f"{tiles.shape}"
             )
         pixels = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
         pixels = pixels.permute(0, 3, 1, 2).to(torch.float32) / PIXEL_MAX
         mean = torch.tensor(self.config.image_mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.config.image_std, device=self.device).view(1, 3, 1, 1)
-        return ((pixels - mean) / std).to(self.dtype)
+        normalised = (pixels - mean) / std
+        if tiles.dtype == np.float32:
+            normalised = torch.nan_to_num(normalised, nan=0.0)
+        return normalised.to(self.dtype)
 
     def encode_tiles(
         self, pixels: torch.Tensor, *, pooled: bool = True, batch_size: int = 16

@@ -149,6 +149,24 @@ def test_oa_aa_arithmetic_without_synonyms() -> None:
     assert result.four_benchmark_mean is None
 
 
+def test_average_accuracy_sums_categories_in_sorted_order() -> None:
+    # accuracies 1/3 ('zone'), 2/3 ('area'), 2/4 ('mid') in that line order: summed as they come
+    # the float is 1.5, in sorted order (area, mid, zone) 1.4999999999999998, as the official script
+    rows = [row("STAR_z0", "zone", "1", "1")] + [
+        row(f"STAR_z{i}", "zone", "1", "0") for i in (1, 2)
+    ]
+    rows += [row(f"STAR_a{i}", "area", "1", "1") for i in (0, 1)] + [
+        row("STAR_a2", "area", "1", "0")
+    ]
+    rows += [row(f"STAR_m{i}", "mid", "1", "1" if i < 2 else "0") for i in range(4)]
+    star = score_rows(rows, matcher=ExactOnly()).groups["STAR"]
+    assert list(star.categories) == ["zone", "area", "mid"]
+    in_line_order = (1 / 3 + 2 / 3 + 2 / 4) / 3
+    in_sorted_order = (2 / 3 + 2 / 4 + 1 / 3) / 3
+    assert in_line_order != in_sorted_order
+    assert star.average_accuracy == in_sorted_order
+
+
 def test_groups_follow_question_id_prefix_and_chunks_merge(tmp_path: Path) -> None:
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     first.write_text(json.dumps(row("GLH-Bridge_1", "count", "1", "1")) + "\n")

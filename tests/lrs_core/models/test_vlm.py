@@ -18,8 +18,13 @@ def test_preprocess_normalises_with_the_config_mean_and_std(tiny_model):
     assert pixels.shape == (2, 3, size, size) and pixels.dtype == model.dtype
     expected = (tiles[1, 5, 7, 2] / 255.0 - model.config.image_mean[2]) / model.config.image_std[2]
     assert pixels[1, 2, 5, 7].item() == pytest.approx(expected, abs=1e-6)
-    with pytest.raises(ValueError, match="uint8"):
-        model.preprocess_tiles(tiles.astype(np.float32))
+    floats = tiles.astype(np.float32)
+    floats[0, :, size // 2 :] = np.nan  # padding of float tiles: exactly 0 once normalised
+    normalised = model.preprocess_tiles(floats)
+    assert torch.equal(normalised[0, :, :, size // 2 :], torch.zeros(3, size, size - size // 2))
+    torch.testing.assert_close(normalised[1], pixels[1])
+    with pytest.raises(ValueError, match="uint8 or float32"):
+        model.preprocess_tiles(tiles.astype(np.float64))
 
 
 @torch.no_grad()
