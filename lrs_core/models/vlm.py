@@ -31,9 +31,9 @@ from transformers import (
     SiglipVisionModel,
 )
 from transformers.initialization import no_init_weights
-from transformers.masking_utils import create_causal_mask
 
 from lrs_core.errors import ConfigError, WeightsError
+from lrs_core.models import hf_compat
 from lrs_core.models.config import VlmConfig
 from lrs_core.models.projector import Mlp2xGelu
 
@@ -142,11 +142,11 @@ class RfmLayers(nn.Module):
         if position_ids is None:
             batch, length, _ = inputs_embeds.shape
             position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, -1)
-        mask = create_causal_mask(
-            config=self.config,
+        mask = hf_compat.causal_mask(
+            self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=None,
+            cache=None,
             position_ids=position_ids,
         )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
