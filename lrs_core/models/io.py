@@ -36,6 +36,7 @@ from lrs_core.models.vlm import (
     VisionLanguageModel,
     check_state_dict_keys,
     llm_config_class,
+    materialise,
     vision_config_class,
 )
 
@@ -247,7 +248,13 @@ def build_and_load(
     optional_prefixes: tuple[str, ...] = (),
     extra_weights: dict[str, torch.Tensor] | None = None,
 ) -> VisionLanguageModel:
-    """Build the model without random init and fill it from ``source``'s safetensors by shard.
+    """Build the model on ``meta`` and assign ``source``'s tensors in the target dtype and device.
+
+    Each tensor is read from its safetensors shard, cast and moved once, and assigned to the model
+    (``load_state_dict(assign=True)``), so the process holds about one copy of the weights in the
+    target dtype (plus one tensor in flight), never a float32 model. Non-persistent buffers (RoPE
+    ``inv_freq``, CLIP ``position_ids``) are recomputed on ``device`` (see
+    :func:`lrs_core.models.vlm.materialise`).
 
     Args:
         config: the project config.
@@ -257,33 +264,33 @@ def build_and_load(
             ``model.safetensors.index.json``.
         key_map: checkpoint key -> project key (None skips the tensor).
         device: target device.
-        dtype: target parameter dtype.
-        optional_prefixes: project keys allowed to be missing (left uninitialised by the file; the
-            caller fills them, e.g. the RFM from layer copies).
+        dtype: target dtype of the floating-point tensors.
+        optional_prefixes: project keys allowed to be missing (they become zeros; the caller fills
+            them, e.g. the RFM from layer copies).
         extra_weights: project-keyed tensors from elsewhere (a separate vision tower).
 
     Raises:
         WeightsError: the keys do not match the architecture.
     """
     model = VisionLanguageModel.build(
-        config,
-        vision_config=vision_config,
-        llm_config=llm_config,
-        initialise=False,
-        device=device,
-        dtype=dtype,
+        config, vision_config=vision_config, llm_config=llm_config, initialise=False
     )
-    seen: set[str] = set()
+    expected = set(model.state_dict())
+    weights: dict[str, torch.Tensor] = {}
+    for key, tensor in _weight_tensors(source, key_map, extra_weights):
+        if key in expected:
+            kind = dtype if tensor.dtype.is_floating_point else tensor.dtype
+            weights[key] = tensor.to(device=device, dtype=kind)
+        else:
+            weights[key] = tensor  # reported below; never assigned
+    if llm_config.tie_word_embeddings:
+        _alias_tied_embeddings(weights)
+    check_state_dict_keys(
+        model, set(weights), source=str(source), optional_prefixes=optional_prefixes
+    )
     with torch.no_grad():
-        for part in _weight_parts(source, key_map, extra_weights):
-            if llm_config.tie_word_embeddings:
-                _alias_tied_embeddings(part)
-            seen.update(part)
-            unexpected = set(part) - set(model.state_dict())
-            if unexpected:
-                break
-            model.load_state_dict(part, strict=False)
-    check_state_dict_keys(model, seen, source=str(source), optional_prefixes=optional_prefixes)
+        materialise(model, weights, device=device, dtype=dtype)
+    del weights
     if llm_config.tie_word_embeddings:
         model.llm.tie_weights()
     return model
@@ -301,19 +308,18 @@ def _alias_tied_embeddings(part: dict[str, torch.Tensor]) -> None:
         part[_LM_HEAD_KEY] = part[_EMBED_KEY]
 
 
-def _weight_parts(
+def _weight_tensors(
     source: Path, key_map: KeyMap, extra_weights: dict[str, torch.Tensor] | None
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (project key, tensor) of every mapped tensor of ``source``, one at a time."""
     for file in safetensors_files(source):
-        part: dict[str, torch.Tensor] = {}
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 target = key_map(key)
                 if target is not None:
-                    part[target] = handle.get_tensor(key)
-        yield part
+                    yield target, handle.get_tensor(key)
     if extra_weights:
-        yield extra_weights
+        yield from extra_weights.items()
 
 
 def safetensors_files(source: Path) -> list[Path]:
