@@ -269,7 +269,8 @@ def answer_questions(
     out: str = "answers",
     store: str = "stores",
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> list[dict[str, Any]]:
     """Answer every request that ``out`` does not hold yet; report each question's outcome.
 
@@ -282,7 +283,8 @@ def answer_questions(
             ``answers.geojson``, ``overlays/``.
         store: folder of scene stores: where scene ids are looked up and rasters are ingested.
         budget: vision tokens sent to the LLM; None keeps the preset's.
-        device: torch device of the model (``cpu``, ``cuda``, ``cuda:1``).
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
 
     Returns:
         One row per request (see :mod:`tasks.artifacts`): ``answered``, ``skipped`` (already in
@@ -306,7 +308,7 @@ def answer_questions(
         len(problems),
     )
     if pending:  # fail on a bad model before anything is written
-        cached_engine(model, preset=preset, budget=budget, device=device)
+        cached_engine(model, preset=preset, budget=budget, device=device, dtype=dtype)
     check_output_writable(out)
 
     rows_by_id: dict[str, dict[str, Any]] = {}
@@ -377,6 +379,7 @@ def answer_questions(
             preset=preset,
             budget=budget,
             device=device,
+            dtype=dtype,
             return_state=True,
         )
         if state.is_completed():

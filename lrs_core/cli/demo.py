@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from lrs_core.cli._common import console, fail, print_json, reported_errors
+from lrs_core.cli._common import (
+    DeviceOpt,
+    DtypeOpt,
+    check_runtime,
+    console,
+    fail,
+    print_json,
+    reported_errors,
+)
 
 #: Where ``prefect server start`` serves the UI by default.
 PREFECT_UI_URL = "http://127.0.0.1:4200"
@@ -47,6 +55,8 @@ def demo(
     scene_size: Annotated[
         str, typer.Option("--scene-size", help="Demo scene WIDTHxHEIGHT in pixels.")
     ] = "3000x2000",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Run the demo: a georeferenced demo scene, the ingest and answer flows, the tiny model."""
     import os
@@ -58,12 +68,15 @@ def demo(
     # imports Prefect (a test checks), and `lrs --help` stays fast.
     from flows.demo import run_demo
 
+    check_runtime(device, dtype)
     try:
         width, height = (int(v) for v in scene_size.lower().split("x"))
     except ValueError:
         fail(f"--scene-size {scene_size!r} is not WIDTHxHEIGHT (e.g. 3000x2000)", code=EXIT_USAGE)
     with reported_errors():
-        result = run_demo(out, size_wh=(width, height), preset=preset, budget=budget)
+        result = run_demo(
+            out, size_wh=(width, height), preset=preset, budget=budget, device=device, dtype=dtype
+        )
     run_url = f"{PREFECT_UI_URL}/runs/flow-run/{result.flow_run_id}"
     if as_json:
         print_json(

@@ -167,7 +167,13 @@ def convert_checkpoint(
         vision_config_path=vision_config_path,
         llm_layer_list=llm_layer_list,
     )
-    return save_model(loaded.model, loaded.tokenizer, dst, model_id=loaded.model_id)
+    return save_model(
+        loaded.model,
+        loaded.tokenizer,
+        dst,
+        model_id=loaded.model_id,
+        generation=loaded.generation,
+    )
 
 
 def _checkpoint_dtype(source: Path) -> torch.dtype:

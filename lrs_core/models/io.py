@@ -21,17 +21,24 @@ import importlib.util
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_model as save_safetensors_model
-from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedConfig, PreTrainedTokenizerBase
 
 from lrs_core.errors import ConfigError, WeightsError
 from lrs_core.models.config import VlmConfig
+from lrs_core.models.runtime import (
+    DEVICE_AUTO,
+    GENERATION_CONFIG_FILE,
+    GenerationSettings,
+    resolve_device,
+    resolve_dtype,
+)
 from lrs_core.models.vlm import (
     VisionLanguageModel,
     check_state_dict_keys,
@@ -63,12 +70,19 @@ class LoadedModel:
         tokenizer: its tokenizer (``PreTrainedTokenizerBase``).
         model_id: a name for records (the project format's ``model_id`` or the directory name).
         source_dir: the directory it was loaded from.
+        generation: the checkpoint's ``generation_config.json`` settings (defaults when absent).
     """
 
     model: VisionLanguageModel
     tokenizer: PreTrainedTokenizerBase
     model_id: str
     source_dir: Path
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end an answer: the tokenizer EOS, then generation_config ``eos_token_id``."""
+        return self.generation.stop_token_ids(self.tokenizer.eos_token_id)
 
 
 def save_model(
@@ -77,6 +91,7 @@ def save_model(
     out_dir: str | Path,
     *,
     model_id: str | None = None,
+    generation: GenerationSettings | None = None,
 ) -> Path:
     """Write ``model`` and ``tokenizer`` in the project format and return the directory.
 
@@ -85,6 +100,7 @@ def save_model(
         tokenizer: its tokenizer.
         out_dir: directory (created if needed; existing model files are replaced).
         model_id: name stored in ``lrs_model.json`` (default: the directory name).
+        generation: generation settings to write as ``generation_config.json`` (none: no file).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +111,8 @@ def save_model(
         "vlm_config": model.config.to_dict(),
         **model.sub_configs(),
     }
+    # the stored dtype is the tensors' (``--dtype auto`` on CUDA reads it back)
+    header["llm_config"]["dtype"] = str(model.dtype).removeprefix("torch.")
     save_safetensors_model(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(out))
     preprocessor = {
@@ -107,6 +125,8 @@ def save_model(
         "size": {"height": model.config.tile_size_px, "width": model.config.tile_size_px},
     }
     (out / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2) + "\n")
+    if generation is not None and generation.raw:
+        (out / GENERATION_CONFIG_FILE).write_text(json.dumps(generation.raw, indent=2) + "\n")
     # Written last, so a directory with lrs_model.json is a complete one.
     (out / PROJECT_CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
     return out
@@ -119,18 +139,11 @@ def default_attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """Return float32 on CPU, bfloat16 on CUDA when supported (else float16)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_model(
     path: str | Path,
     *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    device: str | torch.device = DEVICE_AUTO,
+    dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
     vision_config_path: str | Path | None = None,
     llm_layer_list: tuple[int, ...] | None = None,
@@ -140,8 +153,10 @@ def load_model(
     Args:
         path: a project-format directory, a paper release (LLaVA layout with ``llm_layer_list``) or
             a llava-hf LLaVA-1.5 / LLaVA-NeXT directory.
-        device: where to build the model.
-        dtype: parameter dtype; None = :func:`default_dtype` of the device.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda[:N]`` or a device
+            (:func:`lrs_core.models.runtime.resolve_device`).
+        dtype: a dtype, ``fp16``/``bf16``/``fp32``, or ``auto``/None: the checkpoint's dtype on
+            CUDA, float32 on CPU (:func:`lrs_core.models.runtime.resolve_dtype`).
         attn_implementation: the LLM's (and RFM's) attention; None =
             :func:`default_attn_implementation`.
         vision_config_path: paper layout only: a CLIP config (file or directory) when none is stored
@@ -151,12 +166,13 @@ def load_model(
 
     Raises:
         WeightsError: missing directory, unknown layout, pickle-only weights, or mismatched weights.
+        ConfigError: an unknown or unavailable device, or an unknown dtype name.
     """
     from lrs_core.models import convert
 
     source = Path(path)
-    torch_device = torch.device(device)
-    torch_dtype = dtype or default_dtype(torch_device)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device, source)
     attn = attn_implementation or default_attn_implementation(torch_device)
     layout = convert.detect_layout(source)
     safetensors_files(source)  # fail fast (and refuse pickles) before building anything
@@ -173,11 +189,18 @@ def load_model(
         )
         model_id = source.name
     set_attn_implementation(model, attn)
+    generation = GenerationSettings.read(source)
+    if generation.raw:
+        model.llm.generation_config = GenerationConfig.from_dict(generation.raw)
     log.info(
         "loaded %s (%s layout) on %s as %s with %s", source, layout, torch_device, torch_dtype, attn
     )
     return LoadedModel(
-        model=model.eval(), tokenizer=tokenizer, model_id=model_id, source_dir=source
+        model=model.eval(),
+        tokenizer=tokenizer,
+        model_id=model_id,
+        source_dir=source,
+        generation=generation,
     )
 
 

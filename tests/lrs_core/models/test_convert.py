@@ -152,9 +152,16 @@ def test_paper_layout_loads_and_converts(source, tmp_path):
         "chatml" if model.config.llm_family == "qwen2" else "vicuna_v1"
     )
     assert loaded.tokenizer("ASSISTANT:").input_ids == tokenizer("ASSISTANT:").input_ids
+    generation = {"eos_token_id": [3, 9], "max_new_tokens": 7, "do_sample": False}
+    (src / "generation_config.json").write_text(json.dumps(generation))
     dst = convert_checkpoint(src, tmp_path / "converted")
     assert detect_layout(dst) == "project"
-    assert_same_model(load_model(dst).model, model)
+    converted = load_model(dst)
+    assert_same_model(converted.model, model)
+    # the checkpoint's generation settings travel with the conversion
+    assert json.loads((dst / "generation_config.json").read_text()) == generation
+    assert converted.generation.eos_token_ids == (3, 9)
+    assert converted.model.llm.generation_config.max_new_tokens == 7
 
 
 def test_paper_layout_with_separate_vision_tower(source, tmp_path):
