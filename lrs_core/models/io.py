@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_model as save_safetensors_model
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedConfig, PreTrainedTokenizerBase
 
@@ -336,13 +335,66 @@ def _weight_tensors(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (project key, tensor) of every mapped tensor of ``source``, one at a time."""
     for file in safetensors_files(source):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
-                target = key_map(key)
-                if target is not None:
-                    yield target, handle.get_tensor(key)
+        yield from read_safetensors(file, key_map)
     if extra_weights:
         yield from extra_weights.items()
+
+
+#: safetensors dtype names -> torch dtypes (the ones checkpoints of these models use).
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+#: Bytes of the little-endian header length that opens a safetensors file.
+_SAFETENSORS_LENGTH_BYTES = 8
+
+
+def read_safetensors(
+    file: Path, key_map: KeyMap = lambda key: key
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (mapped key, CPU tensor) of a safetensors file, reading each tensor with ``readinto``.
+
+    Unlike a memory map, plain reads leave no file pages mapped into the process, so reading a
+    checkpoint adds one tensor at a time to the resident memory instead of the whole file.
+
+    Raises:
+        WeightsError: a truncated or malformed file, or a dtype this reader does not know.
+    """
+    with file.open("rb") as handle:
+        length = int.from_bytes(handle.read(_SAFETENSORS_LENGTH_BYTES), "little")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise WeightsError(
+                f"{file}: not a safetensors file ({err}); download it again"
+            ) from err
+        start = _SAFETENSORS_LENGTH_BYTES + length
+        header.pop("__metadata__", None)
+        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        for key, entry in entries:
+            target = key_map(key)
+            if target is None:
+                continue
+            if entry["dtype"] not in _SAFETENSORS_DTYPES:
+                raise WeightsError(
+                    f"{file}: tensor {key} has dtype {entry['dtype']}, which lrs does not read; "
+                    "convert the checkpoint to F32/F16/BF16"
+                )
+            begin, end = entry["data_offsets"]
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            handle.seek(start + begin)
+            if handle.readinto(raw.numpy().data) != end - begin:
+                raise WeightsError(f"{file}: truncated at tensor {key}; download it again")
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            yield target, raw.view(dtype).reshape(entry["shape"])
 
 
 def safetensors_files(source: Path) -> list[Path]:
