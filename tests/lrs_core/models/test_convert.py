@@ -176,6 +176,25 @@ def test_paper_layout_with_separate_vision_tower(source, tmp_path):
     assert_same_model(loaded.model, model)
 
 
+@torch.no_grad()
+def test_paper_layout_takes_the_tower_from_a_local_mm_vision_tower(source, tmp_path):
+    model, tokenizer = source
+    src = tmp_path / "ckpt"
+    vision_dir = write_paper_checkpoint(src, model, tokenizer, vision_beside=False)
+    # the separate tower differs from the copy stored in the checkpoint
+    other = {k: v + 1.0 for k, v in model.vision_tower.state_dict().items()}
+    save_file(
+        {"vision_model." + k: v.contiguous() for k, v in other.items()},
+        str(vision_dir / "model.safetensors"),
+    )
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(config | {"mm_vision_tower": str(vision_dir)}))
+    loaded = load_model(src).model
+    for key, value in loaded.vision_tower.state_dict().items():
+        torch.testing.assert_close(value, other[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(loaded.llm.lm_head.weight, model.llm.lm_head.weight, rtol=0, atol=0)
+
+
 def test_paper_layout_errors_name_the_problem(source, tmp_path):
     model, tokenizer = source
     src = tmp_path / "ckpt"
