@@ -61,6 +61,7 @@ def demo(
     """Run the demo: a georeferenced demo scene, the ingest and answer flows, the tiny model."""
     import os
 
+    check_runtime(device, dtype)
     # Prefect reads these when it is first imported, so they are set before the import below.
     for name, value in PREFECT_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
@@ -68,7 +69,6 @@ def demo(
     # imports Prefect (a test checks), and `lrs --help` stays fast.
     from flows.demo import run_demo
 
-    check_runtime(device, dtype)
     try:
         width, height = (int(v) for v in scene_size.lower().split("x"))
     except ValueError:

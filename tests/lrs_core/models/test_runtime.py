@@ -94,3 +94,49 @@ def test_generation_config_int_and_bad_values(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="eos_token_id"):
         GenerationSettings.read(tmp_path)
     assert GenerationSettings.read(tmp_path / "none").eos_token_ids == ()
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="needs a machine without CUDA")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ask", "--scene", "s.zarr", "--model", "m", "--question", "q"],
+        ["eval", "run", "lrs-vqa", "--data", "d", "--model", "m", "--out", "o.jsonl"],
+        ["train-rfm", "--model", "m", "--data", "d.json", "--out", "o"],
+        ["demo", "--out", "o"],
+        ["model", "info", "m", "--load"],
+    ],
+)
+@pytest.mark.parametrize(
+    ("option", "message"), [("--device=cuda", "CPU-only"), ("--dtype=int4", "--dtype")]
+)
+def test_every_model_command_rejects_cuda_and_bad_dtype_with_exit_2(
+    command: list[str], option: str, message: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(build_app(), [*command, option])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_ask_runs_in_bf16(tiny_model_dir: Path, ingested_store: Path) -> None:
+    result = CliRunner().invoke(
+        build_app(),
+        [
+            "ask",
+            "--scene",
+            str(ingested_store),
+            "--model",
+            str(tiny_model_dir),
+            "--question",
+            "Is there a bridge?",
+            "--preset",
+            "thumbnail",
+            "--max-new-tokens",
+            "2",
+            "--dtype",
+            "bf16",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["accounting"]["decode_steps"] >= 1
