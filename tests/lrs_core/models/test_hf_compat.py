@@ -50,3 +50,31 @@ def test_installed_transformers_is_in_the_tested_range() -> None:
     from packaging.specifiers import SpecifierSet
 
     assert version("transformers") in SpecifierSet(hf_compat.TESTED_TRANSFORMERS)
+
+
+def test_only_hf_compat_touches_transformers_internals() -> None:
+    """Outside hf_compat, lrs_core imports only public model/config/tokenizer classes."""
+    import ast
+    from pathlib import Path
+
+    import lrs_core
+
+    internal_names = {
+        "AttentionInterface",
+        "AttentionMaskInterface",
+        "Cache",
+        "DynamicCache",
+        "create_causal_mask",
+        "no_init_weights",
+    }
+    offenders = []
+    root = Path(lrs_core.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name == "hf_compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transformers"):
+                names = {alias.name for alias in node.names}
+                if node.module != "transformers" or names & internal_names:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {node.module}")
+    assert not offenders, offenders
