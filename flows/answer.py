@@ -318,7 +318,8 @@ def answer_questions(
     out: str = "answers",
     store: str = "stores",
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "auto",
     data_root: str | None = None,
     wait: bool = False,
 ) -> list[dict[str, Any]]:
@@ -333,7 +334,8 @@ def answer_questions(
             ``answers.geojson``, ``overlays/``.
         store: folder of scene stores: where scene ids are looked up and rasters are ingested.
         budget: vision tokens sent to the LLM; None keeps the preset's.
-        device: torch device of the model (``cpu``, ``cuda``, ``cuda:1``).
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
         data_root: folder request scene paths are confined to (relative ones are read from it);
             None: ``$LRS_DATA_ROOT``, or unconfined when that is unset too.
         wait: queue behind another run writing ``out`` instead of failing at once.
@@ -369,7 +371,7 @@ def answer_questions(
         len(problems),
     )
     if pending:  # fail on a bad model before anything is written
-        cached_engine(model, preset=preset, budget=budget, device=device)
+        cached_engine(model, preset=preset, budget=budget, device=device, dtype=dtype)
     check_output_writable(out)
     with batch_lock(out, purpose="answer-questions", wait=wait):
         pass  # fail now, before any ingest, when another run writes ``out``; tasks lock it again
@@ -443,6 +445,7 @@ def answer_questions(
             budget=budget,
             device=device,
             wait=wait,
+            dtype=dtype,
             return_state=True,
         )
         if state.is_completed():

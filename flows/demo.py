@@ -90,6 +90,8 @@ def demo(
     size_wh: tuple[int, int] = DEMO_SCENE_WH,
     preset: str = DEMO_PRESET,
     budget: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """Write the demo scene, ingest it, answer its questions; outputs land in ``out_dir``.
 
@@ -98,6 +100,8 @@ def demo(
         size_wh: (width, height) of the demo scene in pixels.
         preset: engine preset.
         budget: vision tokens sent to the LLM; None keeps the preset's.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
 
     Returns:
         ``scene`` (the ingest row), ``rows`` (one per question) and ``model_dir``. When a
@@ -119,6 +123,8 @@ def demo(
             out=str(out),
             store=str(out / STORES_DIRNAME),
             budget=budget,
+            device=device,
+            dtype=dtype,
             return_state=True,
         )
     )
@@ -139,6 +145,8 @@ def run_demo(
     size_wh: tuple[int, int] = DEMO_SCENE_WH,
     preset: str = DEMO_PRESET,
     budget: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> DemoResult:
     """Run the ``lrs-demo`` flow and return where its outputs are.
 
@@ -147,12 +155,22 @@ def run_demo(
         size_wh: (width, height) of the demo scene in pixels.
         preset: engine preset.
         budget: vision tokens sent to the LLM; None keeps the preset's.
+        device: where the model runs (``auto``: CUDA when present, else CPU).
+        dtype: the model's dtype (``auto``: the checkpoint's on CUDA, fp32 on CPU).
 
     Raises:
         LrsError: the demo could not run at all (per-question failures are in ``rows``).
     """
     out = Path(out_dir).resolve()
-    state = demo(str(out), size_wh=size_wh, preset=preset, budget=budget, return_state=True)
+    state = demo(
+        str(out),
+        size_wh=size_wh,
+        preset=preset,
+        budget=budget,
+        device=device,
+        dtype=dtype,
+        return_state=True,
+    )
     result = run_result(state)  # raises the flow's error if it could not run at all
     overlays = out / OVERLAYS_DIRNAME
     return DemoResult(

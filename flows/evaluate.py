@@ -162,7 +162,8 @@ def evaluate(
     questions: str | None = None,
     store: str | None = None,
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "auto",
     overrides: dict[str, Any] | None = None,
     score: bool = True,
 ) -> dict[str, Any]:
@@ -179,7 +180,8 @@ def evaluate(
         questions: question file; None: the benchmark's file inside ``data_root``.
         store: folder of scene stores; None: ``<out>.stores``.
         budget: ``token_budget`` override.
-        device: torch device string for every chunk.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
         overrides: further :class:`~lrs_core.focus.FocusConfig` fields (e.g. ``max_new_tokens``).
         score: score the merged file (LRS-VQA loads WordNet, ~10 s); False only merges.
 
@@ -222,6 +224,7 @@ def evaluate(
             chunk_idx=i,
             budget=budget,
             device=device,
+            dtype=dtype,
             overrides=overrides,
         )
         for i in range(num_chunks)

@@ -29,7 +29,7 @@ def train_rfm(
     steps: int = 1000,
     preset: str = "default",
     config: dict[str, Any] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     resume: bool = True,
     data_root: str | None = None,
 ) -> dict[str, Any]:

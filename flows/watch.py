@@ -71,7 +71,8 @@ def watch_folder(
     out: str,
     preset: str = "default",
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "auto",
     ingest_config: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Ingest the inbox's new scenes and answer the standing questions about them.
@@ -84,7 +85,8 @@ def watch_folder(
         out: batch output folder shared by every run (answers accumulate there).
         preset: engine preset.
         budget: vision tokens sent to the LLM; None keeps the preset's.
-        device: torch device of the model.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
         ingest_config: :class:`lrs_core.ingest.IngestConfig` fields as JSON values.
 
     Returns:
@@ -131,6 +133,7 @@ def watch_folder(
                 store=store,
                 budget=budget,
                 device=device,
+                dtype=dtype,
                 return_state=True,
             )
         )

@@ -11,13 +11,11 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lrs_core.errors import ConfigError, DatasetError
+from lrs_core.errors import DatasetError
 from lrs_core.features import FeatureCache
 from lrs_core.focus import FocusConfig, FocusEngine
 from lrs_core.models.io import (
@@ -28,6 +26,7 @@ from lrs_core.models.io import (
     load_tokenizer,
     read_json,
 )
+from lrs_core.models.runtime import DEVICE_AUTO, GenerationSettings, parse_dtype, resolve_device
 from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
@@ -35,7 +34,6 @@ from lrs_core.records import AnswerRecord
 #: Column / key names accepted for the question id and text (first match wins).
 ID_KEYS = ("question_id", "id", "qid")
 TEXT_KEYS = ("question", "text")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ def load_engine(
     *,
     preset: str = "default",
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = DEVICE_AUTO,
     dtype: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     feature_cache: FeatureCache | None = None,
@@ -69,9 +67,11 @@ def load_engine(
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or
             ``pdrop``.
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
-        device: torch device string (``cpu``, ``cuda``, ``cuda:1`` ...).
-        dtype: ``float32``, ``float16`` or ``bfloat16``; None = the device's default.
-        overrides: further :class:`FocusConfig` fields.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
+        dtype: ``auto`` (None), ``fp16``, ``bf16``, ``fp32`` (or the long torch names); ``auto``
+            is the checkpoint's dtype on CUDA and float32 on CPU.
+        overrides: further :class:`FocusConfig` fields. ``max_new_tokens`` defaults to the
+            checkpoint's ``generation_config.json`` value when it has one.
         feature_cache: a cache to share between engines (a fresh one if None).
         weights: False builds the model on the ``meta`` device without reading its weights (a
             project-format directory only; other layouts load normally): enough for
@@ -85,14 +85,15 @@ def load_engine(
     if budget is not None:
         values["token_budget"] = budget
     config = FocusConfig.preset(preset, **values)
-    if dtype is not None and dtype not in _DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not one of {sorted(_DTYPES)}")
+    torch_device = resolve_device(device)  # bad names fail before any loading
+    if dtype is not None:
+        parse_dtype(dtype)
     if not weights and (Path(model_dir) / PROJECT_CONFIG_FILE).is_file():
         loaded = _load_without_weights(Path(model_dir))
     else:
-        loaded = load_model(
-            model_dir, device=device, dtype=None if dtype is None else _DTYPES[dtype]
-        )
+        loaded = load_model(model_dir, device=torch_device, dtype=dtype)
+    if "max_new_tokens" not in values and loaded.generation.max_new_tokens is not None:
+        config = replace(config, max_new_tokens=loaded.generation.max_new_tokens)
     return FocusEngine(loaded, config=config, feature_cache=feature_cache)
 
 
@@ -108,6 +109,7 @@ def _load_without_weights(source: Path) -> LoadedModel:
         tokenizer=load_tokenizer(source),
         model_id=str(header.get("model_id", source.name)),
         source_dir=source,
+        generation=GenerationSettings.read(source),
     )
 
 

@@ -822,7 +822,7 @@ class FocusEngine:
                     vision_positions=torch.from_numpy(vision).to(self.model.device),
                     schedule=schedule,
                     max_new_tokens=cfg.max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=self.loaded.stop_token_ids,
                     pad_token_id=int(pad),
                     attention_mask=mask,
                 )
@@ -840,7 +840,7 @@ class FocusEngine:
                     attention_mask=mask,
                     position_ids=llm_input.position_ids,
                     max_new_tokens=cfg.max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=self.loaded.stop_token_ids,
                     pad_token_id=int(pad),
                     do_sample=cfg.do_sample,
                     generator=generator,

@@ -71,6 +71,7 @@ def _load_engine_cached(
     preset: str,
     budget: int | None,
     device: str,
+    dtype: str,
 ) -> tuple[FocusEngine, threading.Lock]:
     """Load an engine, with a lock serialising its use by the threads of this process.
 
@@ -78,11 +79,17 @@ def _load_engine_cached(
     pure memo of the loader (as the style guide allows).
     """
     del fingerprint
-    return load_engine(model_dir, preset=preset, budget=budget, device=device), threading.Lock()
+    engine = load_engine(model_dir, preset=preset, budget=budget, device=device, dtype=dtype)
+    return engine, threading.Lock()
 
 
 def cached_engine(
-    model_dir: str, *, preset: str = "default", budget: int | None = None, device: str = "cpu"
+    model_dir: str,
+    *,
+    preset: str = "default",
+    budget: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> tuple[FocusEngine, threading.Lock]:
     """Return this process's engine for a model and preset, loading it on first use.
 
@@ -90,7 +97,8 @@ def cached_engine(
         model_dir: the model directory.
         preset: engine preset (:meth:`FocusConfig.preset`).
         budget: vision-token budget; None keeps the preset's.
-        device: torch device string.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
 
     Returns:
         The engine and the lock to hold while using it (tasks of one process share the engine).
@@ -100,7 +108,7 @@ def cached_engine(
         WeightsError: the model directory does not load.
     """
     path = os.fspath(Path(model_dir).resolve())
-    return _load_engine_cached(path, model_fingerprint(path), preset, budget, device)
+    return _load_engine_cached(path, model_fingerprint(path), preset, budget, device, dtype)
 
 
 def _row(
@@ -149,7 +157,8 @@ def answer_scene_task(
     scene_id: str,
     preset: str = "default",
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "auto",
     overlay_side_px: int = DEFAULT_OVERLAY_SIDE_PX,
     wait: bool = False,
 ) -> list[dict[str, Any]]:
@@ -164,7 +173,8 @@ def answer_scene_task(
         scene_id: the scene's id (names the task run).
         preset: engine preset.
         budget: vision-token budget; None keeps the preset's.
-        device: torch device string.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
         overlay_side_px: longest side of the overlay PNGs.
         wait: queue behind another writer of ``out`` instead of failing at once.
 
@@ -196,6 +206,7 @@ def answer_scene_task(
             preset=preset,
             budget=budget,
             device=device,
+            dtype=dtype,
             logger=logger,
         )
 
@@ -210,6 +221,7 @@ def _answer_locked(
     preset: str,
     budget: int | None,
     device: str,
+    dtype: str,
     logger: Any,
 ) -> list[dict[str, Any]]:
     """The body of :func:`answer_scene_task`, run while ``writer`` holds the folder's lock."""
@@ -232,7 +244,7 @@ def _answer_locked(
     if not todo:
         logger.info("%s: all %d questions already answered in %s", scene_id, len(questions), out)
         return rows
-    engine, lock = cached_engine(model, preset=preset, budget=budget, device=device)
+    engine, lock = cached_engine(model, preset=preset, budget=budget, device=device, dtype=dtype)
     pyramid = open_pyramid(store)
     baseline_engine = FocusEngine(
         engine.loaded,

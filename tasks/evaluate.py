@@ -103,7 +103,8 @@ def evaluate_chunk_task(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    dtype: str = "auto",
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Answer one chunk of a benchmark into ``out``; return :meth:`RunSummary.to_dict`.
@@ -125,6 +126,7 @@ def evaluate_chunk_task(
         chunk_idx=chunk_idx,
         budget=budget,
         device=device,
+        dtype=dtype,
         overrides=overrides,
         progress=_progress_reporter(f"{benchmark} chunk {chunk_idx + 1}/{num_chunks}"),
     )

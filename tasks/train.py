@@ -59,7 +59,7 @@ def train_rfm_task(
     steps: int,
     preset: str = "default",
     config: dict[str, Any] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     resume: bool = True,
     data_root: str | None = None,
 ) -> dict[str, Any]:

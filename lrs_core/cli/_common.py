@@ -9,8 +9,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -135,3 +136,30 @@ def progress_bar(description: str, *, enabled: bool = True) -> Iterator[Callable
             bar.update(task_id, completed=done, total=total)
 
         yield update
+
+
+#: ``--device`` of every command that loads a model (resolved by
+#: :func:`lrs_core.models.runtime.resolve_device`).
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
+]
+#: ``--dtype`` of every command that loads a model (:func:`lrs_core.models.runtime.resolve_dtype`).
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto (the checkpoint's dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.",
+    ),
+]
+
+
+def check_runtime(device: str, dtype: str) -> None:
+    """Exit 2 with one line when ``--device``/``--dtype`` are unknown or unavailable (no CUDA)."""
+    from lrs_core.models.runtime import parse_dtype, resolve_device
+
+    try:
+        resolve_device(device)
+        parse_dtype(dtype)
+    except ConfigError as err:
+        fail(str(err), code=2)

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from lrs_core.cli._common import console, fail, print_json
+from lrs_core.cli._common import (
+    DeviceOpt,
+    DtypeOpt,
+    check_runtime,
+    console,
+    fail,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from lrs_core.records import AnswerRecord
@@ -80,9 +87,8 @@ def ask(
         int | None,
         typer.Option("--budget", help="Most vision tokens to the LLM (thumbnail included)."),
     ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")
-    ] = "cpu",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     max_new_tokens: Annotated[
         int | None, typer.Option("--max-new-tokens", help="Most generated tokens.")
     ] = None,
@@ -101,6 +107,7 @@ def ask(
         fail("give exactly one of --question TEXT or --questions FILE", code=EXIT_USAGE)
     check_question(question)
     check_budget(budget)
+    check_runtime(device, dtype)
     overrides: dict[str, Any] = {}
     if max_new_tokens is not None:
         overrides["max_new_tokens"] = max_new_tokens
@@ -111,7 +118,7 @@ def ask(
             else read_questions_file(questions)  # type: ignore[arg-type]  # checked above
         )
         engine = load_engine(
-            model, preset=preset, budget=budget, device=device, overrides=overrides
+            model, preset=preset, budget=budget, device=device, dtype=dtype, overrides=overrides
         )
         pyramid = open_pyramid(scene)
     if dry_run:

@@ -9,8 +9,11 @@ import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from lrs_core.cli._common import (
+    DeviceOpt,
+    DtypeOpt,
     check_budget,
     check_out_path,
+    check_runtime,
     console,
     fail,
     print_json,
@@ -54,12 +57,15 @@ def demo(
     scene_size: Annotated[
         str, typer.Option("--scene-size", help="Demo scene WIDTHxHEIGHT in pixels.")
     ] = "3000x2000",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Run the demo: a georeferenced demo scene, the ingest and answer flows, the tiny model."""
     import os
 
     check_budget(budget)
     check_out_path(out, kind="folder")
+    check_runtime(device, dtype)
     # Prefect reads these when it is first imported, so they are set before the import below.
     for name, value in PREFECT_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
@@ -72,7 +78,9 @@ def demo(
     except ValueError:
         fail(f"--scene-size {scene_size!r} is not WIDTHxHEIGHT (e.g. 3000x2000)", code=EXIT_USAGE)
     with reported_errors():
-        result = run_demo(out, size_wh=(width, height), preset=preset, budget=budget)
+        result = run_demo(
+            out, size_wh=(width, height), preset=preset, budget=budget, device=device, dtype=dtype
+        )
     run_url = f"{PREFECT_UI_URL}/runs/flow-run/{result.flow_run_id}"
     if as_json:
         print_json(

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from lrs_core.cli._common import DeviceOpt, DtypeOpt, check_runtime
+
 eval_app = typer.Typer(
     name="eval",
     help="Benchmarks: score LRS-VQA / MME-RealWorld-RS predictions, synthetic set, focus metrics.",
@@ -208,6 +210,7 @@ def _run_benchmark(
     chunk_idx: int,
     budget: int | None,
     device: str,
+    dtype: str,
     max_new_tokens: int | None,
     ingest_only: bool,
     json_output: bool,
@@ -225,6 +228,7 @@ def _run_benchmark(
     )
     from lrs_core.evaluation import runner
 
+    check_runtime(device, dtype)
     overrides = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     store_dir = stores if stores is not None else runner.default_store_dir(out)
     check_budget(budget)
@@ -272,6 +276,7 @@ def _run_benchmark(
                 chunk_idx=chunk_idx,
                 budget=budget,
                 device=device,
+                dtype=dtype,
                 overrides=overrides,
                 progress=update,
                 wait=wait,
@@ -314,7 +319,6 @@ ChunkIdxOpt = Annotated[int, typer.Option("--chunk-idx", help="The chunk to answ
 BudgetOpt = Annotated[
     int | None, typer.Option("--budget", help="Most vision tokens sent to the LLM.")
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
 MaxNewTokensOpt = Annotated[
     int | None, typer.Option("--max-new-tokens", help="Most generated tokens.")
 ]
@@ -345,7 +349,8 @@ def _benchmark_command(benchmark: str, doc: str) -> Callable[..., None]:
         num_chunks: NumChunksOpt = 1,
         chunk_idx: ChunkIdxOpt = 0,
         budget: BudgetOpt = None,
-        device: DeviceOpt = "cpu",
+        device: DeviceOpt = "auto",
+        dtype: DtypeOpt = "auto",
         max_new_tokens: MaxNewTokensOpt = None,
         ingest_only: IngestOnlyOpt = False,
         json_output: JsonOpt = False,
@@ -364,6 +369,7 @@ def _benchmark_command(benchmark: str, doc: str) -> Callable[..., None]:
             chunk_idx=chunk_idx,
             budget=budget,
             device=device,
+            dtype=dtype,
             max_new_tokens=max_new_tokens,
             ingest_only=ingest_only,
             json_output=json_output,

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 import typer
 
-from lrs_core.cli._common import console, fail, print_json, reported_errors
+from lrs_core.cli._common import (
+    DeviceOpt,
+    DtypeOpt,
+    check_runtime,
+    console,
+    fail,
+    print_json,
+    reported_errors,
+)
 
 model_app = typer.Typer(
     name="model",
@@ -69,15 +77,54 @@ def convert_command(
 @model_app.command("info")
 def info_command(
     model_dir: Annotated[Path, typer.Argument(help="Model directory (any supported layout).")],
+    load: Annotated[
+        bool,
+        typer.Option(
+            "--load",
+            help="Load the weights on --device/--dtype; report weights_bytes, peak_rss_bytes, "
+            "load_seconds.",
+        ),
+    ] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Describe a model: layout, families, geometry, RFM layers and parameter counts."""
-    from lrs_core.models.convert import detect_layout
-    from lrs_core.models.io import load_model
+    import time
 
-    with reported_errors():
+    import torch
+
+    from lrs_core.models import runtime
+    from lrs_core.models.convert import detect_layout
+    from lrs_core.models.io import PROJECT_CONFIG_FILE, load_model
+
+    check_runtime(device, dtype)
+    stats: runtime.LoadStats | None = None
+    with reported_errors(config_is_usage=True):
         layout = detect_layout(model_dir)
-        loaded = load_model(model_dir, device="cpu")
+        if not load and (model_dir / PROJECT_CONFIG_FILE).is_file():
+            from lrs_core.ask import load_engine
+
+            loaded = load_engine(model_dir, preset="thumbnail", weights=False).loaded
+        else:
+            torch_device = runtime.resolve_device(device)
+            if torch_device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(torch_device)
+            baseline = runtime.peak_rss_bytes()
+            start = time.perf_counter()
+            loaded = load_model(model_dir, device=torch_device, dtype=dtype)
+            seconds = time.perf_counter() - start
+            stats = runtime.LoadStats(
+                weights_bytes=runtime.weights_bytes(loaded.model),
+                peak_rss_bytes=runtime.peak_rss_bytes(),
+                baseline_rss_bytes=baseline,
+                load_seconds=seconds,
+                peak_gpu_bytes=(
+                    int(torch.cuda.max_memory_allocated(torch_device))
+                    if torch_device.type == "cuda"
+                    else None
+                ),
+            )
     model = loaded.model
     info: dict[str, Any] = {
         "model_id": loaded.model_id,
@@ -98,7 +145,20 @@ def info_command(
                 ("rfm", model.rfm),
             )
         },
+        "checkpoint_dtype": str(runtime.checkpoint_dtype(loaded.source_dir)).removeprefix("torch."),
+        "generation_config": loaded.generation.raw,
+        "stop_token_ids": loaded.stop_token_ids,
     }
+    if stats is not None:
+        info |= {
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "weights_bytes": stats.weights_bytes,
+            "peak_rss_bytes": stats.peak_rss_bytes,
+            "baseline_rss_bytes": stats.baseline_rss_bytes,
+            "load_seconds": stats.load_seconds,
+            "peak_gpu_bytes": stats.peak_gpu_bytes,
+        }
     if as_json:
         print_json(info)
         return

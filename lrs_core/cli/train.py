@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from lrs_core.cli._common import (
+    DeviceOpt,
     check_out_path,
+    check_runtime,
     console,
     fail,
     print_json,
@@ -42,7 +44,15 @@ def train_rfm_command(
     log_interval: Annotated[int, typer.Option(help="Steps between metrics lines.")] = 10,
     ckpt_interval: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 100,
     eval_samples: Annotated[int, typer.Option(help="Held-out records for topk_recall.")] = 8,
-    device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, cuda:1).")] = "cpu",
+    device: DeviceOpt = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="Weights dtype: auto or fp32 (training keeps float32 master weights; "
+            "use --precision bf16 for bf16 compute).",
+        ),
+    ] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
     seed: Annotated[int, typer.Option(help="Seed of the data order and held-out split.")] = 0,
     data_root: Annotated[
@@ -58,6 +68,13 @@ def train_rfm_command(
     from lrs_core.distill import DistillConfig, train_rfm
     from lrs_core.errors import ConfigError
 
+    check_runtime(device, dtype)
+    if dtype not in ("auto", "fp32", "float32"):
+        fail(
+            f"--dtype {dtype}: train-rfm keeps float32 master weights; "
+            "use --dtype fp32 (or auto) with --precision bf16 for bf16 compute",
+            code=2,
+        )
     try:
         config = DistillConfig.preset(
             preset,

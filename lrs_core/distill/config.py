@@ -69,7 +69,7 @@ class DistillConfig:
         topk_fraction: share of vision tokens in the top-k recall metric.
         seed: seed of initialisation-free randomness: data order, held-out split, dropout.
         precision: ``"fp32"`` or ``"bf16"`` (autocast; master weights stay float32).
-        device: torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         views: ``"single"`` (the coarsest tiled level) or ``"multi"`` (every DIP level that fits
             ``max_level_tokens``: the multi-GSD training of the paper).
         max_level_tokens: largest level (tokens, newlines included) used as a training view.
@@ -101,7 +101,7 @@ class DistillConfig:
     topk_fraction: float = DEFAULT_TOPK_FRACTION
     seed: int = 0
     precision: Precision = "fp32"
-    device: str = "cpu"
+    device: str = "auto"
     views: Views = "multi"
     max_level_tokens: int = 4096
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.masking_utils import create_causal_mask
 
 from lrs_core.distill.config import DistillConfig
 from lrs_core.distill.metrics import topk_recall
 from lrs_core.errors import ConfigError
+from lrs_core.models import hf_compat
 from lrs_core.models.attention_rows import AttentionLogits, attention_logits_from_hidden
 from lrs_core.models.vlm import VisionLanguageModel
 
@@ -167,11 +167,11 @@ def teacher_hidden_states(
     inner: Any = model.llm.model  # stock decoder, untyped upstream
     embeds = batch.inputs_embeds.detach()
     position_ids = _position_ids(batch)
-    mask = create_causal_mask(
-        config=model.llm.config,
+    mask = hf_compat.causal_mask(
+        model.llm.config,
         inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
-        past_key_values=None,
+        cache=None,
         position_ids=position_ids,
     )
     position_embeddings = inner.rotary_emb(embeds, position_ids)
@@ -228,11 +228,11 @@ def student_logits(
     rfm: Any = model.rfm
     embeds = batch.inputs_embeds
     position_ids = _position_ids(batch)
-    mask = create_causal_mask(
-        config=rfm.config,
+    mask = hf_compat.causal_mask(
+        rfm.config,
         inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
-        past_key_values=None,
+        cache=None,
         position_ids=position_ids,
     )
     position_embeddings = rfm.rotary_emb(embeds, position_ids)

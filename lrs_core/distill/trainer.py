@@ -47,6 +47,7 @@ from lrs_core.distill.loss import (
 from lrs_core.distill.sampler import BucketSampler, split_held_out
 from lrs_core.errors import ConfigError
 from lrs_core.models.io import LoadedModel, load_model, save_model
+from lrs_core.models.runtime import resolve_device
 from lrs_core.models.vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class _Trainer:
         self.dataset = dataset
         self.out_dir = out_dir
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
         self.model.to(self.device)
         self.params = trainable_parameters(self.model, config.trainable)
         if not self.params:
@@ -491,7 +492,7 @@ def train_records(
     model_dir = out / MODEL_DIR
     dataset = build_dataset(
         records,
-        model=loaded.model.to(torch.device(config.device)),
+        model=loaded.model.to(resolve_device(config.device)),
         tokenizer=loaded.tokenizer,
         views=config.views,
         max_level_tokens=config.max_level_tokens,

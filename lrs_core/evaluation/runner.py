@@ -299,15 +299,15 @@ class EngineSpec:
         model_dir: model directory.
         preset: focus preset name.
         budget: ``token_budget`` override; None keeps the preset's.
-        device: torch device string.
-        dtype: ``float32``/``float16``/``bfloat16``; None for the device's default.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
+        dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
         overrides: further :class:`~lrs_core.focus.FocusConfig` fields.
     """
 
     model_dir: Path
     preset: str = "default"
     budget: int | None = None
-    device: str = "cpu"
+    device: str = "auto"
     dtype: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
@@ -568,7 +568,7 @@ def run_lrs_vqa(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     ingest_config: IngestConfig | None = None,
@@ -590,8 +590,8 @@ def run_lrs_vqa(
         num_chunks: contiguous chunks the question file is split into.
         chunk_idx: the chunk to answer.
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
-        device: torch device string.
-        dtype: model dtype name; None for the device's default.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
+        dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
         overrides: further :class:`~lrs_core.focus.FocusConfig` fields (e.g. ``max_new_tokens``).
         ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
         keep_heatmap: keep the scene heat map in each line's record.
@@ -723,7 +723,7 @@ def run_mme(
     num_chunks: int = 1,
     chunk_idx: int = 0,
     budget: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     ingest_config: IngestConfig | None = None,
@@ -744,7 +744,7 @@ def run_mme(
         num_chunks: contiguous chunks the file is split into.
         chunk_idx: the chunk to answer.
         budget: ``token_budget`` override.
-        device: torch device string.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         dtype: model dtype name.
         overrides: further :class:`~lrs_core.focus.FocusConfig` fields.
         ingest_config: how images become stores.

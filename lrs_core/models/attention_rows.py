@@ -359,8 +359,7 @@ class AttentionRowRecorder:
         return dict(self._rows)
 
     def __enter__(self) -> AttentionRowRecorder:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
+        from lrs_core.models import hf_compat
 
         previous = str(self._decoder.config._attn_implementation)
         if previous not in WRAPPABLE_IMPLEMENTATIONS:
@@ -368,10 +367,8 @@ class AttentionRowRecorder:
                 f"the model runs attn_implementation={previous!r}; the recorder wraps one of "
                 f"{WRAPPABLE_IMPLEMENTATIONS} (load the model with attn_implementation='sdpa')"
             )
-        base = AttentionInterface()[previous]  # type: ignore[no-untyped-call]  # untyped upstream
-        AttentionInterface.register(self._name, self._wrap(base))
-        mask_builder = AttentionMaskInterface()[previous]  # type: ignore[no-untyped-call]  # untyped
-        AttentionMaskInterface.register(self._name, mask_builder)
+        base = hf_compat.attention_function(previous)
+        hf_compat.register_attention(self._name, self._wrap(base), base=previous)
         try:
             self._set_implementation(self._name)
         except Exception:
@@ -394,11 +391,9 @@ class AttentionRowRecorder:
             self._unregister()
 
     def _unregister(self) -> None:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
+        from lrs_core.models import hf_compat
 
-        AttentionInterface._global_mapping.pop(self._name, None)
-        AttentionMaskInterface._global_mapping.pop(self._name, None)
+        hf_compat.unregister_attention(self._name)
 
     def _set_implementation(self, name: str) -> None:
         if hasattr(self._decoder, "set_attn_implementation"):

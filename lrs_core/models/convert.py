@@ -28,7 +28,10 @@ the directory name as the reference did):
     checkpoint; ``mm_vision_tower`` when it is a local directory; the built-in copy of
     ``openai/clip-vit-large-patch14-336`` (:data:`KNOWN_VISION_CONFIGS`). When the checkpoint holds
     no vision weights (as original LLaVA-1.5 releases), they are read from that vision directory's
-    safetensors (``CLIPVisionModel`` or ``CLIPModel``, text weights ignored).
+    safetensors (``CLIPVisionModel`` or ``CLIPModel``, text weights ignored). When
+    ``mm_vision_tower`` is a local directory holding a ``config.json`` and safetensors (and no
+    ``--vision-config`` is given), the tower's config *and weights* come from there and the copy
+    stored in the checkpoint is discarded, as the reference does.
 
 ``llava_hf``
     ``LlavaForConditionalGeneration`` (LLaVA-1.5) and ``LlavaNextForConditionalGeneration``
@@ -167,7 +170,13 @@ def convert_checkpoint(
         vision_config_path=vision_config_path,
         llm_layer_list=llm_layer_list,
     )
-    return save_model(loaded.model, loaded.tokenizer, dst, model_id=loaded.model_id)
+    return save_model(
+        loaded.model,
+        loaded.tokenizer,
+        dst,
+        model_id=loaded.model_id,
+        generation=loaded.generation,
+    )
 
 
 def _checkpoint_dtype(source: Path) -> torch.dtype:
@@ -231,7 +240,10 @@ def read_paper_checkpoint(
     raw = read_json(source / "config.json")
     family = _paper_family(raw, source)
     llm_config = paper_llm_config(raw, family)
-    vision_dir, vision_dict = _paper_vision_config(raw, source, vision_config_path)
+    tower_dir = _local_vision_tower(raw) if vision_config_path is None else None
+    vision_dir, vision_dict = _paper_vision_config(
+        raw, source, tower_dir if tower_dir is not None else vision_config_path
+    )
     vision_config = vision_config_class("clip").from_dict(vision_dict)
     if "llm_layer_list" not in raw:
         raise WeightsError(
@@ -265,19 +277,45 @@ def read_paper_checkpoint(
         ),
     )
     extra = None
-    if not _has_keys(source, "model.vision_tower."):
+    key_map = paper_key
+    if tower_dir is not None:
+        # as the reference: the tower comes from mm_vision_tower, the stored copy is discarded
+        extra = _separate_vision_weights(tower_dir, source)
+        key_map = _without_vision_tower
+    elif not _has_keys(source, "model.vision_tower."):
         extra = _separate_vision_weights(vision_dir, source)
     model = build_and_load(
         config,
         vision_config=vision_config,
         llm_config=llm_config,
         source=source,
-        key_map=paper_key,
+        key_map=key_map,
         device=device,
         dtype=dtype,
         extra_weights=extra,
     )
     return model, load_tokenizer(source)
+
+
+def _local_vision_tower(raw: dict[str, Any]) -> Path | None:
+    """``mm_vision_tower`` when it is a local directory with a config and safetensors weights."""
+    tower = raw.get("mm_vision_tower")
+    if not isinstance(tower, str):
+        return None
+    path = Path(tower)
+    if not (path / "config.json").is_file():
+        return None
+    try:
+        safetensors_files(path)
+    except WeightsError:
+        return None
+    return path
+
+
+def _without_vision_tower(key: str) -> str | None:
+    """:func:`paper_key`, skipping the checkpoint's own vision tower."""
+    target = paper_key(key)
+    return None if target is None or target.startswith("vision_tower.") else target
 
 
 def paper_llm_config(raw: dict[str, Any], family: LlmFamily) -> PreTrainedConfig:

@@ -21,21 +21,28 @@ import importlib.util
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_model as save_safetensors_model
-from transformers import AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedConfig, PreTrainedTokenizerBase
 
 from lrs_core.errors import ConfigError, WeightsError
 from lrs_core.models.config import VlmConfig
+from lrs_core.models.runtime import (
+    DEVICE_AUTO,
+    GENERATION_CONFIG_FILE,
+    GenerationSettings,
+    resolve_device,
+    resolve_dtype,
+)
 from lrs_core.models.vlm import (
     VisionLanguageModel,
     check_state_dict_keys,
     llm_config_class,
+    materialise,
     vision_config_class,
 )
 
@@ -62,12 +69,19 @@ class LoadedModel:
         tokenizer: its tokenizer (``PreTrainedTokenizerBase``).
         model_id: a name for records (the project format's ``model_id`` or the directory name).
         source_dir: the directory it was loaded from.
+        generation: the checkpoint's ``generation_config.json`` settings (defaults when absent).
     """
 
     model: VisionLanguageModel
     tokenizer: PreTrainedTokenizerBase
     model_id: str
     source_dir: Path
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end an answer: the tokenizer EOS, then generation_config ``eos_token_id``."""
+        return self.generation.stop_token_ids(self.tokenizer.eos_token_id)
 
 
 def save_model(
@@ -76,6 +90,7 @@ def save_model(
     out_dir: str | Path,
     *,
     model_id: str | None = None,
+    generation: GenerationSettings | None = None,
 ) -> Path:
     """Write ``model`` and ``tokenizer`` in the project format and return the directory.
 
@@ -84,6 +99,7 @@ def save_model(
         tokenizer: its tokenizer.
         out_dir: directory (created if needed; existing model files are replaced).
         model_id: name stored in ``lrs_model.json`` (default: the directory name).
+        generation: generation settings to write as ``generation_config.json`` (none: no file).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +110,8 @@ def save_model(
         "vlm_config": model.config.to_dict(),
         **model.sub_configs(),
     }
+    # the stored dtype is the tensors' (``--dtype auto`` on CUDA reads it back)
+    header["llm_config"]["dtype"] = str(model.dtype).removeprefix("torch.")
     save_safetensors_model(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save_pretrained(str(out))
     preprocessor = {
@@ -106,6 +124,8 @@ def save_model(
         "size": {"height": model.config.tile_size_px, "width": model.config.tile_size_px},
     }
     (out / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2) + "\n")
+    if generation is not None and generation.raw:
+        (out / GENERATION_CONFIG_FILE).write_text(json.dumps(generation.raw, indent=2) + "\n")
     # Written last, so a directory with lrs_model.json is a complete one.
     (out / PROJECT_CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
     return out
@@ -118,18 +138,11 @@ def default_attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """Return float32 on CPU, bfloat16 on CUDA when supported (else float16)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_model(
     path: str | Path,
     *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    device: str | torch.device = DEVICE_AUTO,
+    dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
     vision_config_path: str | Path | None = None,
     llm_layer_list: tuple[int, ...] | None = None,
@@ -139,8 +152,10 @@ def load_model(
     Args:
         path: a project-format directory, a paper release (LLaVA layout with ``llm_layer_list``) or
             a llava-hf LLaVA-1.5 / LLaVA-NeXT directory.
-        device: where to build the model.
-        dtype: parameter dtype; None = :func:`default_dtype` of the device.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda[:N]`` or a device
+            (:func:`lrs_core.models.runtime.resolve_device`).
+        dtype: a dtype, ``fp16``/``bf16``/``fp32``, or ``auto``/None: the checkpoint's dtype on
+            CUDA, float32 on CPU (:func:`lrs_core.models.runtime.resolve_dtype`).
         attn_implementation: the LLM's (and RFM's) attention; None =
             :func:`default_attn_implementation`.
         vision_config_path: paper layout only: a CLIP config (file or directory) when none is stored
@@ -150,12 +165,13 @@ def load_model(
 
     Raises:
         WeightsError: missing directory, unknown layout, pickle-only weights, or mismatched weights.
+        ConfigError: an unknown or unavailable device, or an unknown dtype name.
     """
     from lrs_core.models import convert
 
     source = Path(path)
-    torch_device = torch.device(device)
-    torch_dtype = dtype or default_dtype(torch_device)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device, source)
     attn = attn_implementation or default_attn_implementation(torch_device)
     layout = convert.detect_layout(source)
     safetensors_files(source)  # fail fast (and refuse pickles) before building anything
@@ -172,11 +188,18 @@ def load_model(
         )
         model_id = source.name
     set_attn_implementation(model, attn)
+    generation = GenerationSettings.read(source)
+    if generation.raw:
+        model.llm.generation_config = GenerationConfig.from_dict(generation.raw)
     log.info(
         "loaded %s (%s layout) on %s as %s with %s", source, layout, torch_device, torch_dtype, attn
     )
     return LoadedModel(
-        model=model.eval(), tokenizer=tokenizer, model_id=model_id, source_dir=source
+        model=model.eval(),
+        tokenizer=tokenizer,
+        model_id=model_id,
+        source_dir=source,
+        generation=generation,
     )
 
 
@@ -247,7 +270,13 @@ def build_and_load(
     optional_prefixes: tuple[str, ...] = (),
     extra_weights: dict[str, torch.Tensor] | None = None,
 ) -> VisionLanguageModel:
-    """Build the model without random init and fill it from ``source``'s safetensors by shard.
+    """Build the model on ``meta`` and assign ``source``'s tensors in the target dtype and device.
+
+    Each tensor is read from its safetensors shard, cast and moved once, and assigned to the model
+    (``load_state_dict(assign=True)``), so the process holds about one copy of the weights in the
+    target dtype (plus one tensor in flight), never a float32 model. Non-persistent buffers (RoPE
+    ``inv_freq``, CLIP ``position_ids``) are recomputed on ``device`` (see
+    :func:`lrs_core.models.vlm.materialise`).
 
     Args:
         config: the project config.
@@ -257,33 +286,33 @@ def build_and_load(
             ``model.safetensors.index.json``.
         key_map: checkpoint key -> project key (None skips the tensor).
         device: target device.
-        dtype: target parameter dtype.
-        optional_prefixes: project keys allowed to be missing (left uninitialised by the file; the
-            caller fills them, e.g. the RFM from layer copies).
+        dtype: target dtype of the floating-point tensors.
+        optional_prefixes: project keys allowed to be missing (they become zeros; the caller fills
+            them, e.g. the RFM from layer copies).
         extra_weights: project-keyed tensors from elsewhere (a separate vision tower).
 
     Raises:
         WeightsError: the keys do not match the architecture.
     """
     model = VisionLanguageModel.build(
-        config,
-        vision_config=vision_config,
-        llm_config=llm_config,
-        initialise=False,
-        device=device,
-        dtype=dtype,
+        config, vision_config=vision_config, llm_config=llm_config, initialise=False
     )
-    seen: set[str] = set()
+    expected = set(model.state_dict())
+    weights: dict[str, torch.Tensor] = {}
+    for key, tensor in _weight_tensors(source, key_map, extra_weights):
+        if key in expected:
+            kind = dtype if tensor.dtype.is_floating_point else tensor.dtype
+            weights[key] = tensor.to(device=device, dtype=kind)
+        else:
+            weights[key] = tensor  # reported below; never assigned
+    if llm_config.tie_word_embeddings:
+        _alias_tied_embeddings(weights)
+    check_state_dict_keys(
+        model, set(weights), source=str(source), optional_prefixes=optional_prefixes
+    )
     with torch.no_grad():
-        for part in _weight_parts(source, key_map, extra_weights):
-            if llm_config.tie_word_embeddings:
-                _alias_tied_embeddings(part)
-            seen.update(part)
-            unexpected = set(part) - set(model.state_dict())
-            if unexpected:
-                break
-            model.load_state_dict(part, strict=False)
-    check_state_dict_keys(model, seen, source=str(source), optional_prefixes=optional_prefixes)
+        materialise(model, weights, device=device, dtype=dtype)
+    del weights
     if llm_config.tie_word_embeddings:
         model.llm.tie_weights()
     return model
@@ -301,19 +330,71 @@ def _alias_tied_embeddings(part: dict[str, torch.Tensor]) -> None:
         part[_LM_HEAD_KEY] = part[_EMBED_KEY]
 
 
-def _weight_parts(
+def _weight_tensors(
     source: Path, key_map: KeyMap, extra_weights: dict[str, torch.Tensor] | None
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (project key, tensor) of every mapped tensor of ``source``, one at a time."""
     for file in safetensors_files(source):
-        part: dict[str, torch.Tensor] = {}
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
-                target = key_map(key)
-                if target is not None:
-                    part[target] = handle.get_tensor(key)
-        yield part
+        yield from read_safetensors(file, key_map)
     if extra_weights:
-        yield extra_weights
+        yield from extra_weights.items()
+
+
+#: safetensors dtype names -> torch dtypes (the ones checkpoints of these models use).
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+#: Bytes of the little-endian header length that opens a safetensors file.
+_SAFETENSORS_LENGTH_BYTES = 8
+
+
+def read_safetensors(
+    file: Path, key_map: KeyMap = lambda key: key
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (mapped key, CPU tensor) of a safetensors file, reading each tensor with ``readinto``.
+
+    Unlike a memory map, plain reads leave no file pages mapped into the process, so reading a
+    checkpoint adds one tensor at a time to the resident memory instead of the whole file.
+
+    Raises:
+        WeightsError: a truncated or malformed file, or a dtype this reader does not know.
+    """
+    with file.open("rb") as handle:
+        length = int.from_bytes(handle.read(_SAFETENSORS_LENGTH_BYTES), "little")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise WeightsError(
+                f"{file}: not a safetensors file ({err}); download it again"
+            ) from err
+        start = _SAFETENSORS_LENGTH_BYTES + length
+        header.pop("__metadata__", None)
+        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        for key, entry in entries:
+            target = key_map(key)
+            if target is None:
+                continue
+            if entry["dtype"] not in _SAFETENSORS_DTYPES:
+                raise WeightsError(
+                    f"{file}: tensor {key} has dtype {entry['dtype']}, which lrs does not read; "
+                    "convert the checkpoint to F32/F16/BF16"
+                )
+            begin, end = entry["data_offsets"]
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            handle.seek(start + begin)
+            if handle.readinto(raw.numpy().data) != end - begin:
+                raise WeightsError(f"{file}: truncated at tensor {key}; download it again")
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            yield target, raw.view(dtype).reshape(entry["shape"])
 
 
 def safetensors_files(source: Path) -> list[Path]:

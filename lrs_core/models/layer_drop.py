@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from lrs_core.errors import ConfigError
+from lrs_core.models import hf_compat
 from lrs_core.models.attention_rows import attention_rows_from_hidden
 from lrs_core.models.generation import GenerationResult
 
@@ -313,14 +314,12 @@ def _check_inputs(
 
 def _causal_mask(llm: nn.Module, cache: Any, hidden: torch.Tensor, layer_idx: int) -> Any:
     """The stock causal mask of one layer for ``hidden`` appended to that layer's cache."""
-    from transformers.masking_utils import create_causal_mask
-
     untyped: Any = llm
-    return create_causal_mask(
-        config=untyped.config,
+    return hf_compat.causal_mask(
+        untyped.config,
         inputs_embeds=hidden,
         attention_mask=None,
-        past_key_values=cache,
+        cache=cache,
         position_ids=None,  # given ids may have gaps: never read them as packed sequences
         layer_idx=layer_idx,
     )
@@ -410,8 +409,6 @@ def generate_with_layer_drop(
     Raises:
         ConfigError: B > 1, bad indices or mask, a stage outside the model, ``max_new_tokens < 1``.
     """
-    from transformers import DynamicCache
-
     del pad_token_id  # B = 1: nothing is ever padded
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -433,7 +430,7 @@ def generate_with_layer_drop(
     )
     stage_of = {layer: index for index, (layer, _) in enumerate(schedule.stages)}
     keep_counts = schedule.kept_counts(int(vision.numel()))
-    cache = DynamicCache(config=untyped.config)
+    cache = hf_compat.new_cache(untyped.config)
     kept_positions: list[np.ndarray] = []
     scores_per_stage: list[np.ndarray] = []
     tokens_per_layer: list[int] = []
@@ -469,8 +466,7 @@ def generate_with_layer_drop(
                 state.hidden,
                 attention_mask=mask,
                 position_ids=state.positions,
-                past_key_values=cache,
-                use_cache=True,
+                **hf_compat.layer_cache_kwargs(cache),
                 position_embeddings=embeddings,
             )
             state = _Sequence(
@@ -551,8 +547,7 @@ def _greedy_decode(
                 hidden,
                 attention_mask=_causal_mask(llm, cache, hidden, index),
                 position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
+                **hf_compat.layer_cache_kwargs(cache),
                 position_embeddings=embeddings,
             )
         logits = untyped.lm_head(decoder.norm(hidden))[0, -1].float()

@@ -11,7 +11,6 @@ length.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,10 +29,9 @@ from transformers import (
     SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.initialization import no_init_weights
-from transformers.masking_utils import create_causal_mask
 
 from lrs_core.errors import ConfigError, WeightsError
+from lrs_core.models import hf_compat
 from lrs_core.models.config import VlmConfig
 from lrs_core.models.projector import Mlp2xGelu
 
@@ -58,10 +56,6 @@ def llm_config_class(llm_family: str) -> type[PreTrainedConfig]:
 def vision_config_class(vision_family: str) -> type[PreTrainedConfig]:
     """Return the stock config class of a vision family (CLIP or SigLIP vision config)."""
     return _VISION_CLASSES[vision_family][0]
-
-
-#: Serialises model construction (see :meth:`VisionLanguageModel.build`); a lock, not data.
-_BUILD_LOCK = threading.Lock()
 
 
 class RfmLayers(nn.Module):
@@ -142,11 +136,11 @@ class RfmLayers(nn.Module):
         if position_ids is None:
             batch, length, _ = inputs_embeds.shape
             position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, -1)
-        mask = create_causal_mask(
-            config=self.config,
+        mask = hf_compat.causal_mask(
+            self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=None,
+            cache=None,
             position_ids=position_ids,
         )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
@@ -203,20 +197,19 @@ class VisionLanguageModel(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> VisionLanguageModel:
-        """Construct the model on ``device``/``dtype``, with or without random initialisation.
+        """Construct the model, randomly initialised on ``device``/``dtype`` or empty on ``meta``.
 
-        ``initialise=False`` skips weight initialisation (the weights are loaded right after), which
-        makes building a 7B model take seconds instead of minutes.
+        ``initialise=False`` builds every parameter and buffer on the ``meta`` device (no memory,
+        no initialisation, whatever ``device`` and ``dtype`` say): the caller fills it with
+        :func:`materialise` (see :func:`lrs_core.models.io.build_and_load`, which assigns the
+        checkpoint's tensors straight in their target dtype and device). Nothing process-wide is
+        patched, so builds on several threads are safe.
         """
-        # transformers' no_init_weights patches torch.nn.init process-wide; builds on two threads
-        # (Prefect task runners) could leave it patched for good, or build a model meant to be
-        # initialised without initialisation, so every build holds _BUILD_LOCK.
-        with _BUILD_LOCK, torch.device(device):
-            if initialise:
-                model = cls(config, vision_config=vision_config, llm_config=llm_config)
-            else:
-                with no_init_weights():
-                    model = cls(config, vision_config=vision_config, llm_config=llm_config)
+        if not initialise:
+            with torch.device("meta"):
+                return cls(config, vision_config=vision_config, llm_config=llm_config)
+        with torch.device(device):
+            model = cls(config, vision_config=vision_config, llm_config=llm_config)
         return model.to(dtype=dtype)
 
     @property
@@ -416,3 +409,64 @@ def check_state_dict_keys(
             f"unexpected {len(unexpected)}: {unexpected[:5]}); "
             "check that the config belongs to these weights"
         )
+
+
+def materialise(
+    model: nn.Module,
+    weights: dict[str, torch.Tensor],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Give a ``meta`` model real tensors: ``weights`` by assignment, then its own buffers.
+
+    ``weights`` are assigned as they are (``load_state_dict(assign=True)``: no copy, so they must
+    already be on ``device`` in their final dtype). Then every tensor still on ``meta`` is made:
+
+    * non-persistent buffers (RoPE ``inv_freq``, CLIP ``position_ids``, anything a module computes
+      in its constructor and never saves) are recomputed by running the owning module's
+      constructor again on ``device`` (from its ``config``) and taking its buffers; they keep the
+      dtype the constructor gives them (float32 ``inv_freq``, as ``from_pretrained`` leaves it);
+    * parameters the weights did not cover (e.g. RFM layers a caller copies in next) become zeros
+      of ``dtype`` on ``device``.
+
+    Args:
+        model: a model built on ``meta`` (e.g. ``VisionLanguageModel.build(initialise=False)``).
+        weights: project-keyed tensors, possibly a subset of the state dict.
+        device: where the remaining tensors go.
+        dtype: floating dtype of the uncovered parameters.
+
+    Raises:
+        WeightsError: a module with a missing non-persistent buffer cannot be rebuilt.
+    """
+    model.load_state_dict(weights, strict=False, assign=True)
+    for module_name, module in model.named_modules():
+        missing = [
+            name
+            for name, buffer in module.named_buffers(recurse=False)
+            if buffer is not None and buffer.is_meta
+        ]
+        if missing:
+            _rebuild_buffers(module, module_name, missing, device)
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.is_meta:
+                kind = dtype if param.dtype.is_floating_point else param.dtype
+                value = torch.zeros(param.shape, dtype=kind, device=device)
+                setattr(module, name, nn.Parameter(value, requires_grad=param.requires_grad))
+
+
+def _rebuild_buffers(
+    module: nn.Module, module_name: str, names: list[str], device: torch.device
+) -> None:
+    """Recompute ``module``'s buffers ``names`` by constructing a fresh copy on ``device``."""
+    config = getattr(module, "config", None)
+    if config is None:
+        raise WeightsError(
+            f"{module_name or 'model'} ({type(module).__name__}): buffers {names} are neither in "
+            "the weights nor rebuildable (the module keeps no config); add them to the checkpoint"
+        )
+    with torch.device(device):
+        fresh = type(module)(config)
+    for name in names:
+        persistent = name not in module._non_persistent_buffers_set
+        module.register_buffer(name, getattr(fresh, name), persistent=persistent)

@@ -152,9 +152,16 @@ def test_paper_layout_loads_and_converts(source, tmp_path):
         "chatml" if model.config.llm_family == "qwen2" else "vicuna_v1"
     )
     assert loaded.tokenizer("ASSISTANT:").input_ids == tokenizer("ASSISTANT:").input_ids
+    generation = {"eos_token_id": [3, 9], "max_new_tokens": 7, "do_sample": False}
+    (src / "generation_config.json").write_text(json.dumps(generation))
     dst = convert_checkpoint(src, tmp_path / "converted")
     assert detect_layout(dst) == "project"
-    assert_same_model(load_model(dst).model, model)
+    converted = load_model(dst)
+    assert_same_model(converted.model, model)
+    # the checkpoint's generation settings travel with the conversion
+    assert json.loads((dst / "generation_config.json").read_text()) == generation
+    assert converted.generation.eos_token_ids == (3, 9)
+    assert converted.model.llm.generation_config.max_new_tokens == 7
 
 
 def test_paper_layout_with_separate_vision_tower(source, tmp_path):
@@ -167,6 +174,25 @@ def test_paper_layout_with_separate_vision_tower(source, tmp_path):
         load_model(src)  # the built-in ViT-L config has no weights here
     loaded = load_model(src, vision_config_path=vision_dir)
     assert_same_model(loaded.model, model)
+
+
+@torch.no_grad()
+def test_paper_layout_takes_the_tower_from_a_local_mm_vision_tower(source, tmp_path):
+    model, tokenizer = source
+    src = tmp_path / "ckpt"
+    vision_dir = write_paper_checkpoint(src, model, tokenizer, vision_beside=False)
+    # the separate tower differs from the copy stored in the checkpoint
+    other = {k: v + 1.0 for k, v in model.vision_tower.state_dict().items()}
+    save_file(
+        {"vision_model." + k: v.contiguous() for k, v in other.items()},
+        str(vision_dir / "model.safetensors"),
+    )
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(config | {"mm_vision_tower": str(vision_dir)}))
+    loaded = load_model(src).model
+    for key, value in loaded.vision_tower.state_dict().items():
+        torch.testing.assert_close(value, other[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(loaded.llm.lm_head.weight, model.llm.lm_head.weight, rtol=0, atol=0)
 
 
 def test_paper_layout_errors_name_the_problem(source, tmp_path):
