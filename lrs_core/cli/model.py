@@ -20,16 +20,32 @@ model_app = typer.Typer(
 def init_tiny_command(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
     family: Annotated[
-        str, typer.Option(help="llava (Llama, vicuna_v1) or qwen2 (Qwen2, ChatML).")
+        str,
+        typer.Option(
+            help="llava (Llama, vicuna_v1), qwen2 (Qwen2, ChatML), or qwen2-vl / qwen2.5-vl "
+            "(stock Qwen-VL in the Hugging Face layout; --size tiny only)."
+        ),
     ] = "llava",
     size: Annotated[str, typer.Option(help="tiny (~0.4 M params) or benchmark (~220 M).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Build a random model of the real architecture with an offline tokenizer and save it."""
-    if family not in ("llava", "qwen2"):
-        fail(f"--family {family!r} must be 'llava' or 'qwen2'", code=2)
+    from lrs_core.models.families.qwen_vl_tiny import TINY_QWEN_FAMILIES, init_tiny_qwen_vl
+
+    if family not in ("llava", "qwen2", *TINY_QWEN_FAMILIES):
+        fail(
+            f"--family {family!r} must be one of 'llava', 'qwen2', {', '.join(TINY_QWEN_FAMILIES)}",
+            code=2,
+        )
     if size not in ("tiny", "benchmark"):
         fail(f"--size {size!r} must be 'tiny' or 'benchmark'", code=2)
+    if family in TINY_QWEN_FAMILIES:
+        if size != "tiny":
+            fail(f"--family {family} has only --size tiny", code=2)
+        with reported_errors():
+            path = init_tiny_qwen_vl(out_dir, family=family, seed=seed)  # type: ignore[arg-type]  # checked above
+        console.print(f"wrote {family} (tiny, Hugging Face layout) model to {path}")
+        return
     from lrs_core.models.tiny import init_tiny
 
     with reported_errors():
@@ -106,7 +122,13 @@ def info_command(
 
 @model_app.command("flops")
 def flops_command(
-    config: Annotated[str, typer.Option(help="Known model dimensions: qwen2-7b or vicuna-7b.")],
+    config: Annotated[
+        str,
+        typer.Option(
+            help="Known model dimensions: qwen2-7b, vicuna-7b, qwen2-vl-7b, qwen2-vl-2b, "
+            "qwen2.5-vl-7b, qwen2.5-vl-3b (Qwen-VL towers at 336 px tiles)."
+        ),
+    ],
     vision_tiles: Annotated[int, typer.Option(help="Tiles through the vision tower.")],
     prefill_tokens: Annotated[int, typer.Option(help="Tokens in the LLM prefill.")],
     decode_steps: Annotated[int, typer.Option(help="Generated tokens.")] = 0,
