@@ -321,3 +321,60 @@ def test_cli_init_tiny_writes_a_loadable_hugging_face_directory(
         build_app(), ["model", "init-tiny", str(out), "--family", family, "--size", "benchmark"]
     )
     assert bad.exit_code == 2 and "only --size tiny" in bad.output
+
+
+@pytest.mark.parametrize("indices", [[0], [0, 1, 2]])
+def test_greedy_generation_equals_the_stock_generate(sdpa: QwenVlModel, indices: list[int]) -> None:
+    from lrs_core.models.families.mrope_run import generate_greedy_mrope
+
+    eos = sdpa.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    embeds, mask, pos, _ = _our_batch(sdpa, indices, [None] * len(indices))
+    ours = generate_greedy_mrope(
+        sdpa, embeds, attention_mask=mask, position_ids=pos, max_new_tokens=6, eos_token_id=eos
+    )
+    for b, index in enumerate(indices):
+        stock_inputs = _stock_inputs(sdpa, index)
+        with torch.no_grad():
+            stock = sdpa.hf.generate(
+                **stock_inputs, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0
+            )
+        new = stock[0, stock_inputs["input_ids"].shape[1] :].tolist()
+        end = next((i for i, token in enumerate(new) if token == eos), None)
+        assert ours.token_ids[b] == (new if end is None else new[:end])
+        assert ours.decode_steps[b] == (len(new) if end is None else end + 1)
+
+
+def test_rfm_scores_with_mrope_equal_eager_rows(sdpa: QwenVlModel, eager: QwenVlModel) -> None:
+    from lrs_core.models.families.mrope_run import score_tokens_mrope
+
+    indices = [0, 1, 2]
+    embeds, mask, pos, lengths = _our_batch(sdpa, indices, [_keep(i) for i in indices])
+    query = torch.tensor([[n - 1] for n in lengths])
+    keys = torch.stack([torch.arange(n - 9, n - 1) for n in lengths])
+    key_mask = torch.ones_like(keys, dtype=torch.bool)
+    key_mask[1, :3] = False
+    rfm = sdpa.rfm_from_llm((1, 2))
+    with torch.no_grad():
+        scores = score_tokens_mrope(
+            rfm,
+            embeds,
+            position_ids=pos,
+            attention_mask=mask,
+            query_positions=query,
+            key_positions=keys,
+            key_mask=key_mask,
+        )
+        # reference: eager attention of LLM layer 2 (the RFM's last layer is its copy), the row
+        # restricted to the valid keys and renormalised, heads averaged
+        out = eager.hf.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=pos,
+            output_attentions=True,
+            use_cache=False,
+        )
+    for b, n in enumerate(lengths):
+        row = out.attentions[2][b, :, n - 1, keys[b]] * key_mask[b]  # (H, K)
+        expected = (row / row.sum(dim=-1, keepdim=True)).mean(dim=0)
+        torch.testing.assert_close(scores[b], expected, atol=TOL, rtol=0)
+    assert torch.all(scores[1, :3] == 0)
