@@ -378,3 +378,31 @@ def test_rfm_scores_with_mrope_equal_eager_rows(sdpa: QwenVlModel, eager: QwenVl
         expected = (row / row.sum(dim=-1, keepdim=True)).mean(dim=0)
         torch.testing.assert_close(scores[b], expected, atol=TOL, rtol=0)
     assert torch.all(scores[1, :3] == 0)
+
+
+def test_layer_drop_keeping_everything_equals_plain_generation(sdpa: QwenVlModel) -> None:
+    from lrs_core.models.families.engine_model import QwenVlCausalLm
+    from lrs_core.models.families.mrope_run import generate_greedy_mrope
+    from lrs_core.models.layer_drop import LayerDropSchedule, generate_with_layer_drop
+
+    eos = sdpa.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    embeds, mask, pos, lengths = _our_batch(sdpa, [2], [_keep(2)])
+    prompt = sdpa.prompt_ids(QUESTIONS[2])
+    vision = torch.arange(len(prompt.before_image), lengths[0] - len(prompt.after_image))
+    result = generate_with_layer_drop(
+        QwenVlCausalLm(sdpa),
+        embeds,
+        vision_positions=vision,
+        schedule=LayerDropSchedule.fastv(layer=2, keep_ratio=1.0),
+        max_new_tokens=5,
+        eos_token_id=eos,
+        pad_token_id=0,
+        position_ids=pos,
+    )
+    plain = generate_greedy_mrope(
+        sdpa, embeds, attention_mask=mask, position_ids=pos, max_new_tokens=5, eos_token_id=eos
+    )
+    assert result.generation.token_ids == plain.token_ids
+    with torch.no_grad():
+        logits = sdpa.llm_logits(embeds, attention_mask=mask, position_ids=pos)[0, -1]
+    torch.testing.assert_close(result.last_logits, logits.float(), atol=TOL, rtol=0)
