@@ -20,10 +20,14 @@ import torch
 from lrs_core.errors import ConfigError, DatasetError
 from lrs_core.features import FeatureCache
 from lrs_core.focus import FocusConfig, FocusEngine
+from lrs_core.models.families.engine_model import load_qwen_vl_engine
+from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
 from lrs_core.models.io import (
     PROJECT_CONFIG_FILE,
     LoadedModel,
     configs_from_header,
+    default_attn_implementation,
+    default_dtype,
     load_model,
     load_tokenizer,
     read_json,
@@ -65,7 +69,9 @@ def load_engine(
     """Load a model and return an engine for a preset.
 
     Args:
-        model_dir: a model directory (:func:`lrs_core.models.io.load_model` layouts).
+        model_dir: a model directory (:func:`lrs_core.models.io.load_model` layouts, or a Hugging
+            Face Qwen2-VL / Qwen2.5-VL directory, loaded by
+            :func:`lrs_core.models.families.engine_model.load_qwen_vl_engine`).
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or
             ``pdrop``.
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
@@ -89,6 +95,14 @@ def load_engine(
         raise ConfigError(f"dtype={dtype!r} is not one of {sorted(_DTYPES)}")
     if not weights and (Path(model_dir) / PROJECT_CONFIG_FILE).is_file():
         loaded = _load_without_weights(Path(model_dir))
+    elif is_qwen_vl_dir(model_dir):  # a Hugging Face Qwen2-VL / Qwen2.5-VL directory
+        torch_device = torch.device(device)
+        loaded = load_qwen_vl_engine(
+            model_dir,
+            device=torch_device,
+            dtype=default_dtype(torch_device) if dtype is None else _DTYPES[dtype],
+            attn_implementation=default_attn_implementation(torch_device),
+        )
     else:
         loaded = load_model(
             model_dir, device=device, dtype=None if dtype is None else _DTYPES[dtype]

@@ -96,3 +96,28 @@ class TestQwenSequences:
         assert isinstance(model, QwenVlEngineModel)
         assert engine.dims.vision.merge_size == 2
         assert engine.dims.vision.tokens_per_tile == 24 * 24
+
+
+@pytest.mark.parametrize("family", TINY_QWEN_FAMILIES)
+def test_lrs_ask_reads_a_hugging_face_qwen_vl_directory(
+    family: str, tmp_path: Path, ingested_store: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lrs_core.cli import build_app
+
+    model_dir = init_tiny_qwen_vl(tmp_path / family, family=family)  # type: ignore[arg-type]
+    runner = CliRunner()
+    base = ["ask", "--scene", str(ingested_store), "--model", str(model_dir)]
+    result = runner.invoke(
+        build_app(), [*base, "--question", "Any ships?", "--max-new-tokens", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["preset"] == "default" and data["accounting"]["vision_tiles_encoded"] > 0
+    refused = runner.invoke(build_app(), [*base, "--question", "Any ships?", "--preset", "parity"])
+    assert refused.exit_code in (1, 2)
+    message = " ".join(refused.output.split())
+    assert f"no {family} path" in message and "Traceback" not in message

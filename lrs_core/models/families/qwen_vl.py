@@ -45,6 +45,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 from transformers.masking_utils import create_causal_mask
+from transformers.utils import logging as hf_logging
 
 from lrs_core.errors import ConfigError, WeightsError
 from lrs_core.models.families.base import ROPE_RANK_MROPE, Decoder, TileTokens
@@ -705,6 +706,8 @@ def load_qwen_vl(
     family = FAMILY_OF_MODEL_TYPE[str(model_type)]
     safetensors_files(source)  # refuses pickle-only directories with a clear message
     model_class: Any = _MODEL_CLASSES[family]
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
     try:
         hf = model_class.from_pretrained(
             str(source),
@@ -717,6 +720,9 @@ def load_qwen_vl(
         raise WeightsError(
             f"{source}: the weights do not load ({err}); check the directory"
         ) from err
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
     hf = hf.to(torch.device(device))
     try:
         tokenizer = AutoTokenizer.from_pretrained(
