@@ -14,15 +14,17 @@ token of 28 px (14 px patches merged 2 x 2), so a tile and the 336 px thumbnail 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lrs_core.errors import ConfigError
+from lrs_core.errors import ConfigError, WeightsError
 from lrs_core.models.families.base import ROPE_RANK_MROPE
 from lrs_core.models.families.mrope_run import generate_greedy_mrope, score_tokens_mrope
 from lrs_core.models.families.qwen_vl import MropeRfmLayers, QwenVlModel, load_qwen_vl
@@ -33,6 +35,11 @@ from lrs_core.models.prompt import PromptIds
 
 #: The token whose embedding separates thumbnail and level (as the LLaVA path, spec §2.5).
 SEPARATOR_TOKEN = ":"
+#: A trained RFM saved beside a Hugging Face directory: its weights and its layer list.
+RFM_WEIGHTS_FILE = "lrs_rfm.safetensors"
+RFM_CONFIG_FILE = "lrs_rfm.json"
+#: ``config.chat_template`` of Qwen-VL models: the model's own Jinja template renders turn 1.
+QWEN_VL_TEMPLATE = "qwen-vl"
 
 
 def default_llm_layer_list(num_layers: int) -> tuple[int, ...]:
@@ -52,7 +59,7 @@ class QwenVlEngineConfig:
         rfm_llm_layers: the RFM's LLM layer list.
         separator_token: token between thumbnail and level.
         max_context_tokens: the LLM's context (``max_position_embeddings``).
-        chat_template: ``"qwen-vl"`` (the model's own Jinja template renders prompts).
+        chat_template: :data:`QWEN_VL_TEMPLATE` (the model's own Jinja template renders prompts).
     """
 
     family: str
@@ -62,7 +69,7 @@ class QwenVlEngineConfig:
     rfm_llm_layers: tuple[int, ...]
     separator_token: str = SEPARATOR_TOKEN
     max_context_tokens: int
-    chat_template: str = "qwen-vl"
+    chat_template: str = QWEN_VL_TEMPLATE
 
     @property
     def pooled_per_side(self) -> int:
@@ -251,20 +258,81 @@ def load_qwen_vl_engine(
 ) -> Any:
     """Load a Qwen-VL directory as a :class:`~lrs_core.models.io.LoadedModel` for the engine.
 
+    A trained RFM saved by :func:`save_qwen_vl_engine` (``lrs_rfm.json`` and
+    ``lrs_rfm.safetensors``) replaces the LLM-layer copies, with its own layer list.
+
     Returns:
         A ``LoadedModel`` whose ``model`` is a :class:`QwenVlEngineModel` (typed ``Any`` until
         ``LoadedModel.model`` becomes a model-family type).
+
+    Raises:
+        WeightsError: unreadable directory or RFM files that do not fit the model.
     """
-    from lrs_core.models.io import LoadedModel
+    from lrs_core.models.io import LoadedModel, read_json
 
     source = Path(path)
     family = load_qwen_vl(
         source, device=device, dtype=dtype, attn_implementation=attn_implementation
     )
+    rfm_config = source / RFM_CONFIG_FILE
+    header = read_json(rfm_config) if rfm_config.is_file() else {}
+    if llm_layer_list is None and "llm_layer_list" in header:
+        llm_layer_list = tuple(int(i) for i in header["llm_layer_list"])
     model = QwenVlEngineModel(family, llm_layer_list=llm_layer_list)
+    if header:
+        weights = load_file(str(source / RFM_WEIGHTS_FILE), device=str(model.device))
+        try:
+            model.rfm.load_state_dict(weights)
+        except RuntimeError as err:
+            raise WeightsError(
+                f"{source / RFM_WEIGHTS_FILE}: the RFM weights do not fit this model ({err}); "
+                f"delete {RFM_CONFIG_FILE} to start from LLM-layer copies"
+            ) from err
+        model.rfm.to(dtype=model.dtype)
     return LoadedModel(
         model=model,  # type: ignore[arg-type]  # a VisionLanguageModel-shaped stand-in
         tokenizer=family.tokenizer,
-        model_id=source.name,
+        model_id=str(header.get("model_id", source.name)),
         source_dir=source,
     )
+
+
+def save_qwen_vl_engine(
+    model: QwenVlEngineModel, out_dir: str | Path, *, model_id: str | None = None
+) -> Path:
+    """Save the model as a Hugging Face directory plus its RFM (``lrs_rfm.*``).
+
+    The stock parts go through ``save_pretrained`` (weights, config, generation config), with the
+    tokenizer, the chat template and the preprocessor settings; the RFM's weights and layer list
+    are written last, so a directory with ``lrs_rfm.json`` is complete.
+
+    Returns:
+        The directory, loadable by :func:`load_qwen_vl_engine` and ``lrs ask``.
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    family = model.family
+    family.hf.save_pretrained(str(out))
+    family.tokenizer.chat_template = family.chat_template
+    family.tokenizer.save_pretrained(str(out))
+    geometry = family.geometry
+    Qwen2VLImageProcessorPil(
+        patch_size=geometry.patch_size,
+        temporal_patch_size=geometry.temporal_patch_size,
+        merge_size=geometry.merge_size,
+        image_mean=list(geometry.image_mean),
+        image_std=list(geometry.image_std),
+    ).save_pretrained(str(out))
+    state = {name: tensor.detach().contiguous() for name, tensor in model.rfm.state_dict().items()}
+    save_file(state, str(out / RFM_WEIGHTS_FILE), metadata={"format": "pt"})
+    header = {
+        "model_id": model_id or out.name,
+        "family": model.config.family,
+        "llm_layer_list": list(model.config.rfm_llm_layers),
+    }
+    (out / RFM_CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
+    return out
