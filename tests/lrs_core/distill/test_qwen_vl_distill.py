@@ -50,8 +50,8 @@ def _batch(loaded: Any, n: int) -> tuple[Any, Any]:
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_teacher_rows_with_mrope_equal_eager_attention(model_dir: Path, batch_size: int) -> None:
     loaded = load_qwen_vl_engine(model_dir, llm_layer_list=(1, 3))
+    assert isinstance(loaded.model, QwenVlEngineModel)
     model: Any = loaded.model  # a QwenVlEngineModel in the VisionLanguageModel seat
-    assert isinstance(model, QwenVlEngineModel)
     dataset, batch = _batch(loaded, batch_size)
     assert batch.position_ids is not None and batch.position_ids.shape[0] == 3
     for row in range(batch_size):
