@@ -87,11 +87,54 @@ def info_command(
 ) -> None:
     """Describe a model: layout, families, geometry, RFM layers and parameter counts."""
     from lrs_core.models.convert import detect_layout
+    from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
     from lrs_core.models.io import load_model
 
-    with reported_errors():
-        layout = detect_layout(model_dir)
-        loaded = load_model(model_dir, device="cpu")
+    if is_qwen_vl_dir(model_dir):
+        with reported_errors():
+            info = _qwen_vl_info(model_dir)
+    else:
+        with reported_errors():
+            layout = detect_layout(model_dir)
+            loaded = load_model(model_dir, device="cpu")
+        info = _project_info(loaded, layout)
+    if as_json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
+def _qwen_vl_info(model_dir: Path) -> dict[str, Any]:
+    """``lrs model info`` of a Hugging Face Qwen2-VL / Qwen2.5-VL directory."""
+    from lrs_core.models.families.engine_model import load_qwen_vl_engine
+
+    loaded = load_qwen_vl_engine(model_dir, device="cpu")
+    model: Any = loaded.model
+    text, vision = model.family.text_config, model.family.hf.config.vision_config
+    return {
+        "model_id": loaded.model_id,
+        "layout": "hf-qwen-vl",
+        "config": model.config.to_dict(),
+        "hidden_size": model.hidden_size,
+        "llm_layers": text.num_hidden_layers,
+        "vision_layers": vision.depth,
+        "rfm_source_layers": list(model.config.rfm_source_layers),
+        "tokens_per_tile": model.config.tokens_per_tile,
+        "vocab_size": len(loaded.tokenizer),
+        "parameters": {
+            name: sum(p.numel() for p in part.parameters())
+            for name, part in (
+                ("vision_tower", model.vision_tower),
+                ("llm", model.llm),
+                ("rfm", model.rfm),
+            )
+        },
+    }
+
+
+def _project_info(loaded: Any, layout: str) -> dict[str, Any]:
+    """``lrs model info`` of a model ``load_model`` reads."""
     model = loaded.model
     info: dict[str, Any] = {
         "model_id": loaded.model_id,
@@ -113,11 +156,7 @@ def info_command(
             )
         },
     }
-    if as_json:
-        print_json(info)
-        return
-    for key, value in info.items():
-        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    return info
 
 
 @model_app.command("flops")

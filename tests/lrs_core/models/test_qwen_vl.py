@@ -317,6 +317,11 @@ def test_cli_init_tiny_writes_a_loadable_hugging_face_directory(
     loaded = load_qwen_vl(out)
     assert loaded.family == family
     assert loaded.hf.generation_config.do_sample is False
+    info = runner.invoke(build_app(), ["model", "info", str(out), "--json"])
+    assert info.exit_code == 0, info.output
+    described = json.loads(info.stdout)
+    assert described["layout"] == "hf-qwen-vl" and described["config"]["family"] == family
+    assert described["tokens_per_tile"] == 144 and described["rfm_source_layers"] == [0, 1]
     bad = runner.invoke(
         build_app(), ["model", "init-tiny", str(out), "--family", family, "--size", "benchmark"]
     )
