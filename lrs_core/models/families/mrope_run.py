@@ -9,7 +9,8 @@ These are the M-RoPE counterparts of :func:`lrs_core.rfm.score_level_tokens` and
 * :func:`generate_greedy_mrope` prefills from embeddings and decodes greedily with the KV cache;
   each new token gets the M-RoPE id ``(p, p, p)`` with ``p`` = the row's largest prefill id + 1,
   then + 1 per step, which is what the stock model's ``rope_deltas`` give. Rows may be right
-  padded.
+  padded. The model's ``generation_config.repetition_penalty`` is applied over the generated ids,
+  as the LLaVA path's ``generate()`` from embeddings and the layer-drop decoder do.
 
 Stock ``generate()`` cannot be used here: from embeddings alone (no ``input_ids`` and
 ``mm_token_type_ids``) it rebuilds text-only position ids for the decode steps.
@@ -100,6 +101,21 @@ def _stop_ids(model: QwenVlModel, eos_token_id: int | list[int] | None) -> set[i
     return {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
 
 
+def _penalised(
+    logits: torch.Tensor, generated: list[list[int]], penalty: float | None
+) -> torch.Tensor:
+    """``generate()``'s repetition penalty over each row's generated ids: float (B, V)."""
+    if penalty is None or penalty == 1.0 or not any(generated):
+        return logits
+    logits = logits.clone()
+    for row, tokens in enumerate(generated):
+        if tokens:
+            seen = torch.tensor(sorted(set(tokens)), device=logits.device)
+            values = logits[row, seen]
+            logits[row, seen] = torch.where(values < 0, values * penalty, values / penalty)
+    return logits
+
+
 def generate_greedy_mrope(
     model: QwenVlModel,
     inputs_embeds: torch.Tensor,
@@ -137,6 +153,7 @@ def generate_greedy_mrope(
         raise ConfigError("attention_mask must mark each row's real tokens first (right padding)")
     language_model: Any = model.hf.model.language_model
     stops = _stop_ids(model, eos_token_id)
+    penalty = getattr(model.hf.generation_config, "repetition_penalty", None)
     rows = torch.arange(batch, device=mask.device)
     real = mask.bool()[None].expand(ROPE_RANK_MROPE, -1, -1)
     next_position = position_ids.masked_fill(~real, -1).amax(dim=(0, 2)) + 1  # (B,)
@@ -153,7 +170,8 @@ def generate_greedy_mrope(
         generated: list[list[int]] = [[] for _ in range(batch)]
         finished = [False] * batch
         for step in range(max_new_tokens):
-            tokens = model.hf.lm_head(hidden).float().argmax(dim=-1)  # (B,)
+            logits = _penalised(model.hf.lm_head(hidden).float(), generated, penalty)
+            tokens = logits.argmax(dim=-1)  # (B,)
             for row, token in enumerate(tokens.tolist()):
                 if not finished[row]:
                     generated[row].append(int(token))

@@ -385,27 +385,46 @@ def test_rfm_scores_with_mrope_equal_eager_rows(sdpa: QwenVlModel, eager: QwenVl
     assert torch.all(scores[1, :3] == 0)
 
 
-def test_layer_drop_keeping_everything_equals_plain_generation(sdpa: QwenVlModel) -> None:
+@pytest.mark.parametrize("penalty", [1.0, 3.0])
+def test_layer_drop_keeping_everything_equals_plain_generation(
+    sdpa: QwenVlModel, penalty: float
+) -> None:
+    eos = int(sdpa.tokenizer.convert_tokens_to_ids("<|im_end|>"))  # type: ignore[arg-type]
+    embeds, mask, pos, lengths = _our_batch(sdpa, [2], [_keep(2)])
+    prompt = sdpa.prompt_ids(QUESTIONS[2])
+    vision = torch.arange(len(prompt.before_image), lengths[0] - len(prompt.after_image))
+    previous = sdpa.hf.generation_config.repetition_penalty
+    sdpa.hf.generation_config.repetition_penalty = penalty  # both decoders apply it
+    try:
+        _compare_layer_drop(sdpa, embeds, mask, pos, vision, eos)
+    finally:
+        sdpa.hf.generation_config.repetition_penalty = previous
+
+
+def _compare_layer_drop(
+    sdpa: QwenVlModel,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    pos: torch.Tensor,
+    vision: torch.Tensor,
+    eos: int,
+) -> None:
     from lrs_core.models.families.engine_model import QwenVlCausalLm
     from lrs_core.models.families.mrope_run import generate_greedy_mrope
     from lrs_core.models.layer_drop import LayerDropSchedule, generate_with_layer_drop
 
-    eos = sdpa.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    embeds, mask, pos, lengths = _our_batch(sdpa, [2], [_keep(2)])
-    prompt = sdpa.prompt_ids(QUESTIONS[2])
-    vision = torch.arange(len(prompt.before_image), lengths[0] - len(prompt.after_image))
     result = generate_with_layer_drop(
         QwenVlCausalLm(sdpa),
         embeds,
         vision_positions=vision,
         schedule=LayerDropSchedule.fastv(layer=2, keep_ratio=1.0),
-        max_new_tokens=5,
+        max_new_tokens=8,
         eos_token_id=eos,
         pad_token_id=0,
         position_ids=pos,
     )
     plain = generate_greedy_mrope(
-        sdpa, embeds, attention_mask=mask, position_ids=pos, max_new_tokens=5, eos_token_id=eos
+        sdpa, embeds, attention_mask=mask, position_ids=pos, max_new_tokens=8, eos_token_id=eos
     )
     assert result.generation.token_ids == plain.token_ids
     with torch.no_grad():
