@@ -430,3 +430,25 @@ def _compare_layer_drop(
     with torch.no_grad():
         logits = sdpa.llm_logits(embeds, attention_mask=mask, position_ids=pos)[0, -1]
     torch.testing.assert_close(result.last_logits, logits.float(), atol=TOL, rtol=0)
+
+
+def test_sharded_checkpoints_with_an_index_load_the_same_model(
+    sdpa: QwenVlModel, model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    out = tmp_path / "sharded"
+    sdpa.hf.save_pretrained(str(out), max_shard_size="100KB")
+    for path in model_dir.iterdir():
+        if not path.name.startswith("model") and path.name != "config.json":
+            shutil.copy(path, out / path.name)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    assert any(key.startswith("visual.") for key in index["weight_map"])  # released key layout
+    sharded = load_qwen_vl(out)
+    embeds, mask, pos, _ = _our_batch(sdpa, [0], [None])
+    with torch.no_grad():
+        expected = sdpa.llm_logits(embeds, attention_mask=mask, position_ids=pos)
+        ours = sharded.llm_logits(embeds, attention_mask=mask, position_ids=pos)
+    torch.testing.assert_close(ours, expected, atol=0, rtol=0)
+    assert sharded.chat_template == sdpa.chat_template
