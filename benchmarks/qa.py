@@ -87,6 +87,10 @@ OBJECT_EVERY_PX = 997
 KIB = 1024
 MIB = 2**20
 SEVEN_B = "qwen2-7b"
+#: A Qwen-VL base for the second 7B column: its tower at 336 px tiles (144 tokens each) and its LLM,
+#: counted on the same tiles and token counts as the engine's record (the thumbnail keeps the LLaVA
+#: geometry's 576 tokens, so the column is what that model would spend on the same sequence).
+QWEN_VL_7B = "qwen2.5-vl-7b"
 
 
 # -- environment -------------------------------------------------------------------------------
@@ -228,12 +232,12 @@ def prepare_model(scratch: Path, size: str) -> Path:
 # -- FLOPs of the 7B configuration -------------------------------------------------------------
 
 
-def seven_b_flops(record: Any) -> dict[str, float]:
-    """FLOPs of the Qwen2-7B + CLIP-L/336 configuration with this record's tiles and tokens."""
+def seven_b_flops(record: Any, config: str = SEVEN_B) -> dict[str, float]:
+    """FLOPs of a 7B configuration (``KNOWN_DIMS[config]``) with this record's tiles and tokens."""
     from lrs_core.models.flops import KNOWN_DIMS, count_flops, count_llm_flops_per_layer
     from lrs_core.models.layer_drop import LayerDropSchedule
 
-    dims = KNOWN_DIMS[SEVEN_B]
+    dims = KNOWN_DIMS[config]
     acc = record.accounting
     params = record.preset_params
     run = params.get("run", {})
@@ -290,6 +294,7 @@ def summarize(record: Any, *, wall_s: float | None) -> dict[str, Any]:
             "total": acc.flops.total_flops,
         },
         "flops_7b": seven_b_flops(record),
+        "flops_qwen_vl_7b": seven_b_flops(record, QWEN_VL_7B),
         "engine_peak_bytes": acc.peak_memory_bytes,
         "stop_reason": record.preset_params.get("run", {}).get("stop_reason"),
         "answer": record.answer,
@@ -386,13 +391,22 @@ def _fmt_ratio(value: float | None) -> str:
     return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"
 
 
+def _qwen_vl_cells(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """The Qwen2.5-VL-7B TFLOP and ratio cells ("—" for results saved before the column)."""
+    if "flops_qwen_vl_7b" not in row or "flops_qwen_vl_7b" not in base:
+        return f"{'—':>12} {'—':>7}"
+    total, base_total = row["flops_qwen_vl_7b"]["total"], base["flops_qwen_vl_7b"]["total"]
+    return f"{total / 1e12:>12.2f} {_fmt_ratio(total / base_total):>7}"
+
+
 def report(
     results: dict[str, dict[str, dict[str, Any]]], scenes: list[tuple[str, int, int]]
 ) -> str:
     lines: list[str] = []
     header = (
         f"{'scene':5} {'preset':9} {'mode':8} {'s/question':>10} {'tiles':>6} {'prefill':>8} "
-        f"{'GFLOP bench':>12} {'x full':>7} {'TFLOP 7B':>9} {'x full':>7} {'s x full':>8} "
+        f"{'GFLOP bench':>12} {'x full':>7} {'TFLOP 7B':>9} {'x full':>7} "
+        f"{'TFLOP Q2.5VL':>12} {'x full':>7} {'s x full':>8} "
         f"{'peak RSS MiB':>12} {'engine MiB':>10}"
     )
     lines += [header, "-" * len(header)]
@@ -415,6 +429,7 @@ def report(
                 f"{_fmt_ratio(row['flops']['total'] / base['flops']['total']):>7} "
                 f"{row['flops_7b']['total'] / 1e12:>9.2f} "
                 f"{_fmt_ratio(row['flops_7b']['total'] / base['flops_7b']['total']):>7} "
+                f"{_qwen_vl_cells(row, base)} "
                 f"{_fmt_ratio(time_ratio):>8} "
                 f"{'—' if rss is None else format(rss / MIB, '.0f'):>12} "
                 f"{'—' if rss is None else format(row['engine_peak_bytes'] / MIB, '.0f'):>10}"

@@ -18,15 +18,24 @@ from typing import Any
 from lrs_core.errors import DatasetError
 from lrs_core.features import FeatureCache
 from lrs_core.focus import FocusConfig, FocusEngine
+from lrs_core.models.families.engine_model import load_qwen_vl_engine
+from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
 from lrs_core.models.io import (
     PROJECT_CONFIG_FILE,
     LoadedModel,
     configs_from_header,
+    default_attn_implementation,
     load_model,
     load_tokenizer,
     read_json,
 )
-from lrs_core.models.runtime import DEVICE_AUTO, GenerationSettings, parse_dtype, resolve_device
+from lrs_core.models.runtime import (
+    DEVICE_AUTO,
+    GenerationSettings,
+    parse_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
@@ -63,7 +72,9 @@ def load_engine(
     """Load a model and return an engine for a preset.
 
     Args:
-        model_dir: a model directory (:func:`lrs_core.models.io.load_model` layouts).
+        model_dir: a model directory (:func:`lrs_core.models.io.load_model` layouts, or a Hugging
+            Face Qwen2-VL / Qwen2.5-VL directory, loaded by
+            :func:`lrs_core.models.families.engine_model.load_qwen_vl_engine`).
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or
             ``pdrop``.
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
@@ -90,6 +101,13 @@ def load_engine(
         parse_dtype(dtype)
     if not weights and (Path(model_dir) / PROJECT_CONFIG_FILE).is_file():
         loaded = _load_without_weights(Path(model_dir))
+    elif is_qwen_vl_dir(model_dir):  # a Hugging Face Qwen2-VL / Qwen2.5-VL directory
+        loaded = load_qwen_vl_engine(
+            model_dir,
+            device=torch_device,
+            dtype=resolve_dtype(dtype, torch_device, model_dir),
+            attn_implementation=default_attn_implementation(torch_device),
+        )
     else:
         loaded = load_model(model_dir, device=torch_device, dtype=dtype)
     if "max_new_tokens" not in values and loaded.generation.max_new_tokens is not None:

@@ -60,6 +60,7 @@ from lrs_core.focus_state import (
     level_view_tokens,
     question_id_of,
 )
+from lrs_core.models.families.engine_model import QwenVlEngineModel
 from lrs_core.models.flops import ModelDims, count_flops, dims_from_configs
 from lrs_core.models.generation import PackedInputs, generate_from_embeds
 from lrs_core.models.io import LoadedModel
@@ -120,6 +121,20 @@ class FocusEngine:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.config = config
+        # M-RoPE bases (Qwen-VL): the engine dispatches on this object (prompt, positions, RFM,
+        # generation, FLOPs dims; no image newline). None for the LLaVA-style models.
+        untyped_model: Any = loaded.model
+        self.mrope: QwenVlEngineModel | None = (
+            untyped_model if isinstance(untyped_model, QwenVlEngineModel) else None
+        )
+        if self.mrope is not None and (
+            config.preset == "parity" or config.include_newline_in_selection
+        ):
+            raise ConfigError(
+                f"the parity preset reproduces the released LLaVA code, which has no "
+                f"{self.mrope.config.family} path (and {self.mrope.config.family} has no image "
+                "newline to select); use the default preset"
+            )
         vlm = self.model.config
         self.dip_config = DipConfig.preset(
             config.pyramid_rule,
@@ -134,6 +149,8 @@ class FocusEngine:
         )
         self.scorer: TokenScorer = scorer or RfmScorer(loaded, config=rfm_config)
         vision_config: Any = self.model.vision_tower.config
+        if dims is None and self.mrope is not None:
+            dims = self.mrope.flops_dims()
         self.dims: ModelDims = dims or dims_from_configs(
             vision_config,
             self.model.llm.config,
@@ -153,6 +170,24 @@ class FocusEngine:
         self.separator_id = int(separator)
 
     # -- public API ----------------------------------------------------------------------------
+
+    def prompt_ids(self, question: str) -> PromptIds:
+        """The question's prompt ids around the image (the model's template)."""
+        if self.mrope is not None:
+            return self.mrope.prompt_ids(question)
+        return tokenize_prompt(self.tokenizer, question, template=self.model.config.chat_template)
+
+    def newline_rows(self, rows: BoolArray) -> BoolArray:
+        """The rows whose newline token is placed: ``rows``, or none for a model without one."""
+        if self.mrope is not None:
+            return np.zeros_like(rows, dtype=bool)
+        return rows
+
+    def _position_ids(self, sequence: LevelSequence, positions: np.ndarray) -> torch.Tensor:
+        """Position ids of a sequence: (1, L) from ``positions``, or M-RoPE (3, 1, L)."""
+        if self.mrope is not None:
+            return self.mrope.sequence_position_ids(sequence.layout)
+        return torch.from_numpy(positions)[None].to(self.model.device)
 
     def answer(
         self, pyramid: Any, question: str, *, question_id: str | None = None
@@ -494,7 +529,7 @@ class FocusEngine:
     def _build(
         self, pyramid: Any, question: str, probe: MemoryProbe
     ) -> tuple[FocusState, LlmInput, list[ScoredLevel]]:
-        prompt = tokenize_prompt(self.tokenizer, question, template=self.model.config.chat_template)
+        prompt = self.prompt_ids(question)
         width, height = pyramid.size_wh
         plan = plan_pyramid(int(width), int(height), config=self.dip_config)
         state = FocusState(
@@ -522,7 +557,7 @@ class FocusEngine:
                 separator_id=self.separator_id,
                 level=last.level,
                 include=pruned.keep,
-                newline_rows=pruned.newline_rows,
+                newline_rows=self.newline_rows(pruned.newline_rows),
             )
             llm_input = self._llm_input(
                 sequence, thumb, last.level, last.tiles_rc, state.tile_feats
@@ -540,6 +575,9 @@ class FocusEngine:
             thumbnail_tokens=self.thumbnail_tokens,
             separator_id=self.separator_id,
             level=level,
+            newline_rows=None
+            if level is None
+            else self.newline_rows(np.ones(level.token_grid_hw[0], dtype=bool)),
         )
         llm_input = self._llm_input(sequence, thumb, level, tiles, feats)
         visited = []
@@ -692,7 +730,7 @@ class FocusEngine:
                 separator_id=self.separator_id,
                 level=level,
                 include=valid,
-                newline_rows=newline_rows,
+                newline_rows=self.newline_rows(newline_rows),
             )
         else:
             sequence = build_level_sequence(
@@ -700,7 +738,7 @@ class FocusEngine:
                 thumbnail_tokens=self.thumbnail_tokens,
                 separator_id=self.separator_id,
                 level=level,
-                newline_rows=np.ones(rows_n, dtype=bool),
+                newline_rows=self.newline_rows(np.ones(rows_n, dtype=bool)),
                 placeholder=~valid,
             )
         kinds = (
@@ -734,7 +772,7 @@ class FocusEngine:
                 key_is_newline=is_newline,
                 key_valid=key_valid,
                 inputs_embeds=embeds[None],
-                position_ids=torch.from_numpy(rfm_positions)[None].to(device),
+                position_ids=self._position_ids(sequence, rfm_positions),
                 attention_mask=torch.from_numpy((~sequence.is_placeholder).astype(np.int64))[
                     None
                 ].to(device),
@@ -777,13 +815,13 @@ class FocusEngine:
             tile_feats=feats,
         )
         if self.config.position_mode == "original":
-            positions = torch.from_numpy(sequence.positions)
+            positions = sequence.positions
         else:
-            positions = torch.arange(sequence.length)
+            positions = np.arange(sequence.length, dtype=np.int64)
         return LlmInput(
             sequence=sequence,
             inputs_embeds=embeds[None],
-            position_ids=positions[None].to(self.model.device),
+            position_ids=self._position_ids(sequence, positions),
             level=level,
         )
 
@@ -796,7 +834,9 @@ class FocusEngine:
         pad = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        mask = torch.ones_like(llm_input.position_ids)
+        mask = torch.ones(
+            llm_input.inputs_embeds.shape[:2], dtype=torch.int64, device=self.model.device
+        )
         extra: dict[str, Any] = {}
         with self._timed(state, "llm"):
             if cfg.strategy in ("fastv", "pdrop"):
@@ -825,6 +865,7 @@ class FocusEngine:
                     eos_token_id=self.loaded.stop_token_ids,
                     pad_token_id=int(pad),
                     attention_mask=mask,
+                    position_ids=None if self.mrope is None else llm_input.position_ids,
                 )
                 generation = result.generation
                 tokens_per_layer = list(result.tokens_per_layer)
@@ -832,6 +873,25 @@ class FocusEngine:
                 extra["schedule"] = [list(s) for s in schedule.stages]
                 steps = generation.decode_steps[0]
                 llm_flops = layer_drop_llm_flops(self.dims, tokens_per_layer, decode_steps=steps)
+            elif self.mrope is not None:
+                if cfg.do_sample:
+                    raise ConfigError(
+                        f"{self.mrope.config.family} models decode greedily here; "
+                        "set do_sample=False"
+                    )
+                generation = self.mrope.generate(
+                    llm_input.inputs_embeds,
+                    position_ids=llm_input.position_ids,
+                    max_new_tokens=cfg.max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+                steps = generation.decode_steps[0]
+                llm_flops = count_flops(
+                    self.dims,
+                    vision_tiles=0,
+                    prefill_tokens=llm_input.sequence.length,
+                    decode_steps=steps,
+                ).llm_flops
             else:
                 generator = torch.Generator().manual_seed(cfg.seed) if cfg.do_sample else None
                 generation = generate_from_embeds(

@@ -21,7 +21,6 @@ from lrs_core.focus_select import pruned_size, valid_token_mask
 from lrs_core.focus_sequence import build_level_sequence
 from lrs_core.models.flops import count_flops
 from lrs_core.models.layout import TokenKind
-from lrs_core.models.prompt import tokenize_prompt
 from lrs_core.records import SceneRef
 
 if TYPE_CHECKING:
@@ -63,7 +62,7 @@ def plan_question(
 
     cfg = engine.config
     scene, width, height = _scene(target)
-    prompt = tokenize_prompt(engine.tokenizer, question, template=engine.model.config.chat_template)
+    prompt = engine.prompt_ids(question)
     plan = plan_pyramid(width, height, config=engine.dip_config)
     state = FocusState(
         question=question, prompt=prompt, plan=plan, allowance=engine.allowance(prompt)
@@ -151,7 +150,13 @@ def plan_question(
         else:
             visit(base_level, all_tiles(base_level))
         sequence = build_level_sequence(
-            prompt, thumbnail_tokens=thumb, separator_id=engine.separator_id, level=base_level
+            prompt,
+            thumbnail_tokens=thumb,
+            separator_id=engine.separator_id,
+            level=base_level,
+            newline_rows=None
+            if base_level is None
+            else engine.newline_rows(np.ones(base_level.token_grid_hw[0], dtype=bool)),
         )
         n_text = int((sequence.layout.kind == TokenKind.TEXT.value).sum())
         n_vision = sequence.length - n_text

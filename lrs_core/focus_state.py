@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -79,6 +79,19 @@ class RfmScorer:
 
     def __call__(self, request: ScoreRequest) -> FloatArray:
         """Return the RFM probabilities of the request's keys, float32 (K,)."""
+        from lrs_core.models.families.engine_model import QwenVlEngineModel
+
+        model: Any = self.model
+        if isinstance(model, QwenVlEngineModel):  # M-RoPE ids (3, 1, L)
+            mrope_scores = model.score(
+                request.inputs_embeds,
+                position_ids=request.position_ids,
+                attention_mask=request.attention_mask,
+                query_positions=request.query_positions,
+                key_positions=request.key_positions,
+                key_mask=torch.from_numpy(request.key_valid)[None],
+            )
+            return mrope_scores[0].float().cpu().numpy()
         scores = score_level_tokens(
             self.model,
             request.inputs_embeds,

@@ -28,20 +28,37 @@ model_app = typer.Typer(
 def init_tiny_command(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
     family: Annotated[
-        str, typer.Option(help="llava (Llama, vicuna_v1) or qwen2 (Qwen2, ChatML).")
+        str,
+        typer.Option(
+            help="llava (Llama, vicuna_v1), qwen2 (Qwen2, ChatML), or qwen2-vl / qwen2.5-vl "
+            "(stock Qwen-VL in the Hugging Face layout; --size tiny only)."
+        ),
     ] = "llava",
     size: Annotated[str, typer.Option(help="tiny (~0.4 M params) or benchmark (~220 M).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Build a random model of the real architecture with an offline tokenizer and save it."""
-    if family not in ("llava", "qwen2"):
-        fail(f"--family {family!r} must be 'llava' or 'qwen2'", code=2)
+    from lrs_core.models.families.qwen_vl_tiny import TINY_QWEN_FAMILIES, init_tiny_qwen_vl
+
+    if family not in ("llava", "qwen2", *TINY_QWEN_FAMILIES):
+        fail(
+            f"--family {family!r} must be one of 'llava', 'qwen2', {', '.join(TINY_QWEN_FAMILIES)}",
+            code=2,
+        )
     if size not in ("tiny", "benchmark"):
         fail(f"--size {size!r} must be 'tiny' or 'benchmark'", code=2)
     from lrs_core.cli._common import check_out_path
-    from lrs_core.models.tiny import init_tiny
 
     check_out_path(out_dir, kind="folder", option="OUT_DIR")
+    if family in TINY_QWEN_FAMILIES:
+        if size != "tiny":
+            fail(f"--family {family} has only --size tiny", code=2)
+        with reported_errors():
+            path = init_tiny_qwen_vl(out_dir, family=family, seed=seed)  # type: ignore[arg-type]  # checked above
+        console.print(f"wrote {family} (tiny, Hugging Face layout) model to {path}")
+        return
+    from lrs_core.models.tiny import init_tiny
+
     with reported_errors():
         path = init_tiny(out_dir, family=family, seed=seed, size=size)  # type: ignore[arg-type]  # checked above
     console.print(f"wrote {family} ({size}) model to {path}")
@@ -96,9 +113,15 @@ def info_command(
 
     from lrs_core.models import runtime
     from lrs_core.models.convert import detect_layout
+    from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
     from lrs_core.models.io import PROJECT_CONFIG_FILE, load_model
 
     check_runtime(device, dtype)
+    if is_qwen_vl_dir(model_dir):
+        with reported_errors():
+            info = _qwen_vl_info(model_dir)
+        _print_info(info, as_json=as_json)
+        return
     stats: runtime.LoadStats | None = None
     with reported_errors(config_is_usage=True):
         layout = detect_layout(model_dir)
@@ -125,6 +148,59 @@ def info_command(
                     else None
                 ),
             )
+    info = _project_info(loaded, layout)
+    if stats is not None:
+        model = loaded.model
+        info |= {
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "weights_bytes": stats.weights_bytes,
+            "peak_rss_bytes": stats.peak_rss_bytes,
+            "baseline_rss_bytes": stats.baseline_rss_bytes,
+            "load_seconds": stats.load_seconds,
+            "peak_gpu_bytes": stats.peak_gpu_bytes,
+        }
+    _print_info(info, as_json=as_json)
+
+
+def _print_info(info: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print_json(info)
+        return
+    for key, value in info.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+def _qwen_vl_info(model_dir: Path) -> dict[str, Any]:
+    """``lrs model info`` of a Hugging Face Qwen2-VL / Qwen2.5-VL directory."""
+    from lrs_core.models.families.engine_model import load_qwen_vl_engine
+
+    loaded = load_qwen_vl_engine(model_dir, device="cpu")
+    model: Any = loaded.model
+    text, vision = model.family.text_config, model.family.hf.config.vision_config
+    return {
+        "model_id": loaded.model_id,
+        "layout": "hf-qwen-vl",
+        "config": model.config.to_dict(),
+        "hidden_size": model.hidden_size,
+        "llm_layers": text.num_hidden_layers,
+        "vision_layers": vision.depth,
+        "rfm_source_layers": list(model.config.rfm_source_layers),
+        "tokens_per_tile": model.config.tokens_per_tile,
+        "vocab_size": len(loaded.tokenizer),
+        "parameters": {
+            name: sum(p.numel() for p in part.parameters())
+            for name, part in (
+                ("vision_tower", model.vision_tower),
+                ("llm", model.llm),
+                ("rfm", model.rfm),
+            )
+        },
+    }
+
+
+def _project_info(loaded: Any, layout: str) -> dict[str, Any]:
+    """``lrs model info`` of a model ``load_model`` reads."""
+    from lrs_core.models import runtime
+
     model = loaded.model
     info: dict[str, Any] = {
         "model_id": loaded.model_id,
@@ -149,26 +225,18 @@ def info_command(
         "generation_config": loaded.generation.raw,
         "stop_token_ids": loaded.stop_token_ids,
     }
-    if stats is not None:
-        info |= {
-            "device": str(model.device),
-            "dtype": str(model.dtype).removeprefix("torch."),
-            "weights_bytes": stats.weights_bytes,
-            "peak_rss_bytes": stats.peak_rss_bytes,
-            "baseline_rss_bytes": stats.baseline_rss_bytes,
-            "load_seconds": stats.load_seconds,
-            "peak_gpu_bytes": stats.peak_gpu_bytes,
-        }
-    if as_json:
-        print_json(info)
-        return
-    for key, value in info.items():
-        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    return info
 
 
 @model_app.command("flops")
 def flops_command(
-    config: Annotated[str, typer.Option(help="Known model dimensions: qwen2-7b or vicuna-7b.")],
+    config: Annotated[
+        str,
+        typer.Option(
+            help="Known model dimensions: qwen2-7b, vicuna-7b, qwen2-vl-7b, qwen2-vl-2b, "
+            "qwen2.5-vl-7b, qwen2.5-vl-3b (Qwen-VL towers at 336 px tiles)."
+        ),
+    ],
     vision_tiles: Annotated[int, typer.Option(help="Tiles through the vision tower.")],
     prefill_tokens: Annotated[int, typer.Option(help="Tokens in the LLM prefill.")],
     decode_steps: Annotated[int, typer.Option(help="Generated tokens.")] = 0,

@@ -30,7 +30,7 @@ import json
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,6 +43,7 @@ from lrs_core.dip import DipConfig, DipLevel, DipPlan, plan_pyramid
 from lrs_core.distill.loss import IGNORE_INDEX, DistillBatch
 from lrs_core.errors import DatasetError, NotGeoreferencedWarning
 from lrs_core.evaluation.lrs_vqa import iter_jsonl
+from lrs_core.models.families.engine_model import QWEN_VL_TEMPLATE, QwenVlEngineModel
 from lrs_core.models.layout import SequenceLayout, TokenKind, assemble_batch, build_layout
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER, PromptIds, tokenize_prompt
 from lrs_core.models.vlm import VisionLanguageModel
@@ -63,6 +64,9 @@ _NEXT_QUESTION = {
     "chatml": "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
 }
 _ANSWER = {"vicuna_v1": " {answer}</s>", "chatml": "{answer}<|im_end|>\n"}
+# Qwen-VL's template is ChatML after the first (image) turn, which the model's own template renders.
+_NEXT_QUESTION[QWEN_VL_TEMPLATE] = _NEXT_QUESTION["chatml"]
+_ANSWER[QWEN_VL_TEMPLATE] = _ANSWER["chatml"]
 
 
 @dataclass(frozen=True)
@@ -136,12 +140,23 @@ def _text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase, turns: Sequence[Turn], *, template: str
+    tokenizer: PreTrainedTokenizerBase,
+    turns: Sequence[Turn],
+    *,
+    template: str,
+    first_prompt: PromptIds | None = None,
 ) -> Conversation:
     """Return the ids of a multi-turn conversation in the reference's chat template.
 
     Turn 1 is exactly the inference prompt (spec §2.6), so the token before the first answer is
     the query token the RFM uses at inference; later turns follow LLaVA's templates.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        turns: the question/answer turns.
+        template: the chat template's name (later turns and answers).
+        first_prompt: the first turn's prompt ids when the model renders them itself (Qwen-VL);
+            None tokenizes it with :func:`lrs_core.models.prompt.tokenize_prompt`.
 
     Raises:
         DatasetError: no turns, or an unknown template.
@@ -150,7 +165,7 @@ def tokenize_conversation(
         raise DatasetError("a conversation needs at least one question/answer turn")
     if template not in _ANSWER:
         raise DatasetError(f"chat template {template!r} is not one of {sorted(_ANSWER)}")
-    first = tokenize_prompt(tokenizer, turns[0].question, template=template)
+    first = first_prompt or tokenize_prompt(tokenizer, turns[0].question, template=template)
     after = list(first.after_image)
     mask: list[bool] = [False] * len(after)
     starts: list[int] = []
@@ -379,6 +394,8 @@ class DistillDataset:
     store_dir: Path | None = None
     exclude_newline_keys: bool = True
     cache_features: bool = True
+    prompt_of: Callable[[str], PromptIds] | None = None
+    image_newline: bool = True
     feature_cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES
     _cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=OrderedDict)
     _cache_bytes: int = 0
@@ -390,7 +407,10 @@ class DistillDataset:
     def conversation(self, index: int) -> Conversation:
         """Token ids of view ``index``'s conversation."""
         record = self.records[self.views[index].record]
-        return tokenize_conversation(self.tokenizer, record.turns, template=self.template)
+        first = None if self.prompt_of is None else self.prompt_of(record.turns[0].question)
+        return tokenize_conversation(
+            self.tokenizer, record.turns, template=self.template, first_prompt=first
+        )
 
     def prepare(self, model: VisionLanguageModel, index: int) -> PreparedSample:
         """Return view ``index`` with its features (encoded, or from the cache)."""
@@ -409,6 +429,7 @@ class DistillDataset:
             level_grid_hw=(rows, cols),
             tile_tokens_hw=(tile_side, max(tile_side, 1)),
             dip_level=max(view.dip_level, 1),
+            include_newline=self.image_newline,
         )
         after_start = layout.length - len(conversation.prompt.after_image)
         queries = np.asarray(conversation.answer_starts, dtype=np.int64) + after_start - 1
@@ -505,6 +526,13 @@ def collate(model: VisionLanguageModel, samples: Sequence[PreparedSample]) -> Di
         [s.image_positions for s in samples], max(len(s.image_positions) for s in samples), 0
     )
     labels, _ = pad([s.labels for s in samples], length, IGNORE_INDEX)
+    position_ids = None
+    untyped: Any = model
+    if isinstance(untyped, QwenVlEngineModel):  # M-RoPE ids from each layout, right padded
+        position_ids = torch.zeros(3, size, length, dtype=torch.int64, device=device)
+        for row, sample in enumerate(samples):
+            ids = untyped.sequence_position_ids(sample.layout)[:, 0]
+            position_ids[:, row, : ids.shape[1]] = ids.to(device)
     return DistillBatch(
         inputs_embeds=embedded.inputs_embeds,
         attention_mask=embedded.attention_mask,
@@ -513,6 +541,7 @@ def collate(model: VisionLanguageModel, samples: Sequence[PreparedSample]) -> Di
         image_positions=image,
         image_mask=image_mask,
         labels=labels,
+        position_ids=position_ids,
     )
 
 
@@ -547,11 +576,19 @@ def build_dataset(
         raise DatasetError(f"separator token {model.config.separator_token!r} is not one token")
     separator_id = separator
     template = model.config.chat_template
+    untyped: Any = model
+    mrope = isinstance(untyped, QwenVlEngineModel)  # Qwen-VL: own prompt, M-RoPE, no newline
+    prompt_of = untyped.prompt_ids if mrope else None
     out_views: list[View] = []
     lengths: list[int] = []
     pyramids: dict[Path, Pyramid] = {}
     for index, record in enumerate(records):
-        conversation = tokenize_conversation(tokenizer, record.turns, template=template)
+        conversation = tokenize_conversation(
+            tokenizer,
+            record.turns,
+            template=template,
+            first_prompt=None if prompt_of is None else prompt_of(record.turns[0].question),
+        )
         if isinstance(record, FeatureGridRecord):
             rows, cols = int(record.level_feats.shape[0]), int(record.level_feats.shape[1])
             out_views.append(View(record=index, dip_level=0))
@@ -589,6 +626,8 @@ def build_dataset(
         store_dir=store_dir,
         exclude_newline_keys=exclude_newline_keys,
         cache_features=cache_features,
+        prompt_of=prompt_of,
+        image_newline=not mrope,
         _pyramids=pyramids,
     )
 

@@ -21,7 +21,9 @@ Per distilled pair ``k`` (``k`` not in ``skip_layers``), averaged over heads and
 
 Shapes: ``B`` batch, ``L`` sequence length, ``D`` hidden size, ``H`` query heads, ``Q`` query rows
 per sample (padded; ``query_mask``), ``N`` image keys per sample (padded; ``image_mask``).
-Sequences are right-padded, so RoPE positions are ``0 .. L-1`` for every row.
+Sequences are right-padded, so RoPE positions are ``0 .. L-1`` for every row; M-RoPE models
+(Qwen-VL) carry their (3, B, L) ids in ``DistillBatch.position_ids`` instead, used by teacher and
+student alike.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class DistillBatch:
         image_positions: int64 (B, N); sequence indices of the image (level) tokens; padded 0.
         image_mask: bool (B, N); True for real image tokens.
         labels: int64 (B, L) LM targets (answer token ids, ``-100`` elsewhere) or None.
+        position_ids: int64 (3, B, L) M-RoPE ids of every slot (padding 0), or None for plain
+            RoPE at ``0 .. L-1``.
     """
 
     inputs_embeds: torch.Tensor
@@ -69,6 +73,7 @@ class DistillBatch:
     image_positions: torch.Tensor
     image_mask: torch.Tensor
     labels: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -85,6 +90,7 @@ class DistillBatch:
             image_positions=self.image_positions.to(device),
             image_mask=self.image_mask.to(device),
             labels=None if self.labels is None else self.labels.to(device),
+            position_ids=None if self.position_ids is None else self.position_ids.to(device),
         )
 
 
@@ -148,7 +154,17 @@ def _all_keys(batch: DistillBatch) -> torch.Tensor:
 
 
 def _position_ids(batch: DistillBatch) -> torch.Tensor:
+    if batch.position_ids is not None:
+        return batch.position_ids
     return _all_keys(batch)
+
+
+def _mask_position_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """Ids for the mask builder: none for M-RoPE ids (the 2-D mask rules, as in stock Qwen-VL).
+
+    M-RoPE ids repeat and jump, so they must never be read as packed sequences.
+    """
+    return None if position_ids.ndim == 3 else position_ids
 
 
 def teacher_hidden_states(
@@ -172,7 +188,7 @@ def teacher_hidden_states(
         inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
         cache=None,
-        position_ids=position_ids,
+        position_ids=_mask_position_ids(position_ids),
     )
     position_embeddings = inner.rotary_emb(embeds, position_ids)
     wanted = set(layers)
@@ -233,7 +249,7 @@ def student_logits(
         inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
         cache=None,
-        position_ids=position_ids,
+        position_ids=_mask_position_ids(position_ids),
     )
     position_embeddings = rfm.rotary_emb(embeds, position_ids)
     wanted = set(pairs)
@@ -337,6 +353,11 @@ def lm_loss(model: VisionLanguageModel, batch: DistillBatch) -> torch.Tensor:
     """LM cross-entropy of the answer tokens (the LLM's full forward, with a graph)."""
     if batch.labels is None:
         raise ConfigError("the LLM trains (trainable='all') but the batch carries no labels")
+    if batch.position_ids is not None:
+        raise ConfigError(
+            "training the LLM (trainable='all') is not supported on M-RoPE (Qwen-VL) models; "
+            "use trainable='rfm'"
+        )
     output = model.llm(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,

@@ -46,6 +46,12 @@ from lrs_core.distill.loss import (
 )
 from lrs_core.distill.sampler import BucketSampler, split_held_out
 from lrs_core.errors import ConfigError
+from lrs_core.models.families.engine_model import (
+    QwenVlEngineModel,
+    load_qwen_vl_engine,
+    save_qwen_vl_engine,
+)
+from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
 from lrs_core.models.io import LoadedModel, load_model, save_model
 from lrs_core.models.runtime import resolve_device
 from lrs_core.models.vlm import VisionLanguageModel
@@ -515,7 +521,11 @@ def train_records(
     for param in loaded.model.parameters():
         param.requires_grad_(False)
     loaded.model.eval()
-    save_model(loaded.model, loaded.tokenizer, model_dir, model_id=f"{loaded.model_id}+rfm")
+    model: Any = loaded.model
+    if isinstance(model, QwenVlEngineModel):  # a Hugging Face directory plus the RFM
+        save_qwen_vl_engine(model, model_dir, model_id=f"{loaded.model_id}+rfm")
+    else:
+        save_model(loaded.model, loaded.tokenizer, model_dir, model_id=f"{loaded.model_id}+rfm")
     (out / RESULT_FILE).write_text(
         json.dumps({"steps": config.steps, "final_metrics": final}, indent=1) + "\n"
     )
@@ -546,8 +556,13 @@ def train_rfm(
     Returns:
         The :class:`TrainResult`; ``model_dir`` is loadable by ``load_model`` and ``lrs ask``.
     """
-    loaded = load_model(
-        model_dir, device=config.device, dtype=torch.float32, attn_implementation="sdpa"
-    )
+    if is_qwen_vl_dir(model_dir):
+        loaded = load_qwen_vl_engine(
+            model_dir, device=config.device, dtype=torch.float32, attn_implementation="sdpa"
+        )
+    else:
+        loaded = load_model(
+            model_dir, device=config.device, dtype=torch.float32, attn_implementation="sdpa"
+        )
     records = read_records(data_path, data_root=data_root)
     return train_records(loaded, records, out_dir, config=config, resume=resume, progress=progress)

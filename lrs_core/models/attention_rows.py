@@ -83,6 +83,19 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def _gather_positions(position_ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Position ids of the ``index`` (B, N) slots.
+
+    (B|1, L) -> (B, N); M-RoPE (3, B|1, L) -> (3, B, N).
+    """
+    batch = index.shape[0]
+    if position_ids.ndim == 3:
+        rank = position_ids.shape[0]
+        expanded = position_ids.expand(rank, batch, -1)
+        return expanded.gather(2, index.unsqueeze(0).expand(rank, -1, -1))
+    return position_ids.expand(batch, -1).gather(1, index)
+
+
 def _check_indices(name: str, index: torch.Tensor, batch: int, length: int) -> None:
     if index.dtype != torch.int64 or index.ndim != 2 or index.shape[0] != batch:
         raise ConfigError(
@@ -149,12 +162,11 @@ def _causal_logits(
     attn: Any = layer.self_attn  # stock attention modules are untyped
     norm: Any = layer.input_layernorm
     head_dim = int(attn.head_dim)
-    position_ids = position_ids.expand(batch, -1)
 
     def project(proj: nn.Module, index: torch.Tensor) -> torch.Tensor:
         x = norm(_gather_rows(hidden, index))
         out = proj(x).view(batch, index.shape[1], -1, head_dim).transpose(1, 2)
-        cos, sin = rotary_emb(x, position_ids.gather(1, index))
+        cos, sin = rotary_emb(x, _gather_positions(position_ids, index))
         return _apply_rope(out, cos, sin)
 
     query = project(attn.q_proj, query_positions).float()  # (B, H, Q, hd)
@@ -193,7 +205,9 @@ def attention_rows_from_hidden(
             ``input_layernorm`` and ``self_attn.{q_proj, k_proj, head_dim, scaling}``).
         hidden: float (B, L, D); hidden states entering ``layer`` (``hidden_states[i]`` of a forward
             with ``output_hidden_states=True`` for layer ``i``).
-        position_ids: int64 (B, L) or (1, L); RoPE position ids of every sequence slot.
+        position_ids: int64 (B, L) or (1, L); RoPE position ids of every sequence slot. Qwen-VL's
+            M-RoPE: (3, B, L) or (3, 1, L) (temporal, height, width), with the M-RoPE
+            ``rotary_emb`` of that model.
         rotary_emb: the model's rotary embedding module (``model.model.rotary_emb``).
         query_positions: int64 (B, Q); sequence indices in [0, L) of the query rows.
         key_positions: int64 (B, K); sequence indices in [0, L) of the keys.
@@ -504,7 +518,8 @@ def attention_logits_from_hidden(
     Args:
         layer: a stock ``LlamaDecoderLayer`` / ``Qwen2DecoderLayer``.
         hidden: float (B, L, D); hidden states entering ``layer``.
-        position_ids: int64 (B, L) or (1, L); RoPE position ids of every sequence slot.
+        position_ids: int64 (B, L) or (1, L); RoPE position ids of every sequence slot
+            ((3, B|1, L) for M-RoPE, as in :func:`attention_rows_from_hidden`).
         rotary_emb: the model's rotary embedding module.
         query_positions: int64 (B, Q); sequence indices in [0, L) of the query rows.
         key_positions: int64 (B, K); sequence indices in [0, L) of the keys.

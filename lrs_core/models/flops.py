@@ -64,6 +64,14 @@ class VisionDims:
         projector_in: projector input width.
         projector_hidden: projector hidden width.
         projector_out: projector output width (the LLM hidden size).
+        temporal_patch_size: frames per patch of the patch embedding (Qwen-VL: 2, an image is
+            repeated; CLIP/SigLIP: 1).
+        mlp_matmuls: matrix products of one encoder MLP (2 for GELU MLPs, 3 for SwiGLU).
+        merge_size: patches merged per side before the projector (Qwen-VL: 2, the projector runs
+            on ``patches / merge_size**2`` tokens of width ``projector_in``); 1: one per patch.
+        window_tokens: tokens per attention window of the windowed encoder layers (Qwen2.5-VL:
+            8 x 8 = 64 patches); 0: every layer attends over the whole tile.
+        full_attention_layers: layers that attend over the whole tile when ``window_tokens`` > 0.
     """
 
     layers: int
@@ -77,8 +85,24 @@ class VisionDims:
     projector_in: int
     projector_hidden: int
     projector_out: int
+    temporal_patch_size: int = 1
+    mlp_matmuls: int = 2
+    merge_size: int = 1
+    window_tokens: int = 0
+    full_attention_layers: int = 0
 
     def __post_init__(self) -> None:
+        if self.window_tokens < 0 or not 0 <= self.full_attention_layers <= self.layers:
+            raise ConfigError(
+                f"VisionDims.window_tokens={self.window_tokens} must be >= 0 and "
+                f"full_attention_layers={self.full_attention_layers} within 0..{self.layers}"
+            )
+        _check_positive(
+            "VisionDims",
+            temporal_patch_size=self.temporal_patch_size,
+            mlp_matmuls=self.mlp_matmuls,
+            merge_size=self.merge_size,
+        )
         _check_positive(
             "VisionDims",
             layers=self.layers,
@@ -180,6 +204,113 @@ def _clip_l14_336(llm_hidden: int) -> VisionDims:
 # The spec's default for llm_layer_list is unknown ([CONFIG], spec §3); 4 layers is its example.
 _DEFAULT_RFM_LAYERS = 4
 
+#: Tile side, pixels, at which the Qwen-VL entries of :data:`KNOWN_DIMS` are counted: the engine's
+#: 336 px tile gives 24 x 24 patches merged into 12 x 12 = 144 LLM tokens, as LLaVA's pooled tile.
+QWEN_VL_TILE_PX = 336
+_QWEN_VL_PATCH_PX = 14
+_QWEN_VL_MERGE = 2
+_QWEN_VL_TEMPORAL_PATCH = 2
+_SWIGLU_MATMULS = 3
+
+
+def _qwen_vl_vision(
+    *,
+    family: str,
+    width: int,
+    mlp: int,
+    heads: int,
+    layers: int,
+    llm_hidden: int,
+    tile_px: int,
+    patch_size: int = _QWEN_VL_PATCH_PX,
+    merge_size: int = _QWEN_VL_MERGE,
+    temporal_patch_size: int = _QWEN_VL_TEMPORAL_PATCH,
+    window_px: int = 0,
+    full_attention_layers: int = 0,
+) -> VisionDims:
+    """The Qwen-VL tower at square ``tile_px`` tiles and its patch merger.
+
+    The merger is ``ln -> Linear(4C, 4C) -> GELU -> Linear(4C, D)`` on merged tokens; Qwen2.5-VL
+    has a SwiGLU MLP and windowed attention.
+    """
+    if tile_px % (patch_size * merge_size):
+        raise ConfigError(
+            f"tile_px={tile_px} is not a multiple of {patch_size * merge_size} px; "
+            "use a tile size such as 336"
+        )
+    patches = (tile_px // patch_size) ** 2
+    merged_width = width * merge_size**2
+    return VisionDims(
+        layers=layers,
+        width=width,
+        mlp=mlp,
+        heads=heads,
+        tokens_per_tile=patches,
+        has_class_token=False,
+        patch_size=patch_size,
+        projector_in=merged_width,
+        projector_hidden=merged_width,
+        projector_out=llm_hidden,
+        temporal_patch_size=temporal_patch_size,
+        mlp_matmuls=_SWIGLU_MATMULS if family == "qwen2.5-vl" else 2,
+        merge_size=merge_size,
+        window_tokens=(window_px // patch_size) ** 2,
+        full_attention_layers=full_attention_layers,
+    )
+
+
+# Qwen2-VL tower (`Qwen/Qwen2-VL-7B-Instruct` and `-2B-Instruct` config.json, vision_config):
+# depth 32, embed_dim 1280, mlp_ratio 4 (MLP 5120, quick_gelu), num_heads 16, patch_size 14,
+# spatial_merge_size 2, temporal_patch_size 2; hidden_size = the LLM's.
+def _qwen2_vl_tower(llm_hidden: int, tile_px: int = QWEN_VL_TILE_PX) -> VisionDims:
+    return _qwen_vl_vision(
+        family="qwen2-vl",
+        width=1280,
+        mlp=5120,
+        heads=16,
+        layers=32,
+        llm_hidden=llm_hidden,
+        tile_px=tile_px,
+    )
+
+
+# Qwen2.5-VL tower (`Qwen/Qwen2.5-VL-7B-Instruct` and `-3B-Instruct` config.json, vision_config):
+# depth 32, hidden_size 1280, intermediate_size 3420 (SwiGLU), num_heads 16, window_size 112 px
+# (8 x 8 patches), fullatt_block_indexes [7, 15, 23, 31]; out_hidden_size = the LLM's.
+_QWEN25_VL_WINDOW_PX = 112
+_QWEN25_VL_FULL_ATTENTION_LAYERS = 4
+
+
+def _qwen25_vl_tower(llm_hidden: int, tile_px: int = QWEN_VL_TILE_PX) -> VisionDims:
+    return _qwen_vl_vision(
+        family="qwen2.5-vl",
+        width=1280,
+        mlp=3420,
+        heads=16,
+        layers=32,
+        llm_hidden=llm_hidden,
+        tile_px=tile_px,
+        window_px=_QWEN25_VL_WINDOW_PX,
+        full_attention_layers=_QWEN25_VL_FULL_ATTENTION_LAYERS,
+    )
+
+
+# Qwen2-7B / Qwen2.5-7B decoder (the LLM of Qwen2-VL-7B and Qwen2.5-VL-7B): hidden_size 3584,
+# intermediate_size 18944, 28 layers, 28 heads, 4 KV heads, vocab_size 152064; head_dim 128.
+_QWEN_7B_LLM = LlmDims(
+    layers=28, hidden=3584, intermediate=18944, q_heads=28, kv_heads=4, head_dim=128, vocab=152064
+)
+# Qwen2-VL-2B's decoder: hidden_size 1536, intermediate_size 8960, 28 layers, 12 heads, 2 KV heads,
+# vocab_size 151936; head_dim 128.
+_QWEN2_VL_2B_LLM = LlmDims(
+    layers=28, hidden=1536, intermediate=8960, q_heads=12, kv_heads=2, head_dim=128, vocab=151936
+)
+# Qwen2.5-VL-3B's decoder: hidden_size 2048, intermediate_size 11008, 36 layers, 16 heads,
+# 2 KV heads, vocab_size 151936; head_dim 128.
+_QWEN25_VL_3B_LLM = LlmDims(
+    layers=36, hidden=2048, intermediate=11008, q_heads=16, kv_heads=2, head_dim=128, vocab=151936
+)
+
 #: Dimensions of the paper's two released models, written down from their public config.json files.
 KNOWN_DIMS: Mapping[str, ModelDims] = MappingProxyType(
     {
@@ -215,8 +346,81 @@ KNOWN_DIMS: Mapping[str, ModelDims] = MappingProxyType(
             ),
             rfm_layers=_DEFAULT_RFM_LAYERS,
         ),
+        # Qwen-VL bases, counted at QWEN_VL_TILE_PX tiles (see the tower and decoder notes above).
+        "qwen2-vl-7b": ModelDims(
+            vision=_qwen2_vl_tower(3584), llm=_QWEN_7B_LLM, rfm_layers=_DEFAULT_RFM_LAYERS
+        ),
+        "qwen2-vl-2b": ModelDims(
+            vision=_qwen2_vl_tower(1536), llm=_QWEN2_VL_2B_LLM, rfm_layers=_DEFAULT_RFM_LAYERS
+        ),
+        "qwen2.5-vl-7b": ModelDims(
+            vision=_qwen25_vl_tower(3584), llm=_QWEN_7B_LLM, rfm_layers=_DEFAULT_RFM_LAYERS
+        ),
+        "qwen2.5-vl-3b": ModelDims(
+            vision=_qwen25_vl_tower(2048), llm=_QWEN25_VL_3B_LLM, rfm_layers=_DEFAULT_RFM_LAYERS
+        ),
     }
 )
+
+
+def qwen_vl_dims(
+    vision_config: Any, text_config: Any, *, family: str, tile_px: int, rfm_layers: int
+) -> ModelDims:
+    """Dimensions of a Qwen2-VL / Qwen2.5-VL model from its Hugging Face configs.
+
+    Args:
+        vision_config: ``Qwen2VLVisionConfig`` or ``Qwen2_5_VLVisionConfig``.
+        text_config: the LLM's text config.
+        family: ``"qwen2-vl"`` or ``"qwen2.5-vl"``.
+        tile_px: side of the square tiles fed to the tower (a multiple of 28).
+        rfm_layers: full decoder layers of the RFM before its scoring layer.
+
+    Raises:
+        ConfigError: unknown family or a tile size off the patch grid.
+    """
+    if family == "qwen2-vl":
+        width = int(vision_config.embed_dim)
+        mlp = width * int(vision_config.mlp_ratio)
+        window_px, full_layers = 0, 0
+    elif family == "qwen2.5-vl":
+        width = int(vision_config.hidden_size)
+        mlp = int(vision_config.intermediate_size)
+        window_px = int(vision_config.window_size)
+        full_layers = len(vision_config.fullatt_block_indexes)
+    else:
+        raise ConfigError(f"family={family!r} is not 'qwen2-vl' or 'qwen2.5-vl'")
+    llm = dims_from_configs_llm(text_config)
+    vision = _qwen_vl_vision(
+        family=family,
+        width=width,
+        mlp=mlp,
+        heads=int(vision_config.num_heads),
+        layers=int(vision_config.depth),
+        llm_hidden=llm.hidden,
+        tile_px=tile_px,
+        patch_size=int(vision_config.patch_size),
+        merge_size=int(vision_config.spatial_merge_size),
+        temporal_patch_size=int(vision_config.temporal_patch_size),
+        window_px=window_px,
+        full_attention_layers=full_layers,
+    )
+    return ModelDims(vision=vision, llm=llm, rfm_layers=rfm_layers)
+
+
+def dims_from_configs_llm(llm_config: Any) -> LlmDims:
+    """The :class:`LlmDims` of a Llama / Qwen2-style Hugging Face LLM config."""
+    hidden = int(llm_config.hidden_size)
+    q_heads = int(llm_config.num_attention_heads)
+    head_dim = getattr(llm_config, "head_dim", None) or hidden // q_heads
+    return LlmDims(
+        layers=int(llm_config.num_hidden_layers),
+        hidden=hidden,
+        intermediate=int(llm_config.intermediate_size),
+        q_heads=q_heads,
+        kv_heads=int(getattr(llm_config, "num_key_value_heads", None) or q_heads),
+        head_dim=int(head_dim),
+        vocab=int(llm_config.vocab_size),
+    )
 
 
 def dims_from_configs(
@@ -269,17 +473,28 @@ def dims_from_configs(
 
 
 def vision_tile_flops(vision: VisionDims) -> float:
-    """FLOPs of one tile through the tower and the projector."""
+    """FLOPs of one tile through the tower and the projector.
+
+    Windowed layers (``window_tokens`` > 0) count ``T x min(window, T)`` attended pairs, exact when
+    the tile is a whole number of windows (Qwen2.5-VL's 112 px windows on 336 px tiles).
+    """
     tokens, width = vision.tokens_per_tile, vision.width
-    patch_embed = vision.patches_per_tile * vision.channels * vision.patch_size**2 * width
-    per_layer = (
-        4 * tokens * width * width + 2 * tokens * tokens * width + 2 * tokens * width * vision.mlp
+    patch_embed = (
+        vision.patches_per_tile
+        * vision.channels
+        * vision.temporal_patch_size
+        * vision.patch_size**2
+        * width
     )
-    projector = vision.patches_per_tile * (
+    dense = 4 * tokens * width * width + vision.mlp_matmuls * tokens * width * vision.mlp
+    full_layers = vision.layers if vision.window_tokens == 0 else vision.full_attention_layers
+    window = min(vision.window_tokens, tokens)
+    attention = 2 * width * tokens * (full_layers * tokens + (vision.layers - full_layers) * window)
+    projector = (vision.patches_per_tile // vision.merge_size**2) * (
         vision.projector_in * vision.projector_hidden
         + vision.projector_hidden * vision.projector_out
     )
-    return float(FLOPS_PER_MAC * (patch_embed + vision.layers * per_layer + projector))
+    return float(FLOPS_PER_MAC * (patch_embed + vision.layers * dense + attention + projector))
 
 
 def _layer_macs(llm: LlmDims, *, new_tokens: int, attended_pairs: int) -> int:

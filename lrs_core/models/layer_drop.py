@@ -31,6 +31,10 @@ Limits: batch size 1 (a per-row token count would need ragged per-layer caches);
 only, with the model's ``generation_config.repetition_penalty`` applied as ``generate()`` would and
 no other logits processor. A schedule that keeps everything reproduces the stock model's prefill
 logits and greedy tokens.
+
+M-RoPE (Qwen-VL): pass the slots' ids as ``position_ids`` of shape (3, 1, L). Kept tokens keep
+their ids at every stage (M-RoPE has no compact renumbering, so a ``compact`` schedule keeps them
+too), and generated tokens continue at the largest prefill id + 1 on all three axes.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ from lrs_core.models.attention_rows import attention_rows_from_hidden
 from lrs_core.models.generation import GenerationResult
 
 log = logging.getLogger(__name__)
+
+#: Axes of M-RoPE position ids (temporal, height, width).
+MROPE_AXES = 3
 
 #: How the ranking attention of a stage at layer ``K`` is obtained.
 #: ``"previous_layer"``: layer ``K-1``'s attention (FastV); ``"stage_layer"``: layer ``K``'s own
@@ -259,7 +266,7 @@ class _Sequence:
     Attributes:
         hidden: (1, n, D) hidden states entering the current layer.
         source: int64 (n,) sequence indices of these tokens in the caller's ``inputs_embeds``.
-        positions: int64 (1, n) RoPE position ids of these tokens.
+        positions: int64 (1, n) RoPE position ids of these tokens ((3, 1, n) for M-RoPE).
         is_vision: bool (n,) which of them are vision tokens.
     """
 
@@ -359,7 +366,7 @@ def _drop(
     return _Sequence(
         hidden=state.hidden[:, kept_device],
         source=state.source[kept],
-        positions=state.positions[:, kept_device],
+        positions=state.positions[..., kept_device],
         is_vision=state.is_vision[kept],
     )
 
@@ -379,6 +386,7 @@ def generate_with_layer_drop(
     eos_token_id: int | list[int] | None,
     pad_token_id: int,
     attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> LayerDropResult:
     """Greedy generation with vision tokens dropped inside the LLM at the schedule's layers.
 
@@ -402,6 +410,8 @@ def generate_with_layer_drop(
             :func:`lrs_core.models.generation.generate_from_embeds`).
         attention_mask: int/bool (1, L); 0 marks left padding, which is removed first (positions
             then count real tokens only, as ``generate()`` does). Default: all ones.
+        position_ids: the slots' position ids, int64 (1, L) or M-RoPE (3, 1, L) (see the module
+            docstring); None: ``0..n-1`` over the real tokens.
 
     Returns:
         The generation and the per-stage record (see :class:`LayerDropResult`).
@@ -422,10 +432,20 @@ def generate_with_layer_drop(
     is_vision = torch.zeros(inputs_embeds.shape[1], dtype=torch.bool)
     is_vision[vision] = True
     n_real = valid.numel()
+    if position_ids is None:
+        positions = torch.arange(n_real, device=device)[None]
+    else:
+        if position_ids.shape[-2:] != (1, inputs_embeds.shape[1]) or position_ids.ndim > 3:
+            raise ConfigError(
+                f"position_ids must be (1, L) or (3, 1, L) with L={inputs_embeds.shape[1]}; "
+                f"got {tuple(position_ids.shape)}"
+            )
+        positions = position_ids.to(device)[..., valid.to(device)]
+    mrope = positions.ndim == 3
     state = _Sequence(
         hidden=inputs_embeds[:, valid.to(device)],
         source=valid,
-        positions=torch.arange(n_real, device=device)[None],
+        positions=positions,
         is_vision=is_vision[valid],
     )
     stage_of = {layer: index for index, (layer, _) in enumerate(schedule.stages)}
@@ -450,7 +470,7 @@ def generate_with_layer_drop(
                 )
                 scores, vision_index = _score_vision(scorer, scored, decoder.rotary_emb)
                 state = _drop(state, scores, vision_index, keep_counts[stage_of[index]])
-                if schedule.positions == "compact":
+                if schedule.positions == "compact" and not mrope:
                     state.positions = torch.arange(state.hidden.shape[1], device=device)[None]
                 scores_per_stage.append(scores.cpu().numpy().astype(np.float32))
                 kept_positions.append(state.source[state.is_vision].numpy().astype(np.int64))
@@ -476,7 +496,7 @@ def generate_with_layer_drop(
                 is_vision=state.is_vision,
             )
             tokens_per_layer.append(length)
-            next_position.append(int(state.positions[0, -1]) + 1)
+            next_position.append(int(state.positions.max()) + 1)
         last_logits = untyped.lm_head(decoder.norm(state.hidden[:, -1:]))[0, -1].float()
         generation = _greedy_decode(
             llm,
@@ -486,6 +506,7 @@ def generate_with_layer_drop(
             next_position=next_position,
             max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id,
+            mrope=mrope,
         )
     log.debug("layer drop: tokens per layer %s", tokens_per_layer)
     return LayerDropResult(
@@ -514,6 +535,7 @@ def _greedy_decode(
     next_position: Sequence[int],
     max_new_tokens: int,
     eos_token_id: int | list[int] | None,
+    mrope: bool = False,
 ) -> GenerationResult:
     """Greedy tokens from the prefill's last logits, one token per pass through ``layers``."""
     untyped: Any = llm
@@ -541,6 +563,8 @@ def _greedy_decode(
             position = next_position[index] + step
             if position != last_position:
                 position_ids = torch.tensor([[position]], device=device)
+                if mrope:
+                    position_ids = position_ids[None].expand(MROPE_AXES, -1, -1)
                 embeddings = _rotary(llm, hidden, position_ids)
                 last_position = position
             hidden = layer(

@@ -72,6 +72,8 @@ class FocusEngineContract:
     #: A budget the preset must respect (or refuse with TokenBudgetError when ``budget_refused``).
     budget: ClassVar[int] = 700
     budget_refused: ClassVar[bool] = False
+    #: Tokens of the thumbnail (LLaVA: 24 x 24 unpooled; Qwen-VL: 12 x 12 at 336 px).
+    thumbnail_tokens: ClassVar[int] = 576
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -93,7 +95,7 @@ class FocusEngineContract:
         assert 1 <= acc.decode_steps <= NEW_TOKENS
         assert acc.flops.vision_flops > 0 and acc.flops.llm_flops > 0
         assert set(acc.seconds) >= {"read", "vision", "rfm", "llm", "total"}
-        assert acc.tokens_per_level[0] == 576
+        assert acc.tokens_per_level[0] == self.thumbnail_tokens
         assert AnswerRecord.from_dict(record.to_dict()) == record
 
     def test_tiles_inside_their_level(self, record: AnswerRecord) -> None:

@@ -1,0 +1,147 @@
+"""The LLaVA-style models (LLaVA-1.5, LLaVA-NeXT, the paper's checkpoints) as a model family.
+
+:class:`LlavaFamily` puts a loaded :class:`~lrs_core.models.vlm.VisionLanguageModel` behind the
+:class:`~lrs_core.models.families.base.ModelFamily` interface, with the operations it already has:
+336 px tiles, CLIP/SigLIP tower, ``mlp2x_gelu`` projector, 2 x 2 average pooling to 12 x 12 tokens
+of 28 px, the reference's chat templates, plain RoPE and an image newline. It changes nothing of
+the model; it shows the interface fits this family too, so the engine can move to it.
+
+Position ids (rank 1): :meth:`LlavaFamily.position_ids` numbers the slots present ``0 .. L-1``
+(the reference's compact convention, spec §5.5); the ``original`` convention's gapped ids come from
+the full sequence the engine tracks (:class:`lrs_core.focus_sequence.LevelSequence`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from lrs_core.errors import ConfigError
+from lrs_core.models.families.base import ROPE_RANK_1D, Decoder, TileTokens
+from lrs_core.models.flops import ModelDims, dims_from_configs
+from lrs_core.models.io import LoadedModel
+from lrs_core.models.layout import SequenceLayout
+from lrs_core.models.prompt import PromptIds, tokenize_prompt
+from lrs_core.models.vlm import RfmLayers, VisionLanguageModel
+
+
+class LlavaFamily:
+    """A loaded LLaVA-style model as a :class:`~lrs_core.models.families.base.ModelFamily`.
+
+    Attributes:
+        family: ``"llava-llama"`` or ``"llava-qwen2"`` (by the LLM family).
+        model: the wrapped :class:`VisionLanguageModel`.
+        tokenizer: its tokenizer.
+        rope_rank: 1.
+        has_image_newline: True.
+        token_px: tile pixels per pooled token side (28).
+    """
+
+    rope_rank = ROPE_RANK_1D
+    has_image_newline = True
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.model: VisionLanguageModel = loaded.model
+        self.tokenizer: PreTrainedTokenizerBase = loaded.tokenizer
+        config = self.model.config
+        self.family = f"llava-{config.llm_family}"
+        self.token_px = config.tile_size_px // config.pooled_per_side
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the parameters."""
+        return self.model.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        """D, the LLM hidden size."""
+        return self.model.hidden_size
+
+    def tile_grid_hw(self, tile_hw_px: tuple[int, int]) -> tuple[int, int]:
+        """Return (12, 12) for the model's square tile; other sizes are refused.
+
+        Raises:
+            ConfigError: a tile size other than ``config.tile_size_px`` square.
+        """
+        size = self.model.config.tile_size_px
+        if tuple(tile_hw_px) != (size, size):
+            raise ConfigError(
+                f"this {self.family} model takes {size}x{size} px tiles only, not "
+                f"{tile_hw_px[0]}x{tile_hw_px[1]}; read tiles at the model's tile size"
+            )
+        side = self.model.config.pooled_per_side
+        return side, side
+
+    def encode_tiles(self, tiles: np.ndarray, *, batch_size: int = 16) -> TileTokens:
+        """Vision-encode tiles into pooled LLM tokens (tower, projector, 2 x 2 pooling).
+
+        Args:
+            tiles: uint8 (n, S, S, 3), ``S == config.tile_size_px``.
+            batch_size: tiles per vision-tower call.
+        """
+        grid = self.tile_grid_hw((int(tiles.shape[1]), int(tiles.shape[2])))
+        with torch.no_grad():
+            tokens = self.model.encode_tiles(
+                self.model.preprocess_tiles(tiles), pooled=True, batch_size=batch_size
+            )
+        return TileTokens(tokens=tokens, grid_hw=grid, token_px=self.token_px)
+
+    def prompt_ids(self, question: str) -> PromptIds:
+        """The reference's prompt ids around the image (spec §2.6)."""
+        return tokenize_prompt(self.tokenizer, question, template=self.model.config.chat_template)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Return float (..., D) input embeddings."""
+        return self.model.embed_text(input_ids)
+
+    def position_ids(self, layout: SequenceLayout) -> torch.Tensor:
+        """Return int64 (L,) ids ``0 .. L-1`` of the slots present (compact, spec §5.5)."""
+        return torch.arange(layout.length, device=self.device)
+
+    def llm_logits(
+        self,
+        inputs_embeds: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Return float (B, L, V) logits of a no-cache forward; ``position_ids`` int64 (B, L)."""
+        llm: Any = self.model.llm
+        out = llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        logits: torch.Tensor = out.logits
+        return logits
+
+    def decoder(self) -> Decoder:
+        """Return the stock decoder (``LlamaModel`` / ``Qwen2Model``)."""
+        llm: Any = self.model.llm
+        decoder: Decoder = llm.model
+        return decoder
+
+    def rfm_from_llm(self, llm_layer_list: tuple[int, ...]) -> nn.Module:
+        """Return RFM layers copied from LLM layers ``[first - 1, *llm_layer_list]``."""
+        return RfmLayers.from_llm(self.model.llm, llm_layer_list).to(self.device, self.dtype)
+
+    def flops_dims(self, *, rfm_layers: int, tile_px: int) -> ModelDims:
+        """Return the analytic-FLOPs dimensions (the model's own tile size only)."""
+        self.tile_grid_hw((tile_px, tile_px))
+        vision: Any = self.model.vision_tower.config
+        return dims_from_configs(
+            vision,
+            self.model.llm.config,
+            rfm_layers=rfm_layers,
+            projector_in=int(vision.hidden_size),
+        )
