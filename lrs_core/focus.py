@@ -240,8 +240,8 @@ class FocusEngine:
         fine loop runs per question; the LLM then answers up to ``batch_size`` questions in one
         left-padded pass (prefill and decode, per-row position ids and kept tokens,
         :meth:`generate_many`), which gives the same tokens as one by one under greedy decoding.
-        ``fastv``/``pdrop`` and sampling answer one by one. A question that fails with an
-        :class:`LrsError` gets a record with ``error`` set and an empty answer.
+        ``fastv``/``pdrop``, sampling and Qwen-VL (M-RoPE) models answer one by one. A question
+        that fails with an :class:`LrsError` gets a record with ``error`` set and an empty answer.
 
         Each record's ``seconds["llm"]`` is its share of its batch's LLM time (the batch time over
         the rows); ``preset_params["run"]["llm_batch"]`` is the number of rows of that batch.
@@ -251,7 +251,11 @@ class FocusEngine:
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
-        batchable = self.config.strategy not in ("fastv", "pdrop") and not self.config.do_sample
+        batchable = (
+            self.config.strategy not in ("fastv", "pdrop")
+            and not self.config.do_sample
+            and self.mrope is None  # M-RoPE (Qwen-VL) rows have no batched decode path yet
+        )
         step = batch_size if batchable else 1
         records: list[AnswerRecord] = []
         for chunk_start in range(0, len(questions), step):

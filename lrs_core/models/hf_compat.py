@@ -13,13 +13,15 @@ the ``past_key_values=`` keyword of ``create_causal_mask`` and of the decoder la
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from transformers import AttentionInterface, DynamicCache, PreTrainedConfig
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.masking_utils import create_causal_mask as _create_causal_mask
+from transformers.utils import logging as _hf_logging
 
 __all__ = [
     "TESTED_TRANSFORMERS",
@@ -99,3 +101,24 @@ def unregister_attention(name: str) -> None:
     """Remove implementation ``name`` from the attention and mask registries (no-op if absent)."""
     AttentionInterface._global_mapping.pop(name, None)
     AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+@contextmanager
+def progress_bars_disabled() -> Iterator[None]:
+    """Silence transformers' loading progress bars inside the block (restored on exit)."""
+    enabled = _hf_logging.is_progress_bar_enabled()
+    _hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
+    try:
+        yield
+    finally:
+        if enabled:
+            _hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+def qwen2_vl_image_processor_class() -> Any:
+    """The stock image-only Qwen2-VL processor class (PIL backend: no torchvision needed)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    return Qwen2VLImageProcessorPil

@@ -60,6 +60,9 @@ class QwenVlEngineConfig:
         separator_token: token between thumbnail and level.
         max_context_tokens: the LLM's context (``max_position_embeddings``).
         chat_template: :data:`QWEN_VL_TEMPLATE` (the model's own Jinja template renders prompts).
+        image_mean: per-channel mean of [0, 1] pixels (the checkpoint's preprocessor; tiles are
+            padded with it).
+        image_std: per-channel standard deviation of [0, 1] pixels.
     """
 
     family: str
@@ -70,6 +73,8 @@ class QwenVlEngineConfig:
     separator_token: str = SEPARATOR_TOKEN
     max_context_tokens: int
     chat_template: str = QWEN_VL_TEMPLATE
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
 
     @property
     def pooled_per_side(self) -> int:
@@ -139,6 +144,8 @@ class QwenVlEngineModel(nn.Module):
             patch_size_px=family.token_px,
             rfm_llm_layers=tuple(layers),
             max_context_tokens=int(text.max_position_embeddings),
+            image_mean=family.geometry.image_mean,
+            image_std=family.geometry.image_std,
         )
         family.tile_grid_hw((self.config.tile_size_px, self.config.tile_size_px))
         self.hf = family.hf
@@ -309,9 +316,9 @@ def save_qwen_vl_engine(
     Returns:
         The directory, loadable by :func:`load_qwen_vl_engine` and ``lrs ask``.
     """
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+    from lrs_core.models.hf_compat import qwen2_vl_image_processor_class
+
+    Qwen2VLImageProcessorPil = qwen2_vl_image_processor_class()  # noqa: N806  # a class
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from lrs_core.errors import ConfigError
+from lrs_core.models import hf_compat
 from lrs_core.models.attention_rows import attention_rows_from_hidden
 from lrs_core.models.families.base import ROPE_RANK_MROPE
 from lrs_core.models.families.qwen_vl import MropeRfmLayers, QwenVlModel
@@ -157,7 +157,7 @@ def generate_greedy_mrope(
     rows = torch.arange(batch, device=mask.device)
     real = mask.bool()[None].expand(ROPE_RANK_MROPE, -1, -1)
     next_position = position_ids.masked_fill(~real, -1).amax(dim=(0, 2)) + 1  # (B,)
-    cache = DynamicCache(config=language_model.config)
+    cache = hf_compat.new_cache(language_model.config)
     with torch.no_grad():
         out = language_model(
             inputs_embeds=inputs_embeds,

@@ -44,14 +44,14 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
 )
-from transformers.masking_utils import create_causal_mask
-from transformers.utils import logging as hf_logging
 
 from lrs_core.errors import ConfigError, WeightsError
+from lrs_core.models import hf_compat
 from lrs_core.models.families.base import ROPE_RANK_MROPE, Decoder, TileTokens
 from lrs_core.models.flops import ModelDims, qwen_vl_dims
 from lrs_core.models.layout import SequenceLayout, TokenKind
 from lrs_core.models.prompt import PromptIds
+from lrs_core.models.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -368,11 +368,8 @@ class MropeRfmLayers(nn.Module):
             position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, -1)
         if position_ids.ndim == 2:
             position_ids = position_ids[None].expand(ROPE_RANK_MROPE, -1, -1)
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=None,
+        mask = hf_compat.causal_mask(
+            self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
         )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden = inputs_embeds
@@ -706,24 +703,20 @@ def load_qwen_vl(
     family = FAMILY_OF_MODEL_TYPE[str(model_type)]
     safetensors_files(source)  # refuses pickle-only directories with a clear message
     model_class: Any = _MODEL_CLASSES[family]
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
     try:
-        hf = model_class.from_pretrained(
-            str(source),
-            local_files_only=True,
-            use_safetensors=True,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-        )
+        with hf_compat.progress_bars_disabled():
+            hf = model_class.from_pretrained(
+                str(source),
+                local_files_only=True,
+                use_safetensors=True,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+            )
     except (OSError, ValueError) as err:
         raise WeightsError(
             f"{source}: the weights do not load ({err}); check the directory"
         ) from err
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
-    hf = hf.to(torch.device(device))
+    hf = hf.to(resolve_device(device))
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             str(source), local_files_only=True, trust_remote_code=False

@@ -27,9 +27,9 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
 )
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from lrs_core.errors import ConfigError
+from lrs_core.models import hf_compat
 from lrs_core.models.families.qwen_vl import IMAGE_PAD_TOKEN, QWEN_VL_CHAT_TEMPLATE
 from lrs_core.models.tiny import (
     ENDOFTEXT_TOKEN,
@@ -168,5 +168,5 @@ def init_tiny_qwen_vl(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    Qwen2VLImageProcessorPil().save_pretrained(str(out))
+    hf_compat.qwen2_vl_image_processor_class()().save_pretrained(str(out))
     return out
