@@ -132,7 +132,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         with tilers_lock:
             tiler = tilers.get(scene_id)
         if tiler is None:
-            tiler = SceneTiler(catalog.tree(scene_id))
+            tiler = SceneTiler(catalog.pyramid(scene_id))
             with tilers_lock:
                 tilers[scene_id] = tiler
         return tiler

@@ -10,13 +10,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lrs_core.errors import GeoreferenceError, LrsError, SceneNotFoundError
-from lrs_core.pyramid import LRS_ATTR, Pyramid, open_datatree, open_pyramid, read_store_attributes
-
-if TYPE_CHECKING:
-    import xarray as xr
+from lrs_core.pyramid import LRS_ATTR, Pyramid, open_pyramid, read_store_attributes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +51,6 @@ class SceneCatalog:
         self._lock = threading.Lock()
         self._entries: dict[str, SceneEntry] = {}
         self._pyramids: dict[str, Pyramid] = {}
-        self._trees: dict[str, xr.DataTree] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -113,17 +108,6 @@ class SceneCatalog:
             with self._lock:
                 self._pyramids[scene_id] = pyramid
         return pyramid
-
-    def tree(self, scene_id: str) -> xr.DataTree:
-        """The store of ``scene_id`` opened as an xarray tree (kept open; see :meth:`get`)."""
-        entry = self.get(scene_id)
-        with self._lock:
-            tree = self._trees.get(scene_id)
-        if tree is None:
-            tree = open_datatree(entry.store)
-            with self._lock:
-                self._trees[scene_id] = tree
-        return tree
 
 
 def _entry(pyramid: Pyramid, store: Path) -> SceneEntry:

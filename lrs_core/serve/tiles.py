@@ -1,22 +1,23 @@
-"""Web-Mercator XYZ tiles of a scene store and of an answer's heat map, through rio-tiler.
+"""Web-Mercator XYZ tiles of a scene store and of an answer's heat map.
 
-The tile grid is morecantile's ``WebMercatorQuad``; each tile is read from the coarsest store
+The tile grid is morecantile's ``WebMercatorQuad``. Each tile is read from the coarsest store
 level whose pixels are still at most one tile pixel (so a zoomed-out view never touches level 0),
-as a small window of that level of the store's xarray tree (:func:`lrs_core.pyramid.open_datatree`),
-and reprojected by rio-tiler's ``XarrayReader.part`` (GDAL warp, nearest neighbour, as TiTiler's
-default). The level's ``valid`` mask travels as a fourth band and becomes the PNG's alpha, so
-nodata is transparent. Heat maps are tiled the same way from the record's coarse raster (the
-same grid as :func:`lrs_core.outputs.write_heatmap_cog`), coloured with the overlay ramp and masked
-to the scene's valid area.
+as a small window of that level, and warped by GDAL onto the tile (nearest neighbour, as
+TiTiler's default); PNGs are encoded by rio-tiler's renderer, as TiTiler encodes them. The
+level's ``valid`` mask travels as a fourth band and becomes the PNG's alpha, so nodata is
+transparent. Heat maps are tiled the same way from the record's coarse raster (the grid of
+:func:`lrs_core.outputs.write_heatmap_cog`), coloured with the overlay ramp and masked to the
+scene's valid area.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from rasterio.transform import Affine
 
 from lrs_core.errors import LrsError
 from lrs_core.outputs import (
@@ -25,9 +26,9 @@ from lrs_core.outputs import (
     HEATMAP_MAX_ALPHA,
     HEATMAP_RAMP_RGB,
 )
+from lrs_core.pyramid import Pyramid, is_north_up
 
 if TYPE_CHECKING:
-    import xarray as xr
     from morecantile import TileMatrixSet
 
     from lrs_core.records import AnswerRecord
@@ -91,35 +92,53 @@ def encode_png(rgba: np.ndarray) -> bytes:
 class SceneTiler:
     """Cuts Web-Mercator tiles from one north-up georeferenced store.
 
+    The store is read through :class:`lrs_core.pyramid.Pyramid` (its Zarr arrays stay open; a
+    tile reads one small window of one level) and warped by GDAL (``rasterio.warp.reproject``,
+    nearest neighbour) onto morecantile's tile grid. Going through rioxarray/``XarrayReader`` for
+    this step cost ~5x the warp itself in Python overhead per tile (profiled), which lost the tile
+    benchmark against TiTiler; the xarray tree remains the way to open a store for analysis.
+
     Args:
-        tree: the store opened with :func:`lrs_core.pyramid.open_datatree`; its levels must carry
-            a CRS (``spatial_ref``).
+        pyramid: the open store; it must have a north-up CRS.
 
     Raises:
         TileNotFoundError: the store has no CRS or no north-up grid (nothing to tile).
     """
 
-    def __init__(self, tree: xr.DataTree) -> None:
-        import rioxarray  # noqa: F401  (registers the .rio accessor)
+    def __init__(self, pyramid: Pyramid) -> None:
+        from rasterio.crs import CRS
 
-        self.levels = [tree[str(k)].to_dataset() for k in range(len(tree.children))]
-        level0 = self.levels[0]
-        self.crs = level0.rio.crs
-        if self.crs is None:
+        if pyramid.crs_wkt is None or pyramid.transform is None:
             raise TileNotFoundError(
-                "the store has no CF grid mapping (no CRS, or a rotated grid), so it has no "
-                "Web-Mercator tiles; re-ingest it from a north-up georeferenced raster"
+                f"{pyramid.store}: the scene has no CRS, so it has no Web-Mercator tiles; "
+                "re-ingest it from a georeferenced raster"
             )
-        self.transforms = [level.rio.transform() for level in self.levels]
+        if not is_north_up(pyramid.transform):
+            raise TileNotFoundError(
+                f"{pyramid.store}: the scene's grid is rotated or sheared; Web-Mercator tiles "
+                "are cut from north-up grids only (warp the source with gdalwarp first)"
+            )
+        self.pyramid = pyramid
+        self.crs = CRS.from_wkt(pyramid.crs_wkt)
+        self.transforms = [level.transform for level in pyramid.levels]
+        self.shapes_hw = [level.shape_hw for level in pyramid.levels]
         self.tms = web_mercator()
         self._bounds_merc = self._merc_bounds()
+
+    @property
+    def n_levels(self) -> int:
+        """Number of store levels."""
+        return len(self.shapes_hw)
 
     def _merc_bounds(self) -> tuple[float, float, float, float]:
         from rasterio.warp import transform_bounds
 
-        left, bottom, right, top = self.levels[0].rio.bounds()
+        height, width = self.shapes_hw[0]
+        t = self.transforms[0]
+        xs = (t.c, t.c + t.a * width)
+        ys = (t.f, t.f + t.e * height)
         west, south, east, north = transform_bounds(
-            self.crs, self.tms.rasterio_crs, left, bottom, right, top,
+            self.crs, self.tms.rasterio_crs, min(xs), min(ys), max(xs), max(ys),
             densify_pts=BOUNDS_DENSIFY_POINTS,
         )  # fmt: skip
         return (float(west), float(south), float(east), float(north))
@@ -127,9 +146,8 @@ class SceneTiler:
     def zoom_range(self) -> tuple[int, int]:
         """(minzoom, maxzoom): the coarsest level fits a tile, level 0 (plus over-zoom) at most."""
         west, _, east, _ = self._bounds_merc
-        width_px = self.levels[0].sizes["x"]
-        res0 = (east - west) / width_px
-        coarsest = res0 * 2 ** (len(self.levels) - 1)
+        res0 = (east - west) / self.shapes_hw[0][1]
+        coarsest = res0 * 2 ** (self.n_levels - 1)
         maxzoom = min(MAX_ZOOM, self.tms.zoom_for_res(res0) + OVERZOOM_LEVELS)
         minzoom = max(0, min(maxzoom, self.tms.zoom_for_res(coarsest) - 1))
         return (int(minzoom), int(maxzoom))
@@ -144,7 +162,22 @@ class SceneTiler:
         per_tile_px = level0_px / TILE_SIZE_PX
         if per_tile_px <= 1.0:
             return 0
-        return min(len(self.levels) - 1, int(math.floor(math.log2(per_tile_px))))
+        return min(self.n_levels - 1, int(math.floor(math.log2(per_tile_px))))
+
+    def tile_bounds(self, z: int, x: int, y: int) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) of tile (z, x, y) in EPSG:3857 metres.
+
+        Raises:
+            TileNotFoundError: bad coordinates, or the tile does not touch the scene.
+        """
+        from morecantile import Tile
+
+        check_tile(z, x, y)
+        left, bottom, right, top = self.tms.xy_bounds(Tile(x=x, y=y, z=z))
+        west, south, east, north = self._bounds_merc
+        if left >= east or right <= west or bottom >= north or top <= south:
+            raise TileNotFoundError(f"tile z={z} x={x} y={y} does not touch the scene")
+        return (float(left), float(bottom), float(right), float(top))
 
     def render(self, z: int, x: int, y: int) -> RgbaTile:
         """Render tile (z, x, y) as RGBA with nodata transparent.
@@ -152,54 +185,40 @@ class SceneTiler:
         Raises:
             TileNotFoundError: bad coordinates, or the tile does not touch the scene.
         """
-        import xarray as xr
-        from morecantile import Tile
-        from rasterio.warp import transform_bounds
-        from rasterio.windows import from_bounds
-        from rio_tiler.io import XarrayReader
+        from rasterio.transform import from_bounds
+        from rasterio.warp import Resampling, reproject, transform_bounds
+        from rasterio.windows import Window
+        from rasterio.windows import from_bounds as window_from_bounds
 
-        check_tile(z, x, y)
-        tile_merc = self.tms.xy_bounds(Tile(x=x, y=y, z=z))
-        west, south, east, north = self._bounds_merc
-        if (
-            tile_merc.left >= east
-            or tile_merc.right <= west
-            or tile_merc.bottom >= north
-            or tile_merc.top <= south
-        ):
-            raise TileNotFoundError(f"tile z={z} x={x} y={y} does not touch the scene")
+        tile_merc = self.tile_bounds(z, x, y)
         bounds_scene = transform_bounds(
             self.tms.rasterio_crs, self.crs, *tile_merc, densify_pts=BOUNDS_DENSIFY_POINTS
         )
         store_level = self.store_level_for(bounds_scene)
-        level = self.levels[store_level]
-        window = from_bounds(*bounds_scene, transform=self.transforms[store_level])
-        height, width = level.sizes["y"], level.sizes["x"]
+        window = window_from_bounds(*bounds_scene, transform=self.transforms[store_level])
+        height, width = self.shapes_hw[store_level]
         row0 = max(0, math.floor(window.row_off) - WINDOW_MARGIN_PX)
         col0 = max(0, math.floor(window.col_off) - WINDOW_MARGIN_PX)
         row1 = min(height, math.ceil(window.row_off + window.height) + WINDOW_MARGIN_PX)
         col1 = min(width, math.ceil(window.col_off + window.width) + WINDOW_MARGIN_PX)
-        if row1 - row0 < 2 or col1 - col0 < 2:
+        if row1 <= row0 or col1 <= col0:
             raise TileNotFoundError(f"tile z={z} x={x} y={y} does not touch the scene")
-        part = level.isel(y=slice(row0, row1), x=slice(col0, col1))
-        rgb = np.asarray(part["rgb"].values)
-        alpha = np.asarray(part["valid"].values).astype(np.uint8) * np.uint8(OPAQUE)
-        bands = np.concatenate([rgb, alpha[..., None]], axis=2).transpose(2, 0, 1)
-        data = xr.DataArray(
-            bands,
-            dims=("band", "y", "x"),
-            coords={"band": [1, 2, 3, 4], "y": part["y"].values, "x": part["x"].values},
+        read = Window(col0, row0, col1 - col0, row1 - row0)
+        source = np.empty((4, row1 - row0, col1 - col0), dtype=np.uint8)
+        source[:3] = self.pyramid.read_window(store_level, read).transpose(2, 0, 1)
+        source[3] = self.pyramid.read_valid_mask(store_level, read)
+        source[3] *= np.uint8(OPAQUE)
+        rgba = np.zeros((4, TILE_SIZE_PX, TILE_SIZE_PX), dtype=np.uint8)
+        reproject(
+            source,
+            rgba,
+            src_transform=self.transforms[store_level] @ Affine.translation(col0, row0),
+            src_crs=self.crs,
+            dst_transform=from_bounds(*tile_merc, TILE_SIZE_PX, TILE_SIZE_PX),
+            dst_crs=self.tms.rasterio_crs,
+            resampling=Resampling.nearest,
         )
-        data = data.rio.write_crs(self.crs).rio.write_nodata(0)
-        with XarrayReader(data, tms=self.tms) as reader:
-            image = reader.part(
-                tuple(tile_merc),
-                dst_crs=self.tms.rasterio_crs,
-                bounds_crs=self.tms.rasterio_crs,
-                height=TILE_SIZE_PX,
-                width=TILE_SIZE_PX,
-            )
-        return RgbaTile(rgba=np.asarray(image.array.data, dtype=np.uint8), store_level=store_level)
+        return RgbaTile(rgba=rgba, store_level=store_level)
 
 
 def heat_values(record: AnswerRecord) -> np.ndarray | None:
@@ -239,15 +258,13 @@ def render_heat(record: AnswerRecord, tiler: SceneTiler, z: int, x: int, y: int)
     """Render tile (z, x, y) of a record's heat map, masked to the scene's valid pixels.
 
     The heat raster's grid is the scene's level-0 affine scaled by ``(W / cols, H / rows)``, as in
-    :func:`lrs_core.outputs.write_heatmap_cog`; it is warped with bilinear resampling.
+    :func:`lrs_core.outputs.write_heatmap_cog`; GDAL warps it with bilinear resampling.
 
     Raises:
         TileNotFoundError: bad coordinates, no heat map, or the tile misses the scene.
     """
-    import xarray as xr
-    from morecantile import Tile
-    from rasterio.transform import Affine
-    from rio_tiler.io import XarrayReader
+    from rasterio.transform import from_bounds
+    from rasterio.warp import Resampling, reproject
 
     scene_tile = tiler.render(z, x, y)
     values = heat_values(record)
@@ -255,23 +272,17 @@ def render_heat(record: AnswerRecord, tiler: SceneTiler, z: int, x: int, y: int)
         raise TileNotFoundError(f"{record.question_id}: the answer has no (non-flat) heat map")
     rows, cols = values.shape
     width_px, height_px = record.scene.size_wh
-    grid = tiler.transforms[0] @ Affine.scale(width_px / cols, height_px / rows)
-    xs = grid.c + grid.a * (np.arange(cols) + 0.5)
-    ys = grid.f + grid.e * (np.arange(rows) + 0.5)
-    data = xr.DataArray(
-        values[None], dims=("band", "y", "x"), coords={"band": [1], "y": ys, "x": xs}
+    warped = np.full((TILE_SIZE_PX, TILE_SIZE_PX), np.nan, dtype=np.float32)
+    reproject(
+        values,
+        warped,
+        src_transform=tiler.transforms[0] @ Affine.scale(width_px / cols, height_px / rows),
+        src_crs=tiler.crs,
+        src_nodata=np.nan,
+        dst_transform=from_bounds(*tiler.tile_bounds(z, x, y), TILE_SIZE_PX, TILE_SIZE_PX),
+        dst_crs=tiler.tms.rasterio_crs,
+        dst_nodata=np.nan,
+        resampling=Resampling.bilinear,
     )
-    data = data.rio.write_crs(tiler.crs).rio.write_nodata(np.nan)
-    tile_merc = tiler.tms.xy_bounds(Tile(x=x, y=y, z=z))
-    with XarrayReader(data, tms=tiler.tms) as reader:
-        image = reader.part(
-            tuple(tile_merc),
-            dst_crs=tiler.tms.rasterio_crs,
-            bounds_crs=tiler.tms.rasterio_crs,
-            height=TILE_SIZE_PX,
-            width=TILE_SIZE_PX,
-            reproject_method="bilinear",
-        )
-    warped: Any = np.asarray(image.array.data[0], dtype=np.float32)
     valid = (scene_tile.rgba[3] == OPAQUE) & np.isfinite(warped)
     return RgbaTile(rgba=colour_heat(np.nan_to_num(warped), valid), store_level=-1)

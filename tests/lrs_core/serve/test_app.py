@@ -12,7 +12,7 @@ from morecantile import tms as tms_registry
 from PIL import Image
 from pyproj import Transformer
 
-from lrs_core.pyramid import open_datatree
+from lrs_core.pyramid import open_pyramid
 from lrs_core.serve import ServeConfig, create_app
 from lrs_core.serve.tiles import SceneTiler
 from tests.fixtures.scenes import SCENE_ORIGIN_XY, SCENE_PIXEL_SIZE_M
@@ -66,14 +66,14 @@ def test_scenes_list_bounds_and_tilejson(client: TestClient) -> None:
 
 
 def test_tiles_come_from_the_level_that_fits_the_zoom(served_folders: ServedFolders) -> None:
-    tiler = SceneTiler(open_datatree(served_folders.stores / f"{SERVED_SCENE_ID}.zarr"))
+    tiler = SceneTiler(open_pyramid(served_folders.stores / f"{SERVED_SCENE_ID}.zarr"))
     lon, lat = _scene_lonlat(600, 350)
     minzoom, maxzoom = tiler.zoom_range()
     levels = []
     for z in range(minzoom, maxzoom + 1):
         tile = WEB_MERCATOR.tile(lon, lat, z)
         levels.append(tiler.render(tile.z, tile.x, tile.y).store_level)
-    assert levels[0] == len(tiler.levels) - 1 > 0  # zoomed out: the coarsest level, never 0
+    assert levels[0] == tiler.n_levels - 1 > 0  # zoomed out: the coarsest level, never 0
     assert levels == sorted(levels, reverse=True) and levels[-1] == 0
 
 
