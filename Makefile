@@ -8,7 +8,12 @@ EXTRAS ?= test
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint clean
+# The page of `lrs serve` uses OpenLayers from the npm registry, vendored into the package (no CDN at
+# run time). The files are committed, so a fresh clone needs no npm; `make vendor` refreshes them.
+OL_VERSION ?= 10.11.0
+VENDOR_DIR := lrs_core/serve/static/vendor/ol
+
+.PHONY: install demo test lint clean vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +40,12 @@ test: install
 lint: install
 	$(BIN)/ruff check lrs_core tasks flows tests benchmarks
 	$(BIN)/mypy
+
+vendor:
+	rm -rf build/npm && mkdir -p build/npm $(VENDOR_DIR)
+	cd build/npm && npm pack --silent ol@$(OL_VERSION) && tar xzf ol-$(OL_VERSION).tgz
+	cp build/npm/package/dist/ol.js build/npm/package/ol.css build/npm/package/LICENSE.md $(VENDOR_DIR)/
+	echo "ol@$(OL_VERSION) from the npm registry (npm pack); dist/ol.js, ol.css, LICENSE.md" > $(VENDOR_DIR)/VERSION
 
 clean:
 	rm -rf $(VENV) demo-output

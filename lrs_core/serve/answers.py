@@ -67,6 +67,7 @@ class AnswerFilter:
     Attributes:
         scene: scene id. run: run id. preset: engine preset. status: answered / failed.
         text: case-insensitive substring of the question or the answer.
+        question_id: the answer's question id.
     """
 
     scene: str | None = None
@@ -74,6 +75,7 @@ class AnswerFilter:
     preset: str | None = None
     status: str | None = None
     text: str | None = None
+    question_id: str | None = None
 
     def matches(self, item: RunAnswer) -> bool:
         """True when ``item`` passes every given criterion."""
@@ -85,6 +87,8 @@ class AnswerFilter:
         if self.preset is not None and record.preset != self.preset:
             return False
         if self.status is not None and item.status != self.status:
+            return False
+        if self.question_id is not None and record.question_id != self.question_id:
             return False
         if self.text:
             needle = self.text.casefold()

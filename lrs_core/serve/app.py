@@ -6,7 +6,7 @@ Routes (all read-only):
 * ``GET /api/scenes`` – ``[{"id", "bounds" (EPSG:4326 or null), "size_wh", "tilejson"}]``.
 * ``GET /api/scenes/{id}/tilejson.json`` and ``/api/scenes/{id}/tiles/{z}/{x}/{y}.png``.
 * ``GET /api/answers`` (panel rows) and ``/api/answers.geojson`` (EPSG:4326 footprints), both
-  filtered by ``scene``, ``run``, ``preset``, ``status`` and ``text``.
+  filtered by ``scene``, ``run``, ``preset``, ``status`` and ``text`` (and ``question_id``).
 * ``GET /api/runs/{run}/answers/{question_id}/heat/tilejson.json`` and ``.../heat/{z}/{x}/{y}.png``.
 * ``GET /api/monitor`` – answered / failed / pending per run and scene over time.
 
@@ -189,9 +189,16 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise HTTPException(404, str(err)) from None
 
     def filter_from(
-        scene: str | None, run: str | None, preset: str | None, status: str | None, text: str | None
+        scene: str | None,
+        run: str | None,
+        preset: str | None,
+        status: str | None,
+        text: str | None,
+        question_id: str | None = None,
     ) -> AnswerFilter:
-        return AnswerFilter(scene=scene, run=run, preset=preset, status=status, text=text)
+        return AnswerFilter(
+            scene=scene, run=run, preset=preset, status=status, text=text, question_id=question_id
+        )
 
     @app.get("/api/answers")
     def answers(
@@ -214,8 +221,9 @@ def create_app(config: ServeConfig) -> FastAPI:
         preset: str | None = None,
         status: str | None = None,
         text: str | None = None,
+        question_id: str | None = None,
     ) -> JSONResponse:
-        items = index.latest(filter_from(scene, run, preset, status, text))
+        items = index.latest(filter_from(scene, run, preset, status, text, question_id))
         return JSONResponse(feature_collection(items), media_type=GEOJSON_MEDIA_TYPE)
 
     def answer_or_404(run: str, question_id: str) -> Any:

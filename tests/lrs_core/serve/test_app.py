@@ -170,6 +170,19 @@ def test_monitor_counts_answered_failed_pending(client: TestClient) -> None:
 def test_page_and_vendored_map_library_are_served(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "<html" in page.text.lower()
+    # Every script and stylesheet comes from this server (no CDN at run time).
+    assert "http://" not in page.text and "https://" not in page.text
+    for path in ("static/vendor/ol/ol.js", "static/vendor/ol/ol.css", "static/app.js"):
+        assert path in page.text or path == "static/app.js"
+        response = client.get(f"/{path}")
+        assert response.status_code == 200 and len(response.content) > 1000
+    assert client.get("/static/vendor/ol/LICENSE.md").status_code == 200
+
+
+def test_geojson_filters_by_question_id(client: TestClient) -> None:
+    params = {"run": RUN_ID, "question_id": "q-lake-full"}
+    features = client.get("/api/answers.geojson", params=params).json()["features"]
+    assert features and {f["properties"]["question_id"] for f in features} == {"q-lake-full"}
 
 
 def test_config_refuses_missing_folders(tmp_path: Path) -> None:
