@@ -26,6 +26,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@dpkg -s wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null) || \
 	  echo "warning: could not install Debian's wordnet-base; 'lrs eval score' synonym matching will be unavailable"
+	@# Headless Chromium for the browser test of `lrs serve` (Debian's package, driven by Playwright
+	@# with executable_path=/usr/bin/chromium; `playwright install` is never run).
+	@dpkg -s chromium chromium-driver >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "warning: could not install Debian's chromium; the browser test of 'lrs serve' will be skipped"
 	$(BIN)/lrs setup
 	touch $@
 

@@ -17,6 +17,8 @@ const state = {
   selected: null,
   tileErrors: [],
   tilesLoaded: 0,
+  tilesPending: 0,
+  heatTilesLoaded: 0,
   scenesReady: false,
   lastFitLonLat: null,
 };
@@ -45,9 +47,17 @@ function extentFromLonLat(bounds) {
   return ol.proj.transformExtent(bounds, LONLAT, MERCATOR);
 }
 
-function watchTiles(source) {
-  source.on("tileloadend", () => { state.tilesLoaded += 1; });
-  source.on("tileloaderror", (event) => { state.tileErrors.push(event.tile.getKey()); });
+function watchTiles(source, isHeat = false) {
+  source.on("tileloadstart", () => { state.tilesPending += 1; });
+  source.on("tileloadend", () => {
+    state.tilesPending -= 1;
+    state.tilesLoaded += 1;
+    if (isHeat) state.heatTilesLoaded += 1;
+  });
+  source.on("tileloaderror", (event) => {
+    state.tilesPending -= 1;
+    state.tileErrors.push(event.tile.getKey());
+  });
 }
 
 function initMap() {
@@ -153,7 +163,7 @@ async function selectAnswer(row, item) {
       const source = new ol.source.XYZ({
         url: tj.tiles[0], minZoom: tj.minzoom, maxZoom: tj.maxzoom, transition: 0,
       });
-      watchTiles(source);
+      watchTiles(source, true);
       state.heatLayer = new ol.layer.Tile({ source, extent: extentFromLonLat(tj.bounds), zIndex: 20 });
       state.map.addLayer(state.heatLayer);
     } catch (err) { console.warn(err); }
