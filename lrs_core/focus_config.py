@@ -43,6 +43,9 @@ DEFAULT_EVIDENCE_TOKENS = 64
 DEFAULT_HEATMAP_CELLS = 64
 #: Tiles per vision-tower call.
 DEFAULT_VISION_BATCH = 16
+#: A tile whose share of nodata pixels is above this is never zoomed into nor reported as
+#: evidence (lrs_core.focus_nodata); 1.0 disables the rule (the reference selects by attention).
+DEFAULT_MAX_NODATA_SHARE = 0.95
 _GRID_PRESET = re.compile(r"^grid-(\d+)$")
 
 if TYPE_CHECKING:
@@ -103,6 +106,8 @@ class FocusConfig:
         evidence_tokens_cap: kept tokens listed as evidence (most attended first).
         heatmap_cells: heat-map cells along the scene's long side.
         vision_batch_size: tiles per vision-tower call.
+        max_nodata_share: zoom tiles with a larger share of nodata pixels are not chosen, and
+            heat-map cells without valid pixels are 0 (1.0 disables both; parity: 1.0).
     """
 
     preset: PresetField = "default"  # type: ignore[assignment]  # a str; see the module end
@@ -132,6 +137,7 @@ class FocusConfig:
     evidence_tokens_cap: int = DEFAULT_EVIDENCE_TOKENS
     heatmap_cells: int = DEFAULT_HEATMAP_CELLS
     vision_batch_size: int = DEFAULT_VISION_BATCH
+    max_nodata_share: float = DEFAULT_MAX_NODATA_SHARE
 
     def __post_init__(self) -> None:
         if self.strategy not in get_args(Strategy):
@@ -148,7 +154,13 @@ class FocusConfig:
                 raise ConfigError(
                     f"FocusConfig.{name}={getattr(self, name)!r} is not one of {allowed}"
                 )
-        for name in ("select_ratio", "keep_ratio", "fastv_keep_ratio", "pdrop_keep_ratio"):
+        for name in (
+            "select_ratio",
+            "keep_ratio",
+            "fastv_keep_ratio",
+            "pdrop_keep_ratio",
+            "max_nodata_share",
+        ):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -228,6 +240,7 @@ def focus_preset(cls: type[FocusConfig], /, name: str, **overrides: Any) -> Focu
             "reencode_single_level": True,  # one tiled level: re-select it (spec §5.3, §5.6)
             "rfm_gather_valid_only": False,  # full canvas, masked placeholders (spec §5.1, §11.9)
             "position_mode": "compact",  # the LLM sees positions 0..L-1 (spec §5.5)
+            "max_nodata_share": 1.0,  # selection by attention only (spec §5.2)
         }
     elif name == "thumbnail":
         fields = {"strategy": "thumbnail"}
