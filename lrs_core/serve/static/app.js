@@ -180,7 +180,7 @@ async function selectAnswer(row, item) {
 }
 
 function sparkline(timeline, total) {
-  const width = 90, height = 18;
+  const width = 60, height = 18;
   if (!timeline.length) return el("span", { class: "muted" }, "—");
   const t0 = Date.parse(timeline[0].time), t1 = Date.parse(timeline[timeline.length - 1].time);
   const points = timeline.map((p) => {
