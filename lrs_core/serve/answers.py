@@ -4,8 +4,8 @@ Each folder given to ``lrs serve --answers`` is one *run* (its id is the folder 
 with ``-2``, ``-3`` ... when two folders share a name). Its answers are read with the batch-output
 layout of :mod:`lrs_core.batch_outputs` (``answers.parquet/part-*.parquet``, each record in the
 ``record_json`` column); a part's modification time dates its answers. A run folder may hold the
-requests it was given (``requests.csv`` or ``requests.jsonl`` with an ``id``/``question_id``
-column, as ``lrs demo`` writes): their ids not yet answered count as pending.
+requests it was given (``requests.csv``, ``requests.jsonl`` or ``inputs/requests.csv`` with an
+``id``/``question_id`` column, as ``lrs demo`` writes): their ids not yet answered count as pending.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from lrs_core.records import AnswerRecord
 
 log = logging.getLogger(__name__)
 
-#: Files of a run folder whose ids are the run's requests (first present wins).
-REQUEST_FILES = ("requests.csv", "requests.jsonl")
+#: Files of a run folder whose ids are the run's requests (first present wins; ``lrs demo``
+#: writes ``inputs/requests.csv``).
+REQUEST_FILES = ("requests.csv", "requests.jsonl", "inputs/requests.csv")
 #: Column names of a request's id (first present wins), as the answer flow reads them.
 REQUEST_ID_KEYS = ("id", "question_id", "qid")
 REQUEST_SCENE_KEYS = ("scene_id", "scene")

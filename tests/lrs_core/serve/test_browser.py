@@ -164,7 +164,15 @@ def test_page_shows_tiles_and_answers_in_chromium(
             answers = {row["question_id"]: row for row in page.evaluate("window.lrs.answers")}
             target = answers["q-roof-default"]
             zoom_before = page.evaluate("window.lrs.map.getView().getZoom()")
-            page.click("#answers li[data-question-id='q-roof-default']")
+            assert target["has_heatmap"]
+
+            def is_heat_tile(response) -> bool:  # type: ignore[no-untyped-def]
+                return "/heat/" in response.url and response.url.endswith(".png")
+
+            with page.expect_response(is_heat_tile) as heat_response:
+                page.click("#answers li[data-question-id='q-roof-default']")
+            heat = heat_response.value
+            assert heat.status == 200 and heat.body().startswith(PNG_SIGNATURE)
             page.wait_for_function("window.lrs.lastFitLonLat !== null")
             page.wait_for_function("window.lrs.tilesPending === 0")
             lon, lat = page.evaluate("ol.proj.toLonLat(window.lrs.map.getView().getCenter())")
@@ -177,9 +185,7 @@ def test_page_shows_tiles_and_answers_in_chromium(
             assert view[0] <= west and view[2] >= east and view[1] <= south and view[3] >= north
             assert page.evaluate("window.lrs.map.getView().getZoom()") >= zoom_before
             assert page.evaluate("window.lrs.evidence.getFeatures().length") > 0
-            if target["has_heatmap"]:
-                page.wait_for_function("window.lrs.heatTilesLoaded > 0")
-                assert any("/heat/" in url for url, *_ in tile_responses), console
+            page.wait_for_function("window.lrs.heatTilesLoaded > 0")
             after = tmp_path / "answer.png"
             page.screenshot(path=str(after))
             print(f"screenshot: {after}")
