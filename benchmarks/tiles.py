@@ -1,10 +1,11 @@
 """Benchmark: warm XYZ tile latency of ``lrs serve`` against TiTiler on a COG of the same pixels.
 
-Scene: a synthetic 27328 x 25207 px RGB uint8 GeoTIFF (EPSG:32633, 0.5 m pixels; gradients, field
-blocks and noise), written window by window, then (a) ingested with ``lrs_core.ingest.ingest_scene``
-into the Zarr store that ``lrs serve`` reads, and (b) copied to a Cloud-Optimized GeoTIFF with GDAL's
-COG driver (internal overviews, ``average`` resampling, the driver's default LZW compression, 512 px
-blocks) that TiTiler reads. uint8 sources are stored as is, so both hold the same level-0 pixels.
+Scene: a synthetic 27328 x 25207 px RGB uint8 GeoTIFF (EPSG:32633, 0.5 m pixels; gradients,
+field blocks and noise), written window by window, then (a) ingested with
+``lrs_core.ingest.ingest_scene`` into the Zarr store that ``lrs serve`` reads, and (b) copied to a
+Cloud-Optimized GeoTIFF with GDAL's COG driver (internal overviews, ``average`` resampling, the
+driver's default LZW compression, 512 px blocks) that TiTiler reads. uint8 sources are stored
+as is, so both hold the same level-0 pixels.
 Everything is cached in ``benchmarks/_scratch/tiles/`` (git-ignored).
 
 Both services run in this process as ASGI apps behind Starlette's ``TestClient`` (no sockets, same
@@ -214,8 +215,10 @@ def main() -> None:
         "warmup_tiles": WARMUP_TILES,
         "prepare_s": prep_s,
         "versions": {
-            "lrs": lrs_core.__version__, "titiler.core": titiler.core.__version__,
-            "rio-tiler": rio_tiler.__version__, "python": platform.python_version(),
+            "lrs": lrs_core.__version__,
+            "titiler.core": titiler.core.__version__,
+            "rio-tiler": rio_tiler.__version__,
+            "python": platform.python_version(),
         },  # fmt: skip
         "cpu_count": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],

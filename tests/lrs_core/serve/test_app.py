@@ -192,3 +192,13 @@ def test_config_refuses_missing_folders(tmp_path: Path) -> None:
         ServeConfig(stores_dir=tmp_path / "none")
     with pytest.raises(ConfigError, match="--answers"):
         ServeConfig(stores_dir=tmp_path, answer_dirs=(tmp_path / "none",))
+
+
+def test_cli_refuses_a_missing_stores_folder_with_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lrs_core.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["serve", "--stores", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "--stores" in result.output and "Traceback" not in result.output
