@@ -10,6 +10,7 @@ browser received with the same tile computed independently from the source GeoTI
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from PIL import Image
 from rasterio.transform import from_bounds
 from rasterio.warp import Resampling, reproject
 
+from lrs_core.batch_outputs import BatchWriter, read_records
 from tests.fixtures.serve import SERVED_SCENE_ID, ServedFolders
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,18 +63,28 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    answers: Path
+
+
 @pytest.fixture(scope="module")
 def server(
     served_folders: ServedFolders, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[Server]:
+    """``lrs serve`` over the suite's stores and a copy of its run (the test appends to it)."""
     port = _free_port()
     lrs = shutil.which("lrs", path=str(Path(sys.executable).parent)) or "lrs"
-    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
+    root = tmp_path_factory.mktemp("serve_browser")
+    answers = root / served_folders.answers.name
+    shutil.copytree(served_folders.answers, answers)
+    log = root / "serve.log"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     with log.open("w") as log_handle:
         process = subprocess.Popen(
             [lrs, "serve", "--stores", str(served_folders.stores), "--answers",
-             str(served_folders.answers), "--port", str(port)],
+             str(answers), "--port", str(port)],
             stdout=log_handle, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}/"
@@ -87,7 +100,7 @@ def server(
                             f"lrs serve did not start: {log.read_text()}"
                         ) from None
                     time.sleep(0.5)
-            yield url
+            yield Server(url=url, answers=answers)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -120,7 +133,7 @@ def _independent_tile(source: Path, z: int, x: int, y: int) -> tuple[np.ndarray,
 
 
 def test_page_shows_tiles_and_answers_in_chromium(
-    server: str, served_folders: ServedFolders, tmp_path: Path
+    server: Server, served_folders: ServedFolders, tmp_path: Path
 ) -> None:
     tile_responses: list[tuple[str, int, str, bytes]] = []
     with playwright_api.sync_playwright() as pw:
@@ -146,7 +159,7 @@ def test_page_shows_tiles_and_answers_in_chromium(
                     tile_responses.append((response.url, response.status, kind, body))
 
             page.on("response", on_response)
-            page.goto(server)
+            page.goto(server.url)
             page.wait_for_function("window.lrs && window.lrs.scenesReady")
             page.wait_for_function("window.lrs.tilesLoaded > 0")
             page.wait_for_selector("#answers li")
@@ -198,7 +211,17 @@ def test_page_shows_tiles_and_answers_in_chromium(
             page.click("#tab-monitor")
             page.wait_for_selector("#monitor tbody tr")
             assert page.inner_text("#monitor tbody td.answered") == "4"
+            assert page.inner_text("#monitor tbody td.failed") == "0"
+            # A new answers part lands (a failed question): the page shows it without a reload.
+            (done,) = [r for r in read_records(server.answers) if r.question_id == "q-lake-full"]
+            failed = dataclasses.replace(done, question_id="q-new", answer="", error="boom")
+            BatchWriter(server.answers).append([failed])
+            page.wait_for_function(
+                "document.querySelector('#monitor tbody td.failed').innerText === '1'"
+            )
             page.screenshot(path=str(tmp_path / "monitor.png"))
+            page.click("#tab-answers")
+            page.wait_for_selector("#answers li[data-question-id='q-new']")
         finally:
             context.close()
 
