@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -773,7 +774,7 @@ def open_pyramid(store: str | Path) -> Pyramid:
     return Pyramid(store_str, group)
 
 
-def open_datatree(store: str | Path) -> xr.DataTree:
+def open_datatree(store: str | os.PathLike[str]) -> xr.DataTree:
     """Open a finished scene store as an xarray multiscale tree (one child group per store level).
 
     Each level node holds ``rgb`` (uint8 (y, x, band)) and ``valid`` (bool (y, x)) with ``x``/``y``
@@ -793,5 +794,5 @@ def open_datatree(store: str | Path) -> xr.DataTree:
     """
     import xarray as xr
 
-    open_pyramid(store)  # the same checks and messages as every other reader
+    open_pyramid(os.fspath(store))  # the same checks and messages as every other reader
     return xr.open_datatree(str(store), engine="zarr", consolidated=False, chunks=None)

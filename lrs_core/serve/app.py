@@ -137,7 +137,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 tilers[scene_id] = tiler
         return tiler
 
-    def tilejson(request: Request, entry: SceneEntry, tiles_url: str) -> dict[str, Any]:
+    def tilejson(entry: SceneEntry, tiles_url: str) -> dict[str, Any]:
         tiler = tiler_or_404(entry.scene_id)
         minzoom, maxzoom = tiler.zoom_range()
         assert entry.bounds_lonlat is not None  # tileable scenes have bounds
@@ -178,7 +178,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     def scene_tilejson(request: Request, scene_id: str) -> dict[str, Any]:
         entry = scene_or_404(scene_id)
         base = str(request.url_for("scene_tilejson", scene_id=scene_id))
-        return tilejson(request, entry, base.replace("tilejson.json", "tiles/{z}/{x}/{y}.png"))
+        return tilejson(entry, base.replace("tilejson.json", "tiles/{z}/{x}/{y}.png"))
 
     @app.get("/api/scenes/{scene_id}/tiles/{z}/{x}/{y}.png")
     def scene_tile(scene_id: str, z: str, x: str, y: str) -> Response:
@@ -241,7 +241,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise HTTPException(404, f"answer {question_id!r} has no heat map")
         entry = scene_or_404(item.record.scene.scene_id)
         base = str(request.url_for("heat_tilejson", run=run, question_id=question_id))
-        return tilejson(request, entry, base.replace("tilejson.json", "{z}/{x}/{y}.png"))
+        return tilejson(entry, base.replace("tilejson.json", "{z}/{x}/{y}.png"))
 
     @app.get("/api/runs/{run}/answers/{question_id}/heat/{z}/{x}/{y}.png")
     def heat_tile(run: str, question_id: str, z: str, x: str, y: str) -> Response:
@@ -259,7 +259,10 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(LrsError)
     def lrs_error(request: Request, err: LrsError) -> JSONResponse:
+        # Not-found errors are the client's (404); any other LrsError describes data the server
+        # cannot show (a store or record it cannot read): 422 with the message, never a traceback.
         log.warning("%s: %s", request.url.path, err)
-        return JSONResponse({"detail": str(err)}, status_code=404)
+        status = 404 if isinstance(err, (SceneNotFoundError, TileNotFoundError)) else 422
+        return JSONResponse({"detail": str(err)}, status_code=status)
 
     return app
