@@ -121,6 +121,7 @@ class AnswerIndex:
             self.runs[run_id] = folder
         self._lock = threading.Lock()
         self._parts: dict[_PartKey, tuple[list[AnswerRecord], str]] = {}
+        self._bounds: dict[tuple[str, str, str], list[float] | None] = {}
 
     def _read_part(self, path: Path) -> tuple[list[AnswerRecord], str]:
         import pyarrow.parquet as pq
@@ -162,6 +163,17 @@ class AnswerIndex:
                 chosen[key] = item
         items = list(chosen.values())
         return items if where is None else [item for item in items if where.matches(item)]
+
+    def bounds_lonlat(self, item: RunAnswer) -> list[float] | None:
+        """:func:`evidence_bounds_lonlat` of an answer, computed once per written answer."""
+        key = (item.run_id, item.record.question_id, item.written)
+        with self._lock:
+            if key in self._bounds:
+                return self._bounds[key]
+        bounds = evidence_bounds_lonlat(item.record)
+        with self._lock:
+            self._bounds[key] = bounds
+        return bounds
 
     def find(self, run_id: str, question_id: str) -> RunAnswer | None:
         """The latest answer of ``question_id`` in ``run_id``; None when there is none."""
@@ -210,41 +222,52 @@ def _read_request_ids(path: Path) -> list[tuple[str, str | None]]:
     return found
 
 
-def savings_vs_full(item: RunAnswer, answers: Sequence[RunAnswer]) -> dict[str, float | None]:
+BaselineKey = tuple[str, str]
+
+
+def full_baselines(answers: Iterable[RunAnswer]) -> dict[BaselineKey, AnswerRecord]:
+    """Successful ``full``-preset answers by (scene id, question text); the last one wins."""
+    return {
+        (item.record.scene.scene_id, item.record.question): item.record
+        for item in answers
+        if item.record.preset == BASELINE_PRESET and item.status == "answered"
+    }
+
+
+def savings_vs_full(
+    item: RunAnswer, baselines: dict[BaselineKey, AnswerRecord]
+) -> dict[str, float | None]:
     """Token and FLOP savings of an answer against a ``full`` answer of the same question.
 
-    The baseline is any successful ``full``-preset answer (of any run) to the same question text
-    about the same scene. Savings are ``1 - ours / full``; None without a baseline.
+    Args:
+        item: the answer.
+        baselines: :func:`full_baselines` of every served answer (any run).
+
+    Returns:
+        ``token_saving`` and ``flop_saving``, each ``1 - ours / full``; None without a baseline.
     """
     record = item.record
-    none: dict[str, float | None] = {"token_saving": None, "flop_saving": None}
-    if record.preset == BASELINE_PRESET or item.status != "answered":
-        return none
-    for other in answers:
-        base = other.record
-        if (
-            base.preset == BASELINE_PRESET
-            and other.status == "answered"
-            and base.scene.scene_id == record.scene.scene_id
-            and base.question == record.question
-        ):
-            full_tokens = base.accounting.vision_tokens_to_llm
-            full_flops = base.accounting.flops.total_flops
-            return {
-                "token_saving": 1.0 - record.accounting.vision_tokens_to_llm / full_tokens
-                if full_tokens
-                else None,
-                "flop_saving": 1.0 - record.accounting.flops.total_flops / full_flops
-                if full_flops
-                else None,
-            }
-    return none
+    base = baselines.get((record.scene.scene_id, record.question))
+    if base is None or record.preset == BASELINE_PRESET or item.status != "answered":
+        return {"token_saving": None, "flop_saving": None}
+    full_tokens = base.accounting.vision_tokens_to_llm
+    full_flops = base.accounting.flops.total_flops
+    tokens = record.accounting.vision_tokens_to_llm
+    flops = record.accounting.flops.total_flops
+    return {
+        "token_saving": 1.0 - tokens / full_tokens if full_tokens else None,
+        "flop_saving": 1.0 - flops / full_flops if full_flops else None,
+    }
 
 
-def answer_summary(item: RunAnswer, answers: Sequence[RunAnswer]) -> dict[str, Any]:
+def answer_summary(
+    item: RunAnswer,
+    baselines: dict[BaselineKey, AnswerRecord],
+    *,
+    bounds_lonlat: list[float] | None,
+) -> dict[str, Any]:
     """The JSON row of the answers panel: ids, texts, preset, status, savings, evidence bounds."""
     record = item.record
-    bounds = _evidence_bounds_lonlat(record)
     return {
         "run": item.run_id,
         "question_id": record.question_id,
@@ -257,12 +280,12 @@ def answer_summary(item: RunAnswer, answers: Sequence[RunAnswer]) -> dict[str, A
         "written": item.written,
         "vision_tokens_to_llm": record.accounting.vision_tokens_to_llm,
         "has_heatmap": record.heatmap is not None,
-        "evidence_bounds_lonlat": bounds,
-        **savings_vs_full(item, answers),
+        "evidence_bounds_lonlat": bounds_lonlat,
+        **savings_vs_full(item, baselines),
     }
 
 
-def _evidence_bounds_lonlat(record: AnswerRecord) -> list[float] | None:
+def evidence_bounds_lonlat(record: AnswerRecord) -> list[float] | None:
     """(west, south, east, north) of the final evidence tiles in EPSG:4326; None if not georef."""
     from shapely.geometry import shape
 

@@ -5,8 +5,9 @@ Routes (all read-only):
 * ``GET /`` – the map page (``static/index.html``, MapLibre GL JS vendored in ``static/vendor``).
 * ``GET /api/scenes`` – ``[{"id", "bounds" (EPSG:4326 or null), "size_wh", "tilejson"}]``.
 * ``GET /api/scenes/{id}/tilejson.json`` and ``/api/scenes/{id}/tiles/{z}/{x}/{y}.png``.
-* ``GET /api/answers`` (panel rows) and ``/api/answers.geojson`` (EPSG:4326 footprints), both
-  filtered by ``scene``, ``run``, ``preset``, ``status`` and ``text`` (and ``question_id``).
+* ``GET /api/answers`` (panel rows, newest first, at most ``limit``) and ``/api/answers.geojson``
+  (EPSG:4326 footprints), both filtered by ``scene``, ``run``, ``preset``, ``status`` and ``text``
+  (and ``question_id``).
 * ``GET /api/runs/{run}/answers/{question_id}/heat/tilejson.json`` and ``.../heat/{z}/{x}/{y}.png``.
 * ``GET /api/monitor`` – answered / failed / pending per run and scene over time.
 
@@ -34,6 +35,7 @@ from lrs_core.serve.answers import (
     AnswerIndex,
     answer_summary,
     feature_collection,
+    full_baselines,
     monitor,
 )
 from lrs_core.serve.catalog import SceneCatalog, SceneEntry
@@ -56,6 +58,8 @@ TILE_MAX_AGE_S = 3600
 TILEJSON_VERSION = "3.0.0"
 PNG_MEDIA_TYPE = "image/png"
 GEOJSON_MEDIA_TYPE = "application/geo+json"
+#: Answers the panel lists at most (newest first); ``?limit=`` changes it.
+DEFAULT_ANSWERS_LIMIT = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,12 +211,17 @@ def create_app(config: ServeConfig) -> FastAPI:
         preset: str | None = None,
         status: str | None = None,
         text: str | None = None,
+        limit: int = DEFAULT_ANSWERS_LIMIT,
     ) -> list[dict[str, Any]]:
         everything = index.latest()
+        baselines = full_baselines(everything)
         where = filter_from(scene, run, preset, status, text)
         chosen = [item for item in everything if where.matches(item)]
         chosen.sort(key=lambda item: item.written, reverse=True)
-        return [answer_summary(item, everything) for item in chosen]
+        return [
+            answer_summary(item, baselines, bounds_lonlat=index.bounds_lonlat(item))
+            for item in chosen[: max(0, limit)]
+        ]
 
     @app.get("/api/answers.geojson")
     def answers_geojson(

@@ -128,6 +128,7 @@ def test_answers_rows_filters_and_savings(client: TestClient) -> None:
     assert client.get("/api/answers", params={"status": "failed"}).json() == []
     assert client.get("/api/answers", params={"scene": PLAIN_SCENE_ID}).json() == []
     assert client.get("/api/answers", params={"run": "other"}).json() == []
+    assert len(client.get("/api/answers", params={"limit": 1}).json()) == 1
 
 
 def test_answers_geojson_is_lonlat_footprints(client: TestClient) -> None:
@@ -188,6 +189,7 @@ def test_geojson_filters_by_question_id(client: TestClient) -> None:
 def test_config_refuses_missing_folders(tmp_path: Path) -> None:
     from lrs_core.errors import ConfigError
 
+    assert ServeConfig(stores_dir=tmp_path).host == "127.0.0.1"  # loopback unless asked
     with pytest.raises(ConfigError, match="--stores"):
         ServeConfig(stores_dir=tmp_path / "none")
     with pytest.raises(ConfigError, match="--answers"):
