@@ -8,7 +8,12 @@ EXTRAS ?= test
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-slow lint clean
+# The page of `lrs serve` uses OpenLayers from the npm registry, vendored into the package (no CDN at
+# run time). The files are committed, so a fresh clone needs no npm; `make vendor` refreshes them.
+OL_VERSION ?= 10.11.0
+VENDOR_DIR := lrs_core/serve/static/vendor/ol
+
+.PHONY: install demo test test-slow lint clean vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +30,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@dpkg -s postgresql >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
 	  echo "warning: could not install Debian's postgresql; the PostgreSQL server tests will be skipped"
+	@# Headless Chromium for the browser test of `lrs serve` (Debian's package, driven by Playwright
+	@# with executable_path=/usr/bin/chromium; `playwright install` is never run).
+	@dpkg -s chromium chromium-driver >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "warning: could not install Debian's chromium; the browser test of 'lrs serve' will be skipped"
 	$(BIN)/lrs setup
 	touch $@
 
@@ -43,6 +53,12 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check lrs_core tasks flows tests benchmarks
 	$(BIN)/mypy
+
+vendor:
+	rm -rf build/npm && mkdir -p build/npm $(VENDOR_DIR)
+	cd build/npm && npm pack --silent ol@$(OL_VERSION) && tar xzf ol-$(OL_VERSION).tgz
+	cp build/npm/package/dist/ol.js build/npm/package/ol.css build/npm/package/LICENSE.md $(VENDOR_DIR)/
+	echo "ol@$(OL_VERSION) from the npm registry (npm pack); dist/ol.js, ol.css, LICENSE.md" > $(VENDOR_DIR)/VERSION
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -34,6 +34,7 @@ from lrs_core.dip import (
 from lrs_core.errors import ConfigError, LrsError, TokenBudgetError
 from lrs_core.features import FeatureCache, FeatureKey
 from lrs_core.focus_config import DEFAULT_QA_BATCH, FocusConfig
+from lrs_core.focus_nodata import drop_nodata_tiles, restrict_to_data
 from lrs_core.focus_record import build_record, layer_drop_llm_flops
 from lrs_core.focus_select import (
     TileChoice,
@@ -210,7 +211,7 @@ class FocusEngine:
             answer, decode_steps, llm_flops, extra = self._generate(state, llm_input)
         probe.sample()
         state.seconds["total"] = time.perf_counter() - start
-        return self._record(
+        record = self._record(
             scene=pyramid.scene_ref(),
             question=question,
             question_id=question_id or question_id_of(question),
@@ -225,6 +226,7 @@ class FocusEngine:
             extra=extra,
             planned=False,
         )
+        return restrict_to_data(record, pyramid, max_nodata_share=self.config.max_nodata_share)
 
     def answer_many(
         self,
@@ -672,7 +674,7 @@ class FocusEngine:
             if next_level is None:
                 state.stop_reason = stop_reason
                 break
-            choice = self._choose_tiles(current, next_level)
+            choice = self._choose_tiles(current, next_level, pyramid)
             next_tiles = sorted(choice.tiles_rc)
             valid = valid_token_mask(next_level, next_tiles)
             need = pruned_size(
@@ -696,10 +698,10 @@ class FocusEngine:
             )
             zoom_steps += 1
 
-    def _choose_tiles(self, current: ScoredLevel, next_level: DipLevel) -> TileChoice:
+    def _choose_tiles(self, current: ScoredLevel, next_level: DipLevel, pyramid: Any) -> TileChoice:
         cfg = self.config
         if cfg.include_newline_in_selection:
-            return select_tiles_parity(
+            choice = select_tiles_parity(
                 current.token_scores,
                 current.newline_scores,
                 current.valid,
@@ -707,14 +709,21 @@ class FocusEngine:
                 next_level=next_level,
                 ratio=cfg.select_ratio,
             )
-        return select_tiles_ranked(
-            current.token_scores,
-            current.valid,
-            level=current.level,
-            next_level=next_level,
-            ratio=cfg.select_ratio,
-            tiles_cap=cfg.tiles_cap,
-            neighbour_expansion=cfg.neighbour_expansion,
+            cap = None
+        else:
+            # Ranked and expanded without the cap: tiles in nodata are dropped first, then capped.
+            choice = select_tiles_ranked(
+                current.token_scores,
+                current.valid,
+                level=current.level,
+                next_level=next_level,
+                ratio=cfg.select_ratio,
+                tiles_cap=None,
+                neighbour_expansion=cfg.neighbour_expansion,
+            )
+            cap = cfg.tiles_cap
+        return drop_nodata_tiles(
+            choice, next_level, pyramid, max_nodata_share=cfg.max_nodata_share, tiles_cap=cap
         )
 
     def _score(

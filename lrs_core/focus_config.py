@@ -49,6 +49,9 @@ DEFAULT_HEATMAP_CELLS = 64
 DEFAULT_QA_BATCH = 8
 #: Tiles per vision-tower call.
 DEFAULT_VISION_BATCH = 16
+#: A tile whose share of nodata pixels is above this is never zoomed into nor reported as
+#: evidence (lrs_core.focus_nodata); 1.0 disables the rule (the reference selects by attention).
+DEFAULT_MAX_NODATA_SHARE = 0.95
 _GRID_PRESET = re.compile(r"^grid-(\d+)$")
 
 if TYPE_CHECKING:
@@ -113,6 +116,8 @@ class FocusConfig:
         evidence_tokens_cap: kept tokens listed as evidence (most attended first).
         heatmap_cells: heat-map cells along the scene's long side.
         vision_batch_size: tiles per vision-tower call.
+        max_nodata_share: zoom tiles with a larger share of nodata pixels are not chosen, and
+            heat-map cells without valid pixels are 0 (1.0 disables both; parity: 1.0).
     """
 
     preset: PresetField = "default"  # type: ignore[assignment]  # a str; see the module end
@@ -143,6 +148,7 @@ class FocusConfig:
     evidence_tokens_cap: int = DEFAULT_EVIDENCE_TOKENS
     heatmap_cells: int = DEFAULT_HEATMAP_CELLS
     vision_batch_size: int = DEFAULT_VISION_BATCH
+    max_nodata_share: float = DEFAULT_MAX_NODATA_SHARE
 
     def __post_init__(self) -> None:
         if self.strategy not in get_args(Strategy):
@@ -166,7 +172,13 @@ class FocusConfig:
             raise ConfigError(
                 f"FocusConfig.rfm_placeholder_logit_bias={bias!r} must be None or a finite number"
             )
-        for name in ("select_ratio", "keep_ratio", "fastv_keep_ratio", "pdrop_keep_ratio"):
+        for name in (
+            "select_ratio",
+            "keep_ratio",
+            "fastv_keep_ratio",
+            "pdrop_keep_ratio",
+            "max_nodata_share",
+        ):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -248,6 +260,7 @@ def focus_preset(cls: type[FocusConfig], /, name: str, **overrides: Any) -> Focu
             # placeholders get +1.0, not -inf, in the scored row (the bool-cast mask, spec §5.1)
             "rfm_placeholder_logit_bias": REFERENCE_PLACEHOLDER_LOGIT_BIAS,
             "position_mode": "compact",  # the LLM sees positions 0..L-1 (spec §5.5)
+            "max_nodata_share": 1.0,  # selection by attention only (spec §5.2)
         }
     elif name == "thumbnail":
         fields = {"strategy": "thumbnail"}

@@ -660,12 +660,23 @@ def write_overlay_png(
     path: str | os.PathLike[str],
     *,
     max_side_px: int = DEFAULT_OVERLAY_SIDE_PX,
+    annotated: bool = True,
 ) -> Path:
-    """Write :func:`render_overlay` as a PNG at ``path`` (local path or fsspec URL); return it."""
+    """Write :func:`render_overlay` as a PNG at ``path`` (local path or fsspec URL); return it.
+
+    With ``annotated`` (the default) the picture is framed with the question, the answer, a
+    legend and, for a georeferenced scene, a scale bar and corner coordinates
+    (:func:`lrs_core.overlay_annotate.annotate_overlay`); otherwise it is the bare picture.
+    """
     from PIL import Image
 
+    from lrs_core.overlay_annotate import annotate_overlay
+
+    picture = render_overlay(record, pyramid, max_side_px=max_side_px)
+    if annotated:
+        picture = annotate_overlay(record, picture)
     buffer = io.BytesIO()
-    Image.fromarray(render_overlay(record, pyramid, max_side_px=max_side_px)).save(buffer, "PNG")
+    Image.fromarray(picture).save(buffer, "PNG")
     write_bytes_atomic(path, buffer.getvalue())
     return Path(path)
 

@@ -6,6 +6,8 @@ Layout of ``<scene_id>.zarr`` (see ``docs/pyramid.md``)::
     0/zarr.json      level group; spatial:shape, spatial:transform of this level
     0/rgb            uint8 (y, x, band), band = R, G, B; 0 where invalid
     0/valid          bool (y, x); True where the pixel holds data
+    0/x, 0/y         float64 (x,), (y,); pixel-centre coordinates of the level (CF, for xarray)
+    0/spatial_ref    int32 scalar; CF grid mapping (crs_wkt); only when the scene has a north-up CRS
     1/ ...           each store_level a 2x2 nodata-aware area average of the previous one
     _lrs_progress/   resume markers of an unfinished ingest (removed once complete)
 
@@ -25,7 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
@@ -45,6 +47,9 @@ from lrs_core.errors import (
 from lrs_core.fsio import fsync_dir
 from lrs_core.records import BBoxPx, SceneRef
 from lrs_core.scene import RGB_CHANNELS, footprint_polygon, polygon_to_lonlat
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,14 @@ VALID_FILL = True
 #: Zarr v3 chunk key separator: ``c.<row>.<col>[.0]`` files in the array folder, so writing a
 #: chunk never creates a directory (one mkdir per chunk was ~0.3-1 ms on this machine).
 CHUNK_KEY_SEPARATOR = "."
+
+#: Name of the CF grid-mapping variable in each level group (rioxarray's and GDAL's name).
+GRID_MAPPING_VAR = "spatial_ref"
+#: Names of the 1-D pixel-centre coordinate arrays in each level group.
+X_COORD = "x"
+Y_COORD = "y"
+#: Offset of a pixel centre from its top-left corner, in pixels (pixel rule of lrs_core.scene).
+PIXEL_CENTRE_OFFSET = 0.5
 
 #: Zarr conventions the root group declares (GeoZarr: multiscales + geo-proj + spatial).
 MULTISCALES_CONVENTION = {
@@ -411,7 +424,91 @@ def create_store(
             chunk_key_encoding={"name": "default", "separator": CHUNK_KEY_SEPARATOR},
             dimension_names=("y", "x"),
         )
+        write_cf_coordinates(
+            group,
+            shape_hw=shape_hw,
+            transform=level_transforms[store_level],
+            crs_wkt=root_attributes.get("proj:wkt2"),
+            store_level=store_level,
+        )
     (store / PROGRESS_DIR).mkdir(exist_ok=True)
+
+
+def is_north_up(transform: Affine) -> bool:
+    """True when the affine has no rotation or shear (x depends on col only, y on row only)."""
+    return bool(transform.b == 0.0 and transform.d == 0.0)
+
+
+def write_cf_coordinates(
+    group: zarr.Group,
+    *,
+    shape_hw: tuple[int, int],
+    transform: Affine,
+    crs_wkt: str | None,
+    store_level: int,
+) -> None:
+    """Write the CF coordinates of one level group, so xarray opens it as a georeferenced grid.
+
+    Adds ``x`` and ``y`` (float64 pixel centres of the level, in the scene CRS for a north-up
+    georeferenced scene) and, for such a scene, the scalar grid-mapping variable ``spatial_ref``
+    (``crs_wkt``, ``spatial_ref``, ``GeoTransform`` and pyproj's CF attributes), then tags ``rgb``
+    and ``valid`` with ``grid_mapping``/``coordinates`` so it becomes a coordinate. A rotated or
+    sheared grid has no 1-D map coordinates, and a scene without CRS has none at all: both get
+    level-0 pixel-centre coordinates (``(i + 0.5) * 2**store_level``) and no ``spatial_ref``.
+
+    Args:
+        group: the level group (holding ``rgb`` and ``valid``).
+        shape_hw: (height, width) of the level in pixels.
+        transform: the level's affine (pixel corners -> scene CRS, or -> level-0 pixels).
+        crs_wkt: WKT2 of the scene CRS; None when not georeferenced.
+        store_level: the level's index (0 is full resolution).
+    """
+    height, width = shape_hw
+    cols = np.arange(width, dtype=np.float64) + PIXEL_CENTRE_OFFSET
+    rows = np.arange(height, dtype=np.float64) + PIXEL_CENTRE_OFFSET
+    has_map_grid = crs_wkt is not None and is_north_up(transform)
+    if has_map_grid:
+        xs = transform.c + transform.a * cols
+        ys = transform.f + transform.e * rows
+        units: dict[str, str] = {}
+    else:
+        downsample = float(LEVEL_FACTOR**store_level)
+        xs, ys = cols * downsample, rows * downsample
+        units = {"units": "level-0 pixels"}
+    for name, values, axis in ((X_COORD, xs, "X"), (Y_COORD, ys, "Y")):
+        array = group.create_array(
+            name,
+            shape=values.shape,
+            dtype="float64",
+            dimension_names=(name,),
+            fill_value=np.nan,
+            compressors=[],
+            attributes={"axis": axis, "long_name": f"{name} coordinate of pixel centres", **units},
+        )
+        array[:] = values
+    if not has_map_grid:
+        return
+    assert crs_wkt is not None
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(crs_wkt)
+    cf = {k: v for k, v in crs.to_cf().items() if k != "crs_wkt"}
+    geotransform = " ".join(
+        repr(float(v))
+        for v in (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
+    )
+    spatial_ref = group.create_array(
+        GRID_MAPPING_VAR,
+        shape=(),
+        dtype="int32",
+        fill_value=0,
+        compressors=[],
+        attributes={**cf, "crs_wkt": crs_wkt, "spatial_ref": crs_wkt, "GeoTransform": geotransform},
+    )
+    spatial_ref[()] = 0
+    for name in (RGB_ARRAY, VALID_ARRAY):
+        data = group[name]
+        data.attrs.update({"grid_mapping": GRID_MAPPING_VAR, "coordinates": GRID_MAPPING_VAR})
 
 
 def update_lrs_attributes(store: Path, fields: dict[str, Any]) -> None:
@@ -738,3 +835,27 @@ def open_pyramid(store: str | Path) -> Pyramid:
             f"'lrs ingest {lrs.get('source')} --out {Path(store_str).parent} --overwrite'"
         )
     return Pyramid(store_str, group)
+
+
+def open_datatree(store: str | os.PathLike[str]) -> xr.DataTree:
+    """Open a finished scene store as an xarray multiscale tree (one child group per store level).
+
+    Each level node holds ``rgb`` (uint8 (y, x, band)) and ``valid`` (bool (y, x)) with ``x``/``y``
+    pixel-centre coordinates of that level and, for a north-up georeferenced scene, the CF
+    ``spatial_ref`` grid-mapping coordinate (so ``rioxarray``'s ``.rio.crs`` finds the CRS). The
+    root node carries the GeoZarr attributes. Arrays are lazy (dask-free, read on access).
+
+    Args:
+        store: path (or fsspec URL) of a ``<scene_id>.zarr`` store.
+
+    Returns:
+        The tree; ``tree["0"]`` is full resolution.
+
+    Raises:
+        SceneNotFoundError: nothing is there, or it is not an lrs store.
+        IncompletePyramidError: the store was never marked complete.
+    """
+    import xarray as xr
+
+    open_pyramid(os.fspath(store))  # the same checks and messages as every other reader
+    return xr.open_datatree(str(store), engine="zarr", consolidated=False, chunks=None)

@@ -13,9 +13,11 @@ The row dicts these helpers read are the ones :func:`tasks.answer.answer_scene_t
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
+from urllib.parse import urlencode
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -37,6 +39,15 @@ MAX_IMAGE_ARTIFACTS = 20
 #: URL schemes a browser can load an overlay from (``create_image_artifact`` needs one).
 BROWSER_SCHEMES = ("http://", "https://")
 STATUSES = ("answered", "skipped", "failed")
+#: Environment variable naming the base URL of a running ``lrs serve`` (for example
+#: ``http://127.0.0.1:8000``); when set, run summaries link to its map of the run's answers.
+SERVE_URL_ENV = "LRS_SERVE_URL"
+
+
+def answers_map_url(serve_url: str, out: str) -> str:
+    """URL of ``lrs serve``'s page filtered to the run written to ``out`` (its folder name)."""
+    run = out.rstrip("/").rsplit("/", 1)[-1]
+    return f"{serve_url.rstrip('/')}/?{urlencode({'run': run})}"
 
 
 def _cell(value: Any) -> str:
@@ -109,7 +120,14 @@ def savings(rows: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
     }
 
 
-def summary_markdown(rows: Sequence[dict[str, Any]], *, out: str, model: str, preset: str) -> str:
+def summary_markdown(
+    rows: Sequence[dict[str, Any]],
+    *,
+    out: str,
+    model: str,
+    preset: str,
+    serve_url: str | None = None,
+) -> str:
     """Return the markdown summary of an answer run: counts, savings, questions, failures.
 
     Args:
@@ -117,6 +135,7 @@ def summary_markdown(rows: Sequence[dict[str, Any]], *, out: str, model: str, pr
         out: the batch output folder.
         model: the model directory.
         preset: the engine preset.
+        serve_url: base URL of an ``lrs serve`` showing ``out``; adds a link to its map.
     """
     counts = {status: sum(1 for r in rows if r["status"] == status) for status in STATUSES}
     saved = savings(rows)
@@ -125,6 +144,11 @@ def summary_markdown(rows: Sequence[dict[str, Any]], *, out: str, model: str, pr
         "",
         f"Model `{model}`, preset `{preset}`; outputs in `{out}`.",
         "",
+        *(
+            [f"[Open these answers on the map]({answers_map_url(serve_url, out)})", ""]
+            if serve_url
+            else []
+        ),
         f"- answered: {counts['answered']}",
         f"- skipped (answered by an earlier run): {counts['skipped']}",
         f"- failed: {counts['failed']}",
@@ -188,7 +212,13 @@ def overlays_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def publish_answer_artifacts(
-    rows: Sequence[dict[str, Any]], *, out: str, model: str, preset: str, key_prefix: str
+    rows: Sequence[dict[str, Any]],
+    *,
+    out: str,
+    model: str,
+    preset: str,
+    key_prefix: str,
+    serve_url: str | None = None,
 ) -> None:
     """Publish the answers table, the summary and the overlays of a run as Prefect artifacts.
 
@@ -202,14 +232,17 @@ def publish_answer_artifacts(
         model: the model directory.
         preset: the engine preset.
         key_prefix: lowercase letters, digits and dashes (Prefect's artifact key rule).
+        serve_url: base URL of an ``lrs serve`` showing ``out`` (default: the ``LRS_SERVE_URL``
+            environment variable of the worker); the summary links to its map when set.
     """
     if FlowRunContext.get() is None and TaskRunContext.get() is None:
         return
+    serve_url = serve_url or os.environ.get(SERVE_URL_ENV) or None
     create_table_artifact(
         table=answers_table(rows), key=f"{key_prefix}-answers", description=f"Answers in {out}"
     )
     create_markdown_artifact(
-        markdown=summary_markdown(rows, out=out, model=model, preset=preset),
+        markdown=summary_markdown(rows, out=out, model=model, preset=preset, serve_url=serve_url),
         key=f"{key_prefix}-summary",
         description="Answer run summary: failures and savings against the full baseline",
     )

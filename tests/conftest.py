@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.focus_scenes",
     "tests.fixtures.prefect",
+    "tests.fixtures.serve",
 ]

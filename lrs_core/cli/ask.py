@@ -22,40 +22,34 @@ if TYPE_CHECKING:
 
 
 def record_json(record: AnswerRecord) -> dict[str, Any]:
-    """Return one ``--json`` line: the record's fields plus convenience keys.
+    """Return one ``--json`` line: the record once, plus the footprints of its evidence tiles.
 
-    Top level: every field of ``record.to_dict()`` except ``accounting``, plus ``evidence`` (tiles
-    as ``{level, tile_rc, bbox_px: [x0, y0, x1, y1], score, is_final}``) and ``accounting`` as plain
-    numbers (``flops`` = total FLOPs, ``seconds`` = total wall time). ``record`` holds the untouched
-    ``record.to_dict()``, which :meth:`AnswerRecord.from_dict` reads back.
+    The line is ``record.to_dict()`` (so :meth:`AnswerRecord.from_dict` reads it back) with one
+    more key, ``footprints``: one object per final evidence tile, ``{dip_level, tile_rc,
+    bbox_px: [x0, y0, x1, y1] (level-0 pixel corners), score, lonlat, scene_crs}``, where
+    ``lonlat`` is a GeoJSON Polygon in EPSG:4326 (RFC 7946 winding, edges densified) and
+    ``scene_crs`` the same tile in the scene CRS (``record.scene.crs_wkt``); both are null for a
+    scene without georeference.
     """
-    full = record.to_dict()
-    acc = record.accounting
-    data = {key: value for key, value in full.items() if key != "accounting"}
-    data["evidence"] = [
+    from shapely import orient_polygons
+    from shapely.geometry import mapping
+
+    from lrs_core.outputs import record_geometries
+
+    data = record.to_dict()
+    data["footprints"] = [
         {
-            "level": tile.dip_level,
-            "tile_rc": list(tile.tile_rc),
-            "bbox_px": list(tile.bbox_px),
-            "score": tile.score,
-            "is_final": tile.is_final,
+            "dip_level": row.dip_level,
+            "tile_rc": list(row.index_rc),
+            "bbox_px": list(row.bbox_px),
+            "score": row.score,
+            "lonlat": None
+            if row.geometry_lonlat is None
+            else dict(mapping(orient_polygons(row.geometry_lonlat, exterior_cw=False))),
+            "scene_crs": None if row.geometry_crs is None else dict(mapping(row.geometry_crs)),
         }
-        for tile in record.evidence_tiles
+        for row in record_geometries(record, top_tokens=0)
     ]
-    data["accounting"] = {
-        "vision_tiles_encoded": acc.vision_tiles_encoded,
-        "vision_tiles_cached": acc.vision_tiles_cached,
-        "tokens_per_level": list(acc.tokens_per_level),
-        "vision_tokens_to_llm": acc.vision_tokens_to_llm,
-        "llm_text_tokens": acc.llm_text_tokens,
-        "llm_prefill_tokens": acc.llm_prefill_tokens,
-        "decode_steps": acc.decode_steps,
-        "flops": acc.flops.total_flops,
-        "seconds": acc.seconds.get("total", 0.0),
-        "peak_memory_bytes": acc.peak_memory_bytes,
-        "planned": acc.planned,
-    }
-    data["record"] = full
     return data
 
 
@@ -96,6 +90,12 @@ def ask(
         bool, typer.Option("--dry-run", help="Count tiles, tokens and FLOPs; run no model.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON record per question.")] = False,
+    geojson: Annotated[
+        Path | None,
+        typer.Option(
+            "--geojson", help="Also write the answers and evidence footprints (EPSG:4326) here."
+        ),
+    ] = None,
 ) -> None:
     """Answer questions about a scene with a coarse-to-fine pruned vision-language model."""
     from lrs_core.ask import Question, load_engine, read_questions_file
@@ -133,6 +133,11 @@ def ask(
             records = engine.answer_many(
                 pyramid, [(q.question_id, q.text) for q in items], progress=update
             )
+    if geojson is not None:
+        from lrs_core.outputs import write_geojson
+
+        with reported_errors():
+            write_geojson(records, geojson)
     for record in records:
         if as_json:
             print_json(record_json(record))

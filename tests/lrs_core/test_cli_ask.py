@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pyproj import Transformer
+from shapely.geometry import Point, shape
 from typer.testing import CliRunner
 
 from lrs_core.cli import build_app
 from lrs_core.records import AnswerRecord
+from tests.fixtures.scenes import SCENE_EPSG, SCENE_ORIGIN_XY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,7 +25,10 @@ def _ask(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout
 
 
-def test_json_record_has_the_documented_keys(tiny_model_dir: Path, ingested_store: Path) -> None:
+def test_json_record_has_the_documented_keys(
+    tiny_model_dir: Path, ingested_store: Path, tmp_path: Path
+) -> None:
+    geojson = tmp_path / "answers.geojson"
     code, out = _ask(
         "--scene",
         str(ingested_store),
@@ -32,22 +39,42 @@ def test_json_record_has_the_documented_keys(tiny_model_dir: Path, ingested_stor
         "--max-new-tokens",
         "2",
         "--json",
+        "--geojson",
+        str(geojson),
     )
     assert code == 0, out
     (line,) = out.strip().splitlines()
     data = json.loads(line)
     assert data["preset"] == "default" and isinstance(data["answer"], str)
-    assert data["evidence"] and {"level", "tile_rc", "bbox_px", "score", "is_final"} <= set(
-        data["evidence"][0]
-    )
-    x0, y0, x1, y1 = data["evidence"][0]["bbox_px"]
-    assert 0 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 700
+    # The record is written once: no second copy, no second evidence list.
+    assert "record" not in data and "evidence" not in data
+    record = AnswerRecord.from_dict(data)
+    as_json = json.loads(json.dumps(record.to_dict()))
+    assert as_json == {k: v for k, v in data.items() if k != "footprints"}
     acc = data["accounting"]
     for key in ("vision_tiles_encoded", "llm_prefill_tokens", "vision_tokens_to_llm"):
         assert isinstance(acc[key], int) and acc[key] > 0
-    assert acc["flops"] > 0 and acc["seconds"] > 0
-    record = AnswerRecord.from_dict(data["record"])
-    assert record.accounting.flops.total_flops == acc["flops"]
+    assert acc["flops"]["total_flops"] > 0 and acc["seconds"]["total"] > 0
+    # Footprints of the final tiles: pixels, scene CRS (0.5 m pixels), EPSG:4326.
+    final = [t for t in record.evidence_tiles if t.is_final]
+    assert len(data["footprints"]) == len(final) > 0
+    to_lonlat = Transformer.from_crs(SCENE_EPSG, 4326, always_xy=True)
+    for footprint, tile in zip(data["footprints"], final, strict=True):
+        x0, y0, x1, y1 = footprint["bbox_px"]
+        assert [x0, y0, x1, y1] == list(tile.bbox_px)
+        assert 0 <= x0 < x1 <= 1000 and 0 <= y0 < y1 <= 700
+        scene_xy = np.asarray(footprint["scene_crs"]["coordinates"][0])
+        assert scene_xy[:, 0].min() == pytest.approx(SCENE_ORIGIN_XY[0] + 0.5 * x0)
+        assert scene_xy[:, 1].max() == pytest.approx(SCENE_ORIGIN_XY[1] - 0.5 * y0)
+        lonlat = shape(footprint["lonlat"])
+        lon, lat = to_lonlat.transform(
+            SCENE_ORIGIN_XY[0] + 0.5 * (x0 + x1) / 2, SCENE_ORIGIN_XY[1] - 0.5 * (y0 + y1) / 2
+        )
+        assert lonlat.contains(Point(lon, lat))
+    # --geojson: the answer and its footprints, EPSG:4326.
+    collection = json.loads(geojson.read_text())
+    kinds = [f["properties"]["kind"] for f in collection["features"]]
+    assert kinds[0] == "answer" and kinds.count("tile") == len(final)
 
 
 def test_questions_file_gives_one_line_each_and_dry_run(

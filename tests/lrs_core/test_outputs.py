@@ -239,7 +239,9 @@ def test_geojson_is_a_valid_feature_collection(tmp_path: Path) -> None:
 
 def test_overlay_png_draws_heat_and_tiles(tmp_path: Path) -> None:
     record = make_record(make_scene())
-    path = outputs.write_overlay_png(record, FakePyramid(), tmp_path / "o.png", max_side_px=200)
+    path = outputs.write_overlay_png(
+        record, FakePyramid(), tmp_path / "o.png", max_side_px=200, annotated=False
+    )
     image = np.asarray(Image.open(path).convert("RGB"))
     assert image.shape == (140, 200, 3)
     plain = FakePyramid().thumbnail(max_side_px=200)
@@ -250,7 +252,9 @@ def test_overlay_png_draws_heat_and_tiles(tmp_path: Path) -> None:
     no_heat = AnswerRecord.from_dict({**record.to_dict(), "heatmap": None})
     bare = np.asarray(
         Image.open(
-            outputs.write_overlay_png(no_heat, FakePyramid(), tmp_path / "b.png", max_side_px=200)
+            outputs.write_overlay_png(
+                no_heat, FakePyramid(), tmp_path / "b.png", max_side_px=200, annotated=False
+            )
         )
     )
     assert np.array_equal(bare[70, 20], plain[70, 20])  # away from every outline, untouched
@@ -337,7 +341,9 @@ def test_outputs_with_a_real_pyramid(ingested_store: Path, tmp_path: Path) -> No
         assert row.geometry_crs.equals_exact(pyramid.footprint(row.bbox_px), 1e-6) or (
             row.geometry_crs.symmetric_difference(pyramid.footprint(row.bbox_px)).area < 1e-6
         )
-    path = outputs.write_overlay_png(record, pyramid, tmp_path / "real.png", max_side_px=100)
+    path = outputs.write_overlay_png(
+        record, pyramid, tmp_path / "real.png", max_side_px=100, annotated=False
+    )
     image = np.asarray(Image.open(path))
     assert image.shape == (70, 100, 3)
     cog = outputs.write_heatmap_cog(record, pyramid, tmp_path / "heat.tif")
@@ -352,7 +358,9 @@ def test_a_flat_heat_map_leaves_the_scene_visible(tmp_path: Path) -> None:
     )
     image = np.asarray(
         Image.open(
-            outputs.write_overlay_png(flat, FakePyramid(), tmp_path / "f.png", max_side_px=200)
+            outputs.write_overlay_png(
+                flat, FakePyramid(), tmp_path / "f.png", max_side_px=200, annotated=False
+            )
         )
     )
     plain = FakePyramid().thumbnail(max_side_px=200)
@@ -362,7 +370,9 @@ def test_a_flat_heat_map_leaves_the_scene_visible(tmp_path: Path) -> None:
     )
     heat = np.asarray(
         Image.open(
-            outputs.write_overlay_png(ramp, FakePyramid(), tmp_path / "r.png", max_side_px=200)
+            outputs.write_overlay_png(
+                ramp, FakePyramid(), tmp_path / "r.png", max_side_px=200, annotated=False
+            )
         )
     )
     # min-max normalised: the lone high cell (bottom-right) is tinted, the low top-left is not

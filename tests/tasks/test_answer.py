@@ -126,6 +126,11 @@ def test_summary_lists_failures_and_savings() -> None:
     assert table[0]["tflops"] == 1.0 and table[1]["status"] == "failed"
     nothing = summary_markdown(rows[1:], out="/o", model="/m", preset="default")
     assert "nothing to compare" in nothing
+    assert "on the map" not in text
+    linked = summary_markdown(
+        rows, out="/data/run 7/", model="/m", preset="default", serve_url="http://127.0.0.1:8000/"
+    )
+    assert "[Open these answers on the map](http://127.0.0.1:8000/?run=run+7)" in linked
 
 
 class Killed(BaseException):
