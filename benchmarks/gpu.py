@@ -179,8 +179,8 @@ def run_preset(
     max_tiles: int,
 ) -> dict[str, Any]:
     """Measure one preset on one scene: warm-up, then ``n_questions`` on a cold feature cache."""
-    from lrs_core.features import FeatureCache
-    from lrs_core.focus import FocusConfig, FocusEngine
+    from lrs_core.focus.engine import FocusConfig, FocusEngine
+    from lrs_core.focus.features import FeatureCache
 
     config = FocusConfig.preset(preset, max_new_tokens=max_new_tokens)
     plan = FocusEngine(loaded, config=config, feature_cache=FeatureCache()).plan(
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from lrs_core.models.io import set_attn_implementation
     from lrs_core.models.runtime import resolve_device
-    from lrs_core.pyramid import open_pyramid
+    from lrs_core.raster.pyramid import open_pyramid
 
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

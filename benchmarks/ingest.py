@@ -75,7 +75,7 @@ def worker_lrs(source: str, out_dir: str) -> dict[str, float]:
     import distributed  # noqa: F401 -- imported before timing, like rasterio for GDAL
     import pystac  # noqa: F401
 
-    from lrs_core.ingest import IngestConfig, ingest_scene
+    from lrs_core.raster.ingest import IngestConfig, ingest_scene
 
     start = time.perf_counter()
     result = ingest_scene(source, out_dir, config=IngestConfig(), overwrite=True)
@@ -130,7 +130,7 @@ def measure_reads(store: Path, *, n_reads: int = 40, window_px: int = 336) -> No
     """Print the median latency of random window reads at every store level (handles kept open)."""
     from rasterio.windows import Window
 
-    from lrs_core.pyramid import open_pyramid
+    from lrs_core.raster.pyramid import open_pyramid
 
     start = time.perf_counter()
     pyramid = open_pyramid(store)

@@ -194,8 +194,8 @@ def write_scene(path: Path, width: int, height: int) -> Path:
 def prepare_scene(scratch: Path, name: str, width: int, height: int) -> Path:
     """Return the store of a scene, writing and ingesting it only when it is not cached."""
     from lrs_core.errors import LrsError
-    from lrs_core.ingest import ingest_scene
-    from lrs_core.pyramid import open_pyramid
+    from lrs_core.raster.ingest import ingest_scene
+    from lrs_core.raster.pyramid import open_pyramid
 
     scene_id = f"qa-{name}-{width}x{height}-v{SCENE_VERSION}"
     stores = scratch / "stores"
@@ -317,10 +317,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Plan, and measure where feasible, each preset of ``job["presets"]`` on one scene."""
     import torch
 
-    from lrs_core.features import FeatureCache
-    from lrs_core.focus import FocusConfig, FocusEngine
+    from lrs_core.focus.engine import FocusConfig, FocusEngine
+    from lrs_core.focus.features import FeatureCache
     from lrs_core.models.io import load_model
-    from lrs_core.pyramid import open_pyramid
+    from lrs_core.raster.pyramid import open_pyramid
 
     torch.manual_seed(0)
     loaded = load_model(job["model_dir"])

@@ -45,9 +45,9 @@ SCENE = qa.QUICK_SCENES[0]
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from lrs_core.focus import FocusConfig, FocusEngine
+    from lrs_core.focus.engine import FocusConfig, FocusEngine
     from lrs_core.models.io import load_model
-    from lrs_core.pyramid import open_pyramid
+    from lrs_core.raster.pyramid import open_pyramid
 
     scratch = Path(args.scratch)
     model_dir = qa.prepare_model(scratch, args.size)

@@ -102,7 +102,7 @@ def write_cog(source: Path, path: Path) -> Path:
 
 
 def prepare(scratch: Path, width: int, height: int) -> tuple[Path, Path, dict[str, float]]:
-    from lrs_core.ingest import IngestConfig, ingest_scene
+    from lrs_core.raster.ingest import IngestConfig, ingest_scene
 
     scratch.mkdir(parents=True, exist_ok=True)
     name = f"scene{width}x{height}v{SCENE_VERSION}"

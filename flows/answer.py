@@ -40,11 +40,11 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.outcome import failed_run
-from lrs_core.batch_outputs import BatchCounts, batch_lock
 from lrs_core.errors import DatasetError, OutputNotWritableError
-from lrs_core.ingest import RASTER_SUFFIXES
 from lrs_core.locks import WriterLockedError
-from lrs_core.outputs import BatchWriter, answered_ids
+from lrs_core.outputs.parts import BatchCounts, batch_lock
+from lrs_core.outputs.writers import BatchWriter, answered_ids
+from lrs_core.raster.ingest import RASTER_SUFFIXES
 from tasks.answer import answer_scene_task, cached_engine
 from tasks.artifacts import progress_reporter, publish_answer_artifacts
 from tasks.ingest import ingest_scene_task

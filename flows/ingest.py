@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from lrs_core.ingest import RASTER_SUFFIXES, expand_sources
+from lrs_core.raster.ingest import RASTER_SUFFIXES, expand_sources
 from tasks.ingest import ingest_scene_task
 
 #: Scenes ingested at the same time by one flow run (each also uses ``IngestConfig.n_workers``).

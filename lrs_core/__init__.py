@@ -20,6 +20,6 @@ def open_datatree(store: str | os.PathLike[str]) -> xr.DataTree:
 
     Imported lazily, so ``import lrs_core`` stays light.
     """
-    from lrs_core.pyramid import open_datatree as open_store_tree
+    from lrs_core.raster.pyramid import open_datatree as open_store_tree
 
     return open_store_tree(store)

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lrs_core.errors import ConfigError
-from lrs_core.ingest import IngestConfig, ingest_scene
+from lrs_core.raster.ingest import IngestConfig, ingest_scene
 from tasks._retry import retry_condition_fn
 from tasks.artifacts import progress_reporter
 

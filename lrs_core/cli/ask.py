@@ -34,7 +34,7 @@ def record_json(record: AnswerRecord) -> dict[str, Any]:
     from shapely import orient_polygons
     from shapely.geometry import mapping
 
-    from lrs_core.outputs import record_geometries
+    from lrs_core.outputs.writers import record_geometries
 
     data = record.to_dict()
     data["footprints"] = [
@@ -98,10 +98,10 @@ def ask(
     ] = None,
 ) -> None:
     """Answer questions about a scene with a coarse-to-fine pruned vision-language model."""
-    from lrs_core.ask import Question, load_engine, read_questions_file
+    from lrs_core.batch.ask import Question, load_engine, read_questions_file
     from lrs_core.cli._common import check_budget, check_question, progress_bar, reported_errors
     from lrs_core.errors import LrsError
-    from lrs_core.pyramid import open_pyramid
+    from lrs_core.raster.pyramid import open_pyramid
 
     if (question is None) == (questions is None):
         fail("give exactly one of --question TEXT or --questions FILE", code=EXIT_USAGE)
@@ -134,7 +134,7 @@ def ask(
                 pyramid, [(q.question_id, q.text) for q in items], progress=update
             )
     if geojson is not None:
-        from lrs_core.outputs import write_geojson
+        from lrs_core.outputs.writers import write_geojson
 
         with reported_errors():
             write_geojson(records, geojson)

@@ -28,7 +28,7 @@ def dip_command(
 
     from lrs_core.cli import EXIT_USAGE
     from lrs_core.cli._common import fail, print_json, reported_errors
-    from lrs_core.dip import DipConfig, plan_pyramid
+    from lrs_core.dip.plan import DipConfig, plan_pyramid
     from lrs_core.errors import ConfigError
 
     overrides = {} if min_level_ratio is None else {"min_level_ratio": min_level_ratio}

@@ -59,7 +59,7 @@ def ingest(
 
     from lrs_core.cli._common import progress_bar
     from lrs_core.errors import ConfigError, LrsWarning, OutputNotWritableError
-    from lrs_core.ingest import IngestConfig, ingest_many, prepare_out_dir, scan_sources
+    from lrs_core.raster.ingest import IngestConfig, ingest_many, prepare_out_dir, scan_sources
 
     try:
         config = IngestConfig(bands=_parse_bands(bands))

@@ -126,7 +126,7 @@ def info_command(
     with reported_errors(config_is_usage=True):
         layout = detect_layout(model_dir)
         if not load and (model_dir / PROJECT_CONFIG_FILE).is_file():
-            from lrs_core.ask import load_engine
+            from lrs_core.batch.ask import load_engine
 
             loaded = load_engine(model_dir, preset="thumbnail", weights=False).loaded
         else:

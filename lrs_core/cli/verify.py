@@ -20,7 +20,7 @@ def verify(
     Exit status 0 when every store passes, 1 when any fails or is not a store.
     """
     from lrs_core.errors import LrsError
-    from lrs_core.integrity import verify_store
+    from lrs_core.raster.integrity import verify_store
 
     failed = False
     for store in stores:

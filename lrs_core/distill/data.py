@@ -39,16 +39,16 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lrs_core.dip import DipConfig, DipLevel, DipPlan, plan_pyramid
+from lrs_core.dip.plan import DipConfig, DipLevel, DipPlan, plan_pyramid
 from lrs_core.distill.loss import IGNORE_INDEX, DistillBatch
 from lrs_core.errors import DatasetError, NotGeoreferencedWarning
 from lrs_core.evaluation.lrs_vqa import iter_jsonl
+from lrs_core.focus.tiles import mean_rgb_uint8, read_thumbnail, read_tiles
 from lrs_core.models.families.engine_model import QWEN_VL_TEMPLATE, QwenVlEngineModel
 from lrs_core.models.layout import SequenceLayout, TokenKind, assemble_batch, build_layout
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER, PromptIds, tokenize_prompt
 from lrs_core.models.vlm import VisionLanguageModel
-from lrs_core.pyramid import Pyramid, open_pyramid
-from lrs_core.tiles import mean_rgb_uint8, read_thumbnail, read_tiles
+from lrs_core.raster.pyramid import Pyramid, open_pyramid
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def open_scene(image: Path, *, store_dir: Path) -> Pyramid:
     """
     if image.is_dir():
         return open_pyramid(image)
-    from lrs_core.ingest import ingest_scene
+    from lrs_core.raster.ingest import ingest_scene
 
     stem = "_".join(image.with_suffix("").parts[-2:]) if len(image.parts) > 1 else image.stem
     with warnings.catch_warnings():

@@ -10,7 +10,7 @@ The library face of ``lrs eval run`` and of the ``evaluate`` flow. Both benchmar
    byte for byte).
 3. Group the remaining questions by image. Each image is ingested once into ``store_dir`` with
    :func:`lrs_core.ingest.ingest_scene` (a finished store is skipped, so stores are reused across
-   runs and chunks), then its questions are answered by one :class:`~lrs_core.focus.FocusEngine`,
+   runs and chunks), then its questions are answered by one :class:`~lrs_core.focus.engine.FocusEngine`,
    which shares tile features between the questions of a scene.
 4. Each answer is appended to ``out`` and flushed as soon as it exists. A question that fails (its
    image is missing or unreadable, its text does not fit the context, ...) gets a line with an
@@ -70,12 +70,12 @@ from lrs_core.evaluation.lrs_vqa import (
     resolve_image_path,
 )
 from lrs_core.evaluation.mme import build_prompt, parse_item, read_raw_rows
-from lrs_core.ingest import IngestConfig, IngestResult, ingest_scene
 from lrs_core.locks import exclusive_writer
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER
+from lrs_core.raster.ingest import IngestConfig, IngestResult, ingest_scene
 
 if TYPE_CHECKING:
-    from lrs_core.focus import FocusEngine
+    from lrs_core.focus.engine import FocusEngine
     from lrs_core.records import AnswerRecord
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ class EngineSpec:
         budget: ``token_budget`` override; None keeps the preset's.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
-        overrides: further :class:`~lrs_core.focus.FocusConfig` fields.
+        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields.
     """
 
     model_dir: Path
@@ -313,7 +313,7 @@ class EngineSpec:
 
     def load(self) -> FocusEngine:
         """Load the model and return the engine (see :func:`lrs_core.ask.load_engine`)."""
-        from lrs_core.ask import load_engine
+        from lrs_core.batch.ask import load_engine
 
         return load_engine(
             self.model_dir,
@@ -432,7 +432,7 @@ def answer_scenes(
     Raises:
         ConfigError: unknown preset or field. WeightsError: the model does not load.
     """
-    from lrs_core.pyramid import open_pyramid
+    from lrs_core.raster.pyramid import open_pyramid
 
     total = sum(len(scene.questions) for scene in scenes)
     if total == 0:
@@ -592,7 +592,7 @@ def run_lrs_vqa(
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
-        overrides: further :class:`~lrs_core.focus.FocusConfig` fields (e.g. ``max_new_tokens``).
+        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g. ``max_new_tokens``).
         ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
         keep_heatmap: keep the scene heat map in each line's record.
         progress: called with ``(questions done, questions pending)`` after each question.
@@ -746,7 +746,7 @@ def run_mme(
         budget: ``token_budget`` override.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         dtype: model dtype name.
-        overrides: further :class:`~lrs_core.focus.FocusConfig` fields.
+        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields.
         ingest_config: how images become stores.
         keep_heatmap: keep the scene heat map in each line's record.
         progress: called with ``(questions done, questions pending)``.

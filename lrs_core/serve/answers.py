@@ -2,7 +2,7 @@
 
 Each folder given to ``lrs serve --answers`` is one *run* (its id is the folder name, made unique
 with ``-2``, ``-3`` ... when two folders share a name). Its answers are read with the batch-output
-layout of :mod:`lrs_core.batch_outputs` (``answers.parquet/part-*.parquet``, each record in the
+layout of :mod:`lrs_core.outputs.parts` (``answers.parquet/part-*.parquet``, each record in the
 ``record_json`` column); a part's modification time dates its answers. A run folder may hold the
 requests it was given (``requests.csv``, ``requests.jsonl`` or ``inputs/requests.csv`` with an
 ``id``/``question_id`` column, as ``lrs demo`` writes): their ids not yet answered count as pending.
@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from lrs_core.batch_outputs import PARTS_DIRNAME
 from lrs_core.errors import LrsError
-from lrs_core.outputs import geojson_features
+from lrs_core.outputs.parts import PARTS_DIRNAME
+from lrs_core.outputs.writers import geojson_features
 from lrs_core.records import AnswerRecord
 
 log = logging.getLogger(__name__)

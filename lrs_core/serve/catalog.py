@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lrs_core.errors import GeoreferenceError, LrsError, SceneNotFoundError
-from lrs_core.pyramid import LRS_ATTR, Pyramid, open_pyramid, read_store_attributes
+from lrs_core.raster.pyramid import LRS_ATTR, Pyramid, open_pyramid, read_store_attributes
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class SceneCatalog:
 
 def _entry(pyramid: Pyramid, store: Path) -> SceneEntry:
     """The catalogue entry of an open pyramid (EPSG:4326 bounds of its whole footprint)."""
-    from lrs_core.pyramid import is_north_up
+    from lrs_core.raster.pyramid import is_north_up
 
     width, height = pyramid.size_wh
     bounds: tuple[float, float, float, float] | None = None

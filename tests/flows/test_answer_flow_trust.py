@@ -8,8 +8,8 @@ import pytest
 
 from flows.answer import DATA_ROOT_ENV, _resolve_scene, answer_questions, data_root_of
 from flows.outcome import run_result
-from lrs_core.batch_outputs import BatchCounts
 from lrs_core.locks import WriterLockedError, exclusive_writer
+from lrs_core.outputs.parts import BatchCounts
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -34,7 +34,7 @@ def _hold(ready: Path, release: Path) -> None:
 
 
 def _answers(out: str, qids: str, ready: Path, release: Path, wait: bool) -> None:
-    from lrs_core.batch_outputs import BatchWriter
+    from lrs_core.outputs.parts import BatchWriter
     from lrs_core.records import AnswerRecord, SceneRef, TileEvidence
 
     scene = SceneRef(scene_id="s", store="/stores/s.zarr", size_wh=(100, 100))
@@ -81,7 +81,7 @@ class _InstantEngine:
 
 def _predictions(questions: str, out: str, ready: Path, release: Path, wait: bool) -> None:
     from lrs_core.evaluation import runner
-    from lrs_core.ingest import IngestConfig
+    from lrs_core.raster.ingest import IngestConfig
 
     runner.EngineSpec.load = lambda self: _InstantEngine()  # type: ignore[assignment,method-assign,return-value]
     held = False

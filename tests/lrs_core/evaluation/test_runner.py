@@ -44,7 +44,7 @@ from lrs_core.evaluation.runner import (
 from lrs_core.evaluation.scoring import is_correct, score_files
 from lrs_core.evaluation.synth import SynthConfig, SynthSet, write_synthetic_set
 from lrs_core.evaluation.wordnet import WordNetMatcher
-from lrs_core.ingest import IngestConfig
+from lrs_core.raster.ingest import IngestConfig
 from lrs_core.records import AnswerRecord
 from tests.fixtures.scenes import make_rgb_pattern
 

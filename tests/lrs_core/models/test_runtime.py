@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lrs_core.ask import load_engine
+from lrs_core.batch.ask import load_engine
 from lrs_core.cli import build_app
 from lrs_core.errors import ConfigError, WeightsError
 from lrs_core.models.io import load_model, save_model
@@ -20,7 +20,7 @@ from lrs_core.models.runtime import (
     resolve_device,
     resolve_dtype,
 )
-from lrs_core.pyramid import open_pyramid
+from lrs_core.raster.pyramid import open_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NO_CUDA = not torch.cuda.is_available()

@@ -12,7 +12,7 @@ from morecantile import tms as tms_registry
 from PIL import Image
 from pyproj import Transformer
 
-from lrs_core.pyramid import open_pyramid
+from lrs_core.raster.pyramid import open_pyramid
 from lrs_core.serve import ServeConfig, create_app
 from lrs_core.serve.tiles import SceneTiler
 from tests.fixtures.scenes import SCENE_ORIGIN_XY, SCENE_PIXEL_SIZE_M

@@ -31,7 +31,7 @@ from PIL import Image
 from rasterio.transform import from_bounds
 from rasterio.warp import Resampling, reproject
 
-from lrs_core.batch_outputs import BatchWriter, read_records
+from lrs_core.outputs.parts import BatchWriter, read_records
 from tests.fixtures.serve import SERVED_SCENE_ID, ServedFolders
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,0 +1,1 @@
+"""dip package of lrs_core."""

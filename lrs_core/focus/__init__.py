@@ -1,0 +1,1 @@
+"""focus package of lrs_core."""

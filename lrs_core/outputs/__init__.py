@@ -1,0 +1,1 @@
+"""outputs package of lrs_core."""

@@ -1,0 +1,1 @@
+"""raster package of lrs_core."""
