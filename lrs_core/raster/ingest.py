@@ -58,11 +58,10 @@ from lrs_core.errors import (
 from lrs_core.fsio import write_bytes_atomic
 from lrs_core.locks import exclusive_writer
 from lrs_core.raster.integrity import (
-    DIGESTS_FILE,
     Region,
     digests_attribute,
-    digests_document,
     region_digest,
+    write_region_digests,
 )
 from lrs_core.raster.pyramid import (
     DIGESTS_ATTR,
@@ -1042,11 +1041,7 @@ def _ingest_locked(
         for task in (t for tasks in passes for t in tasks):
             for store_level, region in _marker(task).regions:
                 regions_by_level[store_level].append(region)
-        write_bytes_atomic(
-            store / DIGESTS_FILE,
-            json.dumps(digests_document(regions_by_level)).encode(),
-            durable=True,
-        )
+        write_region_digests(store, regions_by_level)
         digests = digests_attribute(regions_by_level)
         write_stac_item(
             path=stac_path,

@@ -3,14 +3,15 @@
 The ingest hashes every region it writes, in memory, as it writes it (no read-back): a region is
 a chunk-aligned rectangle ``(top, left, height, width)`` of one level, and its digests are
 blake2b-128 of its RGB pixels, uint8 ``(y, x, band)`` in C order, and of its validity mask as
-uint8 0/1 ``(y, x)`` in C order. The region list goes to ``<store>/lrs_digests.json``::
+uint8 0/1 ``(y, x)`` in C order. Each level's region list goes into that level group's
+attributes (``<store>/<level>/zarr.json``, so the store holds nothing Zarr does not know)::
 
-    {"algorithm": "blake2b-128", "levels": [[[top, left, h, w, rgb_hex, valid_hex], ...], ...]}
+    "lrs.regions": [[top, left, h, w, rgb_hex, valid_hex], ...]
 
 and the root attributes get, in ``lrs.digests``, one digest per level over that level's sorted
 region lines (``top,left,h,w,<hex>`` and a newline each), written before ``lrs.complete``::
 
-    {"algorithm": "blake2b-128", "file": "lrs_digests.json",
+    {"algorithm": "blake2b-128", "regions_attr": "lrs.regions",
      "levels": [{"rgb": hex, "valid": hex}, ...]}
 
 :func:`verify_store` checks that the regions tile each level exactly, recomputes every region's
@@ -23,7 +24,7 @@ writes with; ``docs/pyramid.md``) and that invalid pixels hold 0.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,8 +48,8 @@ from lrs_core.raster.pyramid import (
 #: Hash of the content digests (and its digest size in bytes).
 DIGEST_ALGORITHM = "blake2b-128"
 DIGEST_BYTES = 16
-#: File (in the store root) listing the digest of every written region.
-DIGESTS_FILE = "lrs_digests.json"
+#: Attribute of each level group listing the digest of every region written to that level.
+REGIONS_ATTR = "lrs.regions"
 #: Rows of a level read at a time by the reduction check (even, so a strip reduces to whole rows).
 STRIP_ROWS = 1024
 #: Largest |difference| allowed between a stored level and the reduction of the level below.
@@ -90,19 +91,27 @@ def combine_regions(regions: Sequence[Region]) -> dict[str, str]:
     return {"rgb": rgb_hash.hexdigest(), "valid": valid_hash.hexdigest()}
 
 
-def digests_document(regions_by_level: Sequence[Sequence[Region]]) -> dict[str, Any]:
-    """The ``lrs_digests.json`` document: every level's regions, sorted."""
-    return {
-        "algorithm": DIGEST_ALGORITHM,
-        "levels": [sorted(list(r) for r in regions) for regions in regions_by_level],
-    }
+def write_region_digests(store: Path, regions_by_level: Sequence[Sequence[Region]]) -> None:
+    """Write each level's sorted region list into its group's attributes, durably.
+
+    Each level's ``zarr.json`` is fsynced, so once the completion flag (written after this) is on
+    disk, so are the region lists.
+    """
+    root = zarr.open_group(str(store), mode="r+")
+    for store_level, regions in enumerate(regions_by_level):
+        level_group = root[str(store_level)]
+        assert isinstance(level_group, zarr.Group)
+        level_group.attrs[REGIONS_ATTR] = sorted(list(r) for r in regions)
+        metadata = store / str(store_level) / "zarr.json"
+        with metadata.open("rb") as handle:
+            os.fsync(handle.fileno())
 
 
 def digests_attribute(regions_by_level: Sequence[Sequence[Region]]) -> dict[str, Any]:
     """The ``lrs.digests`` root attribute: one combined digest pair per level."""
     return {
         "algorithm": DIGEST_ALGORITHM,
-        "file": DIGESTS_FILE,
+        "regions_attr": REGIONS_ATTR,
         "levels": [combine_regions(regions) for regions in regions_by_level],
     }
 
@@ -131,15 +140,20 @@ def _arrays(group: zarr.Group, store_level: int) -> tuple[zarr.Array[Any], zarr.
     return rgb, valid
 
 
-def _read_regions(store: Path, n_levels: int) -> tuple[list[list[Region]] | None, str | None]:
-    """The region lists of ``lrs_digests.json``, or None and why they cannot be used."""
-    try:
-        document = json.loads((store / DIGESTS_FILE).read_text())
-        levels = document["levels"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return None, f"{DIGESTS_FILE} is missing or unreadable ({err})"
-    if not isinstance(levels, list) or len(levels) != n_levels:
-        return None, f"{DIGESTS_FILE} does not list {n_levels} levels"
+def _read_regions(
+    group: zarr.Group, n_levels: int
+) -> tuple[list[list[Region]] | None, str | None]:
+    """The region lists of every level's ``lrs.regions``, or None and why they cannot be used."""
+    levels: list[list[Region]] = []
+    for store_level in range(n_levels):
+        try:
+            level_group = group[str(store_level)]
+            regions = level_group.attrs[REGIONS_ATTR]
+        except KeyError:
+            return None, f"level {store_level}: {REGIONS_ATTR} is missing"
+        if not isinstance(regions, list):
+            return None, f"level {store_level}: {REGIONS_ATTR} is not a list of regions"
+        levels.append(regions)
     return levels, None
 
 
@@ -244,7 +258,7 @@ def verify_store(store: str | Path) -> VerifyReport:
     missing = digest_problem(attributes)
     regions_by_level: list[list[Region]] | None = None
     if missing is None:
-        regions_by_level, missing = _read_regions(Path(store), n_levels)
+        regions_by_level, missing = _read_regions(group, n_levels)
     if missing is not None:
         problems.append(f"cannot check content: {missing}")
     stored = [] if regions_by_level is None else lrs[DIGESTS_ATTR]["levels"]
@@ -280,7 +294,7 @@ def verify_store(store: str | Path) -> VerifyReport:
                     "from their digests (changed after ingest)"
                 )
             elif combine_regions(regions) != stored[store_level]:
-                problems.append(f"level {store_level}: {DIGESTS_FILE} does not match lrs.digests")
+                problems.append(f"level {store_level}: {REGIONS_ATTR} does not match lrs.digests")
         checks.append(
             LevelCheck(
                 store_level=store_level,

@@ -118,15 +118,16 @@ def test_verify_finds_changed_pixels_and_missing_digests(tmp_path: Path) -> None
     not_a_store = runner.invoke(app, ["verify", str(tmp_path / "nothing.zarr")])
     assert not_a_store.exit_code == 1 and "no Zarr store" in not_a_store.output
 
-    regions_file = store / "lrs_digests.json"
-    document = json.loads(regions_file.read_text())
-    document["levels"][0].pop()
-    regions_file.write_text(json.dumps(document))
+    level_meta_file = store / "0" / "zarr.json"
+    level_meta = json.loads(level_meta_file.read_text())
+    level_meta["attributes"]["lrs.regions"].pop()
+    level_meta_file.write_text(json.dumps(level_meta))
     assert "level 0: the written regions do not cover the level exactly once" in " ".join(
         verify_store(store).problems
     )
-    regions_file.unlink()
-    assert "lrs_digests.json is missing" in " ".join(verify_store(store).problems)
+    del level_meta["attributes"]["lrs.regions"]
+    level_meta_file.write_text(json.dumps(level_meta))
+    assert "level 0: lrs.regions is missing" in " ".join(verify_store(store).problems)
     meta = json.loads((store / "zarr.json").read_text())
     del meta["attributes"]["lrs"]["digests"]
     (store / "zarr.json").write_text(json.dumps(meta))
