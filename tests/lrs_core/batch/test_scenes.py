@@ -15,14 +15,14 @@ def test_scene_inside_the_root_resolves(tmp_path: Path) -> None:
     raster.write_bytes(b"")
     stores = tmp_path / "stores"
     (stores / "known.zarr").mkdir(parents=True)
-    at_root = {"stores": str(stores), "data_root": root.resolve()}
-    assert resolve_scene("scenes/a.tif", **at_root) == ResolvedScene(
+    root = root.resolve()
+    assert resolve_scene("scenes/a.tif", stores=stores, data_root=root) == ResolvedScene(
         kind="raster", path=str(raster)
     )
-    assert resolve_scene("known", **at_root) == ResolvedScene(
+    assert resolve_scene("known", stores=stores, data_root=root) == ResolvedScene(
         kind="store", path=str(stores / "known.zarr")
     )
-    escape = resolve_scene("../../etc/x.tif", **at_root)
+    escape = resolve_scene("../../etc/x.tif", stores=stores, data_root=root)
     assert isinstance(escape, str) and "outside the data root" in escape
     missing = resolve_scene("nowhere", stores=stores)
     assert isinstance(missing, str) and "neither a store path" in missing
