@@ -114,6 +114,8 @@ def demo(
                     "See them on a map:",
                     f"  lrs serve --stores {result.out_dir / STORES_DIRNAME} --answers "
                     f"{result.out_dir}",
+                    "The same demo through the Prefect flows (runs, artifacts in the Prefect UI):",
+                    f"  python -m flows.demo {result.out_dir}",
                 ]
             ),
             highlight=False,
