@@ -1,26 +1,15 @@
-"""Flow ``lrs-demo``: the whole path on one machine, with the tiny random model.
+"""Flow ``lrs-demo``: the demo through the ingest and answer flows, seen in the Prefect UI.
 
-demo scene (a georeferenced GeoTIFF with planted objects) → ``ingest-scenes`` flow → the
-``answer-questions`` flow with the demo questions → outputs in ``OUT``::
-
-    OUT/answers.parquet/     GeoParquet parts (one per answer)
-    OUT/answers.geojson      evidence footprints in EPSG:4326
-    OUT/overlays/*.png       evidence and heat map on the scene thumbnail
-    OUT/inputs/              the demo scene, its requests.csv and planted objects
-    OUT/stores/              the scene's Zarr pyramid
-    OUT/model/               the tiny random model (built on first use; its answers are noise)
-
-``lrs demo --out OUT`` runs it. A rerun reuses the scene, store and model and answers nothing
-again (the answer flow is resumable). A run in which some questions failed ends ``Failed`` with
-their count (:mod:`flows.outcome`); :func:`run_demo` still returns every row.
+The same demo as ``lrs demo`` (:func:`lrs_core.demo.run_demo`, which needs no Prefect): the demo
+scene and tiny model from :mod:`lrs_core.demo`, then the ``ingest-scenes`` flow and the
+``answer-questions`` flow with the demo questions; outputs in ``OUT`` as listed in
+:mod:`lrs_core.demo`. A rerun answers nothing again (the answer flow is resumable). A run in which
+some questions failed ends ``Failed`` with their count (:mod:`flows.outcome`); :func:`run_demo`
+still returns every row. Run it with ``python -m flows.demo OUT``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,59 +18,30 @@ from prefect import flow, get_run_logger
 from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
 from flows.ingest import ingest_scenes
 from flows.outcome import failed_run, run_result
-from lrs_core.demo import DEMO_SCENE_WH, DemoScene, write_demo_scene
-from lrs_core.models.io import PROJECT_CONFIG_FILE, WEIGHTS_FILE
-from lrs_core.models.tiny import init_tiny
-from lrs_core.outputs.writers import GEOJSON_NAME, OVERLAYS_DIRNAME, PARTS_DIRNAME
+from lrs_core.demo import (
+    DEMO_PRESET,
+    DEMO_SCENE_WH,
+    INPUTS_DIRNAME,
+    MODEL_DIRNAME,
+    STORES_DIRNAME,
+    DemoResult,
+    demo_result,
+    ensure_tiny_model,
+    write_demo_scene,
+)
 
-INPUTS_DIRNAME = "inputs"
-STORES_DIRNAME = "stores"
-MODEL_DIRNAME = "model"
-#: Engine preset of the demo: the paper's coarse-to-fine loop with our fixes.
-DEMO_PRESET = "default"
-
-
-@dataclass(frozen=True, kw_only=True)
-class DemoResult:
-    """Where the demo's outputs are, and how its questions went.
-
-    Attributes:
-        out_dir: the output folder.
-        answers_parquet: the GeoParquet parts folder.
-        answers_geojson: the GeoJSON FeatureCollection.
-        overlays: the overlay PNGs written so far, sorted.
-        model_dir: the tiny model.
-        scene: the demo scene and questions.
-        rows: one row per question (``status`` ``answered``, ``skipped`` or ``failed``).
-        flow_run_id: id of the ``lrs-demo`` flow run (None when run without Prefect's state).
-    """
-
-    out_dir: Path
-    answers_parquet: Path
-    answers_geojson: Path
-    overlays: tuple[Path, ...]
-    model_dir: Path
-    scene: DemoScene
-    rows: tuple[dict[str, Any], ...]
-    flow_run_id: str | None = None
-
-    @property
-    def n_failed(self) -> int:
-        """Questions that failed."""
-        return sum(1 for row in self.rows if row["status"] == "failed")
-
-
-def ensure_tiny_model(model_dir: Path) -> Path:
-    """Return ``model_dir``, building the tiny random model there first if it is not complete."""
-    if (model_dir / PROJECT_CONFIG_FILE).is_file() and (model_dir / WEIGHTS_FILE).is_file():
-        return model_dir
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".model-", dir=model_dir.parent) as scratch:
-        built = init_tiny(Path(scratch) / MODEL_DIRNAME)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)  # an incomplete model folder of an interrupted demo
-        os.replace(built, model_dir)
-    return model_dir
+#: Where ``prefect server start`` serves the UI by default.
+PREFECT_UI_URL = "http://127.0.0.1:4200"
+#: Seconds Prefect may take to start its temporary server (its default, 20 s, is too short for a
+#: fresh PREFECT_HOME on a busy 2-core machine, where the first start migrates the database).
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+#: Environment for a Prefect run of the demo from a shell (telemetry off, a patient temporary
+#: server). Prefect reads it when first imported: export it before starting Python.
+PREFECT_ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
+}
 
 
 @flow(name="lrs-demo")
@@ -148,7 +108,7 @@ def run_demo(
     device: str = "auto",
     dtype: str = "auto",
 ) -> DemoResult:
-    """Run the ``lrs-demo`` flow and return where its outputs are.
+    """Run the ``lrs-demo`` flow and return where its outputs are (``run_id``: the flow run).
 
     Args:
         out_dir: output folder (created).
@@ -172,16 +132,12 @@ def run_demo(
         return_state=True,
     )
     result = run_result(state)  # raises the flow's error if it could not run at all
-    overlays = out / OVERLAYS_DIRNAME
-    return DemoResult(
-        out_dir=out,
-        answers_parquet=out / PARTS_DIRNAME,
-        answers_geojson=out / GEOJSON_NAME,
-        overlays=tuple(sorted(overlays.glob("*.png"))) if overlays.is_dir() else (),
-        model_dir=Path(result["model_dir"]),
+    return demo_result(
+        out,
         scene=write_demo_scene(out / INPUTS_DIRNAME, size_wh=size_wh),
+        model_dir=Path(result["model_dir"]),
         rows=tuple(result["rows"]),
-        flow_run_id=str(state.state_details.flow_run_id),
+        run_id=str(state.state_details.flow_run_id),
     )
 
 

@@ -20,46 +20,12 @@ from prefect.artifacts import create_markdown_artifact
 from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
 from flows.ingest import ingest_scenes
 from flows.outcome import failed_run, run_result
-from lrs_core.batch.ask import Question, read_questions_file
-from lrs_core.errors import DatasetError
+from lrs_core.batch.requests import read_questions, standing_requests
 from lrs_core.outputs.writers import answered_ids
 
 SUMMARY_ARTIFACT_KEY = "watch-summary"
 #: Ingest outcomes whose store is complete and can be asked about.
 READY_STATUSES = ("ingested", "skipped")
-
-
-def standing_questions(questions: str | list[str] | list[dict[str, str]]) -> list[Question]:
-    """Return the standing questions from a file or a list.
-
-    Args:
-        questions: a JSONL / CSV / text file (:func:`lrs_core.ask.read_questions_file`), or a list
-            of question strings (ids ``q1``, ``q2``...) or of ``{"question_id", "question"}``
-            dicts (``id`` and ``text`` are accepted too).
-
-    Raises:
-        DatasetError: the file is unreadable, a dict lacks its text, or an id repeats.
-    """
-    if isinstance(questions, str):
-        return read_questions_file(questions)
-    found: list[Question] = []
-    items: list[str | dict[str, str]] = list(questions)
-    for index, item in enumerate(items, start=1):
-        if isinstance(item, str):
-            found.append(Question(question_id=f"q{index}", text=item))
-            continue
-        text = item.get("question") or item.get("text")
-        if not text:
-            raise DatasetError(f"standing question {index} has no 'question' text: {item}")
-        found.append(
-            Question(
-                question_id=str(item.get("question_id") or item.get("id") or f"q{index}"), text=text
-            )
-        )
-    ids = [q.question_id for q in found]
-    if len(set(ids)) != len(ids) or not found:
-        raise DatasetError(f"standing questions need at least one question and unique ids: {ids}")
-    return found
 
 
 @flow(name="watch-folder")
@@ -80,7 +46,8 @@ def watch_folder(
     Args:
         inbox: folder (or glob) where new rasters land.
         store: folder of scene stores.
-        questions: the standing questions (a file or a list; see :func:`standing_questions`).
+        questions: the standing questions: a file or a list of strings or dicts
+            (:func:`lrs_core.batch.requests.read_questions`).
         model: the model directory.
         out: batch output folder shared by every run (answers accumulate there).
         preset: engine preset.
@@ -100,20 +67,13 @@ def watch_folder(
             ``result`` is the dict above.
     """
     logger = get_run_logger()
-    standing = standing_questions(questions)
+    standing = read_questions(questions)
     scenes = ingest_scenes(sources=[inbox], store=store, config=ingest_config)
     ready = [row for row in scenes if row["status"] in READY_STATUSES and row.get("store")]
     done = answered_ids(out)
-    requests = [
-        {
-            "scene": str(row["store"]),
-            "question": question.text,
-            "id": f"{row['scene_id']}-{question.question_id}",
-        }
-        for row in ready
-        for question in standing
-        if f"{row['scene_id']}-{question.question_id}" not in done
-    ]
+    requests = standing_requests(
+        [(str(row["scene_id"]), str(row["store"])) for row in ready], standing, answered=done
+    )
     new_scenes = sorted({r["scene"] for r in requests})
     logger.info(
         "%d scenes ready (%d failed to ingest); %d questions to answer about %d scenes",
@@ -166,5 +126,5 @@ def watch_folder(
 if __name__ == "__main__":
     import sys
 
-    inbox, store, questions, model, out = sys.argv[1:6]
-    watch_folder(inbox=inbox, store=store, questions=questions, model=model, out=out)
+    inbox, store, questions_file, model, out = sys.argv[1:6]
+    watch_folder(inbox=inbox, store=store, questions=questions_file, model=model, out=out)

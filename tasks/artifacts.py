@@ -5,8 +5,8 @@ answered and how, what failed and why, how many vision tokens and FLOPs the pres
 the ``full`` baseline (the whole scene at full resolution, counted by the engine's dry-run plan on
 the same scene and question), and where the model looked (the overlay PNGs).
 
-The row dicts these helpers read are the ones :func:`tasks.answer.answer_scene_task` returns and
-:mod:`flows.answer` completes for failed items: ``question_id``, ``scene``, ``scene_id``,
+The row dicts these helpers read are the ones :func:`lrs_core.batch.run.run_batch` returns (see
+:mod:`lrs_core.batch.run`): ``question_id``, ``scene``, ``scene_id``,
 ``question``, ``status`` (``answered``, ``skipped`` or ``failed``), ``answer``, ``error``,
 ``vision_tokens``, ``flops``, ``full_vision_tokens``, ``full_flops``, ``seconds``, ``overlay``.
 """

@@ -1,21 +1,21 @@
 """Answer questions about ingested scenes: load an engine, read question files, run them.
 
-The library face of ``lrs ask`` (and of the ask flow): :func:`load_engine` builds a
-:class:`~lrs_core.focus.engine.FocusEngine` from a model directory and a preset, :func:`answer_questions`
-answers a list of :class:`Question` about one scene store, sharing tile features between them, and
-:func:`read_questions_file` reads questions from JSONL, CSV or plain text.
+The library face of ``lrs ask`` (and of batches): :func:`load_engine` builds a
+:class:`~lrs_core.focus.engine.FocusEngine` from a model directory and a preset,
+:func:`answer_questions` answers a list of :class:`Question` about one scene store, sharing tile
+features between them, and
+:func:`read_questions_file` reads questions (:func:`lrs_core.batch.requests.read_questions`, the
+one reader of question and request files).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lrs_core.errors import DatasetError
+from lrs_core.batch.requests import Question, read_questions
 from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.focus.features import FeatureCache
 from lrs_core.models.families.engine_model import load_qwen_vl_engine
@@ -29,6 +29,7 @@ from lrs_core.models.io import (
     load_tokenizer,
     read_json,
 )
+from lrs_core.models.registry import resolve_model_dir
 from lrs_core.models.runtime import (
     DEVICE_AUTO,
     GenerationSettings,
@@ -40,22 +41,7 @@ from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.raster.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 
-#: Column / key names accepted for the question id and text (first match wins).
-ID_KEYS = ("question_id", "id", "qid")
-TEXT_KEYS = ("question", "text")
-
-
-@dataclass(frozen=True)
-class Question:
-    """One question about a scene.
-
-    Attributes:
-        question_id: id carried into the answer record.
-        text: the question.
-    """
-
-    question_id: str
-    text: str
+__all__ = ["Question", "answer_questions", "load_engine", "read_questions_file"]
 
 
 def load_engine(
@@ -72,7 +58,8 @@ def load_engine(
     """Load a model and return an engine for a preset.
 
     Args:
-        model_dir: a model directory (:func:`lrs_core.models.io.load_model` layouts, or a Hugging
+        model_dir: a model directory or name (:func:`lrs_core.models.registry.resolve_model_dir`;
+            :func:`lrs_core.models.io.load_model` layouts, or a Hugging
             Face Qwen2-VL / Qwen2.5-VL directory, loaded by
             :func:`lrs_core.models.families.engine_model.load_qwen_vl_engine`).
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or
@@ -92,6 +79,7 @@ def load_engine(
         ConfigError: unknown preset, field or dtype.
         WeightsError: the model cannot be loaded.
     """
+    model_dir = resolve_model_dir(model_dir)
     values = dict(overrides or {})
     if budget is not None:
         values["token_budget"] = budget
@@ -150,74 +138,6 @@ def answer_questions(
     )
 
 
-def _pick(row: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    for key in keys:
-        if key in row and row[key] not in (None, ""):
-            return row[key]
-    return None
-
-
-def _question_from_row(row: Mapping[str, Any], *, path: Path, line: int) -> Question:
-    text = _pick(row, TEXT_KEYS)
-    if not isinstance(text, str) or not text.strip():
-        raise DatasetError(
-            f"{path}:{line}: no question text; give a '{TEXT_KEYS[0]}' (or 'text') field"
-        )
-    qid = _pick(row, ID_KEYS)
-    return Question(question_id=str(qid) if qid is not None else f"q{line}", text=text.strip())
-
-
 def read_questions_file(path: str | Path) -> list[Question]:
-    """Read questions from a JSONL, CSV or plain-text file.
-
-    * ``.jsonl`` / ``.json``: one JSON object per line with ``question`` (or ``text``) and an
-      optional ``question_id`` (or ``id``/``qid``).
-    * ``.csv``: a header row naming the same columns.
-    * anything else: one question per non-empty line; ids are ``q<line number>``.
-
-    Lines without an id get ``q<line number>``. Blank lines are skipped.
-
-    Raises:
-        DatasetError: the file is missing, empty, or a row is malformed (naming file and line).
-    """
-    source = Path(path)
-    if not source.is_file():
-        raise DatasetError(f"{source}: questions file not found")
-    suffix = source.suffix.lower()
-    questions: list[Question] = []
-    text = source.read_text(encoding="utf-8")
-    if suffix in (".jsonl", ".json"):
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{source}:{line_no}: not a JSON object ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise DatasetError(
-                    f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}"
-                )
-            questions.append(_question_from_row(row, path=source, line=line_no))
-    elif suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if reader.fieldnames is None or not set(reader.fieldnames) & set(TEXT_KEYS):
-            raise DatasetError(
-                f"{source}:1: the CSV header must name a 'question' (or 'text') column"
-            )
-        for line_no, row in enumerate(reader, start=2):
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            questions.append(_question_from_row(row, path=source, line=line_no))
-    else:
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                questions.append(Question(question_id=f"q{line_no}", text=line.strip()))
-    if not questions:
-        raise DatasetError(f"{source}: no questions found")
-    seen: set[str] = set()
-    for question in questions:
-        if question.question_id in seen:
-            raise DatasetError(f"{source}: question_id {question.question_id!r} appears twice")
-        seen.add(question.question_id)
-    return questions
+    """Read questions from a JSONL, CSV, Parquet or plain-text file (:func:`read_questions`)."""
+    return read_questions(path)

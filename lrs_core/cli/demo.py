@@ -1,4 +1,4 @@
-"""``lrs demo``: the whole path (scene → ingest flow → answer flow → outputs) on this machine."""
+"""``lrs demo``: the whole path (scene → ingest → answers → outputs) on this machine, no Prefect."""
 
 from __future__ import annotations
 
@@ -17,20 +17,10 @@ from lrs_core.cli._common import (
     console,
     fail,
     print_json,
+    progress_bar,
     reported_errors,
 )
 
-#: Where ``prefect server start`` serves the UI by default.
-PREFECT_UI_URL = "http://127.0.0.1:4200"
-#: Seconds Prefect may take to start its temporary server (its default, 20 s, is too short for a
-#: fresh PREFECT_HOME on a busy 2-core machine, where the first start migrates the database).
-EPHEMERAL_STARTUP_TIMEOUT_S = 180
-#: Environment defaults for the Prefect run (telemetry off); the user's own values win.
-PREFECT_ENV_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
-}
 #: Characters of each answer the terminal shows (the tiny random model answers in byte garbage).
 ANSWER_PREVIEW_CHARS = 40
 
@@ -60,28 +50,26 @@ def demo(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Run the demo: a georeferenced demo scene, the ingest and answer flows, the tiny model."""
-    import os
-
+    """Run the demo: a georeferenced demo scene, ingested and answered by the tiny model."""
     check_budget(budget)
     check_out_path(out, kind="folder")
     check_runtime(device, dtype)
-    # Prefect reads these when it is first imported, so they are set before the import below.
-    for name, value in PREFECT_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    # Prefect is imported here, inside the command, and only through flows/: lrs_core itself never
-    # imports Prefect (a test checks), and `lrs --help` stays fast.
-    from flows.demo import run_demo
-
     try:
         width, height = (int(v) for v in scene_size.lower().split("x"))
     except ValueError:
         fail(f"--scene-size {scene_size!r} is not WIDTHxHEIGHT (e.g. 3000x2000)", code=EXIT_USAGE)
-    with reported_errors():
+    from lrs_core.demo import STORES_DIRNAME, run_demo
+
+    with reported_errors(), progress_bar("demo", enabled=not as_json) as bar:
         result = run_demo(
-            out, size_wh=(width, height), preset=preset, budget=budget, device=device, dtype=dtype
+            out,
+            size_wh=(width, height),
+            preset=preset,
+            budget=budget,
+            device=device,
+            dtype=dtype,
+            progress=bar,
         )
-    run_url = f"{PREFECT_UI_URL}/runs/flow-run/{result.flow_run_id}"
     if as_json:
         print_json(
             {
@@ -91,8 +79,6 @@ def demo(
                 "overlays": [str(p) for p in result.overlays],
                 "model_dir": str(result.model_dir),
                 "scene": str(result.scene.scene_path),
-                "flow_run_id": result.flow_run_id,
-                "flow_run_url": run_url,
                 "rows": list(result.rows),
             }
         )
@@ -125,9 +111,11 @@ def demo(
                     f"  {result.answers_geojson}  (evidence footprints, EPSG:4326)",
                     f"  {result.out_dir / 'overlays'}/  ({len(result.overlays)} PNG overlays)",
                     "",
-                    "See the runs, their answers table, summary and overlays in the Prefect UI:",
-                    "  prefect server start        # then open " + PREFECT_UI_URL,
-                    f"  this demo's run: {run_url}",
+                    "See them on a map:",
+                    f"  lrs serve --stores {result.out_dir / STORES_DIRNAME} --answers "
+                    f"{result.out_dir}",
+                    "The same demo through the Prefect flows (runs, artifacts in the Prefect UI):",
+                    f"  python -m flows.demo {result.out_dir}",
                 ]
             ),
             highlight=False,

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from flows.answer import answer_questions, generated_id, read_requests
+from flows.answer import answer_questions
 from flows.outcome import QuestionsFailedError, run_result
+from lrs_core.batch.requests import generated_id
 from lrs_core.errors import DatasetError, OutputNotWritableError, WeightsError
 from lrs_core.outputs.writers import read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
@@ -177,24 +178,3 @@ def test_bad_model_or_output_fails_before_writing(
     else:  # pragma: no cover - depends on the host
         os.rmdir("/sys/lrs-out-check")
         pytest.skip("this host lets the test user write under /sys")
-
-
-def test_read_requests_csv_and_parquet(tmp_path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = tmp_path / "r.csv"
-    table.write_text('scene,question,id\na.zarr,"Where, exactly?",x\nb,What?,\n,No scene?,z\n')
-    found, problems = read_requests(str(table))
-    assert [(r.scene, r.question, r.question_id) for r in found] == [
-        ("a.zarr", "Where, exactly?", "x"),
-        ("b", "What?", generated_id("b", "What?")),
-    ]
-    assert [p.question_id for p in problems] == ["z"] and "no scene" in problems[0].error
-    assert generated_id("/s/b.zarr", "What?") == generated_id("b.tif", "What?")  # stable id
-    parquet = tmp_path / "r.parquet"
-    pq.write_table(pa.Table.from_pylist([{"scene": "a", "question": "Q?", "id": "p"}]), parquet)
-    assert [r.question_id for r in read_requests(str(parquet))[0]] == ["p"]
-    with pytest.raises(DatasetError, match="header"):
-        (tmp_path / "bad.csv").write_text("image_path,query\n1,2\n")
-        read_requests(str(tmp_path / "bad.csv"))

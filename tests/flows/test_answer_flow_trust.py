@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.answer import DATA_ROOT_ENV, _resolve_scene, answer_questions, data_root_of
+from flows.answer import DATA_ROOT_ENV, answer_questions, data_root_of
 from flows.outcome import run_result
 from lrs_core.locks import WriterLockedError, exclusive_writer
 from lrs_core.outputs.parts import BatchCounts
@@ -48,20 +48,10 @@ def test_requests_escaping_the_data_root_fail_their_rows(
     assert not (root / "stores").exists()  # nothing outside the root was ingested
 
 
-def test_scene_inside_the_root_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_root_comes_from_the_parameter_else_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "root"
-    (root / "scenes").mkdir(parents=True)
-    raster = root / "scenes" / "a.tif"
-    raster.write_bytes(b"")
-    stores = tmp_path / "stores"
-    (stores / "known.zarr").mkdir(parents=True)
-    assert _resolve_scene("scenes/a.tif", str(stores), root.resolve()) == ("raster", str(raster))
-    assert _resolve_scene("known", str(stores), root.resolve()) == (
-        "store",
-        str(stores / "known.zarr"),
-    )
-    escape = _resolve_scene("../../etc/x.tif", str(stores), root.resolve())
-    assert isinstance(escape, str) and "outside the data root" in escape
     monkeypatch.setenv(DATA_ROOT_ENV, str(root))
     assert data_root_of(None) == root.resolve()
     assert data_root_of(str(tmp_path)) == tmp_path.resolve()

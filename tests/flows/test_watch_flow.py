@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.outcome import QuestionsFailedError, run_result
-from flows.watch import standing_questions, watch_folder
-from lrs_core.batch.ask import Question
-from lrs_core.errors import DatasetError
+from flows.watch import watch_folder
 from lrs_core.outputs.writers import answered_ids, read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
@@ -74,12 +72,3 @@ def test_watch_answers_new_scenes_once(
         "second-land",
         "second-ships",
     }
-
-
-def test_standing_questions_from_a_list() -> None:
-    assert standing_questions(["A?", "B?"]) == [Question("q1", "A?"), Question("q2", "B?")]
-    assert standing_questions([{"question_id": "x", "question": "C?"}]) == [Question("x", "C?")]
-    with pytest.raises(DatasetError, match="unique"):
-        standing_questions([{"question_id": "x", "question": "C?"}, {"id": "x", "text": "D?"}])
-    with pytest.raises(DatasetError, match="no 'question'"):
-        standing_questions([{"question_id": "x"}])

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from prefect.logging import disable_run_logger
 
-from lrs_core.errors import SceneNotFoundError, WeightsError
+from lrs_core.errors import SceneNotFoundError
 from lrs_core.outputs.writers import read_records
-from tasks.answer import GPU_TAG, answer_scene_task, cached_engine, model_fingerprint
+from tasks.answer import GPU_TAG, answer_scene_task
 from tasks.artifacts import answers_table, overlays_markdown, savings, summary_markdown
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,17 +68,6 @@ def test_task_raises_for_a_missing_store(tmp_path: Path, tiny_model_dir: Path) -
             scene_id="nowhere",
         )
     assert not (tmp_path / "o").exists()
-
-
-def test_engine_cache_reuses_and_reloads_a_changed_model(tiny_model_dir: Path) -> None:
-    engine, lock = cached_engine(str(tiny_model_dir), preset="thumbnail")
-    again, same_lock = cached_engine(str(tiny_model_dir), preset="thumbnail")
-    assert again is engine and same_lock is lock
-    other, _ = cached_engine(str(tiny_model_dir), preset="default")
-    assert other is not engine and other.config.preset == "default"
-    assert model_fingerprint(str(tiny_model_dir)) != ()
-    with pytest.raises(WeightsError):
-        cached_engine(str(tiny_model_dir.parent / "no-model-here"))
 
 
 def test_task_carries_the_gpu_tag() -> None:
