@@ -42,8 +42,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.outcome import failed_run
 from lrs_core.errors import DatasetError, OutputNotWritableError
 from lrs_core.locks import WriterLockedError
-from lrs_core.outputs.parts import BatchCounts, batch_lock
-from lrs_core.outputs.writers import BatchWriter, answered_ids
+from lrs_core.outputs.parts import BatchCounts, BatchWriter, answered_ids, batch_lock
 from lrs_core.raster.ingest import RASTER_SUFFIXES
 from tasks.answer import answer_scene_task, cached_engine
 from tasks.artifacts import progress_reporter, publish_answer_artifacts

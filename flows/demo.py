@@ -32,7 +32,7 @@ from flows.outcome import failed_run, run_result
 from lrs_core.demo import DEMO_SCENE_WH, DemoScene, write_demo_scene
 from lrs_core.models.io import PROJECT_CONFIG_FILE, WEIGHTS_FILE
 from lrs_core.models.tiny import init_tiny
-from lrs_core.outputs.writers import GEOJSON_NAME, OVERLAYS_DIRNAME, PARTS_DIRNAME
+from lrs_core.outputs.parts import GEOJSON_NAME, OVERLAYS_DIRNAME, PARTS_DIRNAME
 
 INPUTS_DIRNAME = "inputs"
 STORES_DIRNAME = "stores"

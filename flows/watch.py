@@ -22,7 +22,7 @@ from flows.ingest import ingest_scenes
 from flows.outcome import failed_run, run_result
 from lrs_core.batch.ask import Question, read_questions_file
 from lrs_core.errors import DatasetError
-from lrs_core.outputs.writers import answered_ids
+from lrs_core.outputs.parts import answered_ids
 
 SUMMARY_ARTIFACT_KEY = "watch-summary"
 #: Ingest outcomes whose store is complete and can be asked about.

@@ -25,8 +25,8 @@ from prefect.cache_policies import NO_CACHE
 from lrs_core.batch.ask import load_engine
 from lrs_core.errors import LrsError
 from lrs_core.focus.engine import FocusConfig, FocusEngine
-from lrs_core.outputs.parts import BatchCounts
-from lrs_core.outputs.writers import DEFAULT_OVERLAY_SIDE_PX, BatchWriter
+from lrs_core.outputs.overlays import DEFAULT_OVERLAY_SIDE_PX
+from lrs_core.outputs.parts import BatchCounts, BatchWriter
 from lrs_core.raster.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 from tasks._retry import retry_condition_fn

@@ -14,7 +14,7 @@ import pytest
 from flows.answer import answer_questions, generated_id, read_requests
 from flows.outcome import QuestionsFailedError, run_result
 from lrs_core.errors import DatasetError, OutputNotWritableError, WeightsError
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,7 +13,7 @@ from lrs_core.cli import build_app
 from lrs_core.cli.demo import PREFECT_ENV_DEFAULTS
 from lrs_core.demo import write_demo_scene
 from lrs_core.errors import ConfigError
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

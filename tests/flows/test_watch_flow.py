@@ -10,7 +10,7 @@ from flows.outcome import QuestionsFailedError, run_result
 from flows.watch import standing_questions, watch_folder
 from lrs_core.batch.ask import Question
 from lrs_core.errors import DatasetError
-from lrs_core.outputs.writers import answered_ids, read_records
+from lrs_core.outputs.parts import answered_ids, read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,7 +8,7 @@ import pytest
 from prefect.logging import disable_run_logger
 
 from lrs_core.errors import SceneNotFoundError, WeightsError
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 from tasks.answer import GPU_TAG, answer_scene_task, cached_engine, model_fingerprint
 from tasks.artifacts import answers_table, overlays_markdown, savings, summary_markdown
 
@@ -143,7 +143,7 @@ def test_a_killed_task_resumes_with_only_the_missing_answers(
     ingested_store: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lrs_core.outputs.writers import BatchWriter
+    from lrs_core.outputs.parts import BatchWriter
 
     out = tmp_path / "out"
     questions = [*QUESTIONS, {"question_id": "water", "question": "Is there water?"}]
