@@ -218,7 +218,7 @@ def prepare_scene(scratch: Path, name: str, width: int, height: int) -> Path:
 
 
 def prepare_model(scratch: Path, size: str) -> Path:
-    from lrs_core.models.io import PROJECT_CONFIG_FILE
+    from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
     from lrs_core.models.tiny import init_tiny
 
     model_dir = scratch / f"model-{size}"
@@ -319,7 +319,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
     from lrs_core.focus.engine import FocusConfig, FocusEngine
     from lrs_core.focus.features import FeatureCache
-    from lrs_core.models.io import load_model
+    from lrs_core.models.loading.auto import load_model
     from lrs_core.raster.pyramid import open_pyramid
 
     torch.manual_seed(0)

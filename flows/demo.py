@@ -30,7 +30,7 @@ from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
 from flows.ingest import ingest_scenes
 from flows.outcome import failed_run, run_result
 from lrs_core.demo import DEMO_SCENE_WH, DemoScene, write_demo_scene
-from lrs_core.models.io import PROJECT_CONFIG_FILE, WEIGHTS_FILE
+from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, WEIGHTS_FILE
 from lrs_core.models.tiny import init_tiny
 from lrs_core.outputs.parts import GEOJSON_NAME, OVERLAYS_DIRNAME, PARTS_DIRNAME
 

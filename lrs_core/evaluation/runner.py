@@ -580,7 +580,7 @@ def run_lrs_vqa(
 
     Args:
         questions: the question file, or a data root holding ``LRS_VQA_merged.jsonl``.
-        model_dir: model directory (:func:`lrs_core.models.io.load_model` layouts).
+        model_dir: model directory (:func:`lrs_core.models.loading.auto.load_model` layouts).
         out: prediction JSONL, appended to; a rerun resumes it (see the module docstring).
         data_root: folder the ``image`` paths are relative to (the parent of ``LRS_VQA/``);
             None: the question file's folder.

@@ -23,8 +23,8 @@ from transformers import PreTrainedTokenizerBase
 from lrs_core.errors import ConfigError
 from lrs_core.models.families.base import ROPE_RANK_1D, Decoder, TileTokens
 from lrs_core.models.flops import ModelDims, dims_from_configs
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import SequenceLayout
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.prompt import PromptIds, tokenize_prompt
 from lrs_core.models.vlm import RfmLayers, VisionLanguageModel
 
