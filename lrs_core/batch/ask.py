@@ -1,9 +1,10 @@
 """Answer questions about ingested scenes: load an engine, read question files, run them.
 
 The library face of ``lrs ask`` (and of the ask flow): :func:`load_engine` builds a
-:class:`~lrs_core.focus.engine.FocusEngine` from a model directory and a preset, :func:`answer_questions`
-answers a list of :class:`Question` about one scene store, sharing tile features between them, and
-:func:`read_questions_file` reads questions from JSONL, CSV or plain text.
+:class:`~lrs_core.focus.engine.FocusEngine` from a model directory and a preset,
+:func:`answer_questions` answers a list of :class:`Question` about one scene store, sharing tile
+features between them, and :func:`read_questions_file` reads questions from JSONL, CSV or plain
+text.
 """
 
 from __future__ import annotations

@@ -649,7 +649,8 @@ class FocusEngine:
 
         Stops after ``max_zoom_steps`` zooms and at the finest level; a single-level plan with
         ``reencode_single_level`` zooms into the same level again, its token grid unpadded against
-        its ``resize_hw`` as the reference's pass 2 does (:func:`lrs_core.dip.plan.reencoded_level`).
+        its ``resize_hw`` as the reference's pass 2 does
+        (:func:`lrs_core.dip.plan.reencoded_level`).
         """
         cfg = self.config
         if cfg.max_zoom_steps is not None and zoom_steps >= cfg.max_zoom_steps:

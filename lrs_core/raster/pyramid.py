@@ -84,7 +84,8 @@ GRID_MAPPING_VAR = "spatial_ref"
 #: Names of the 1-D pixel-centre coordinate arrays in each level group.
 X_COORD = "x"
 Y_COORD = "y"
-#: Offset of a pixel centre from its top-left corner, in pixels (pixel rule of lrs_core.raster.scene).
+#: Offset of a pixel centre from its top-left corner, in pixels (pixel rule of
+#: lrs_core.raster.scene).
 PIXEL_CENTRE_OFFSET = 0.5
 
 #: Zarr conventions the root group declares (GeoZarr: multiscales + geo-proj + spatial).
@@ -568,8 +569,9 @@ class Pyramid:
     """A finished scene store opened for reading; array handles stay open (opening costs more).
 
     Coordinates: ``bounds_px`` are (x0, y0, x1, y1) level-0 pixel corners (pixel rule of
-    :mod:`lrs_core.raster.scene`); windows are rasterio ``Window(col_off, row_off, width, height)`` in
-    pixels of the named ``store_level``. Reads are thread-safe.
+    :mod:`lrs_core.raster.scene`); windows are rasterio
+    ``Window(col_off, row_off, width, height)`` in pixels of the named ``store_level``. Reads are
+    thread-safe.
 
     Attributes:
         store: path or URL of the store.

@@ -1,4 +1,4 @@
-"""A Qwen-VL model shaped for the coarse-to-fine engine (:class:`lrs_core.focus.engine.FocusEngine`).
+"""A Qwen-VL model shaped for the coarse-to-fine engine (``FocusEngine``).
 
 The engine was written against :class:`~lrs_core.models.vlm.VisionLanguageModel`. This module wraps
 a :class:`~lrs_core.models.families.qwen_vl.QwenVlModel` in an object with the same surface for the
