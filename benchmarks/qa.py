@@ -5,7 +5,7 @@ Model: the random ~220M-parameter LLaVA-shaped benchmark model
 12-layer, 768-wide Llama), built once into ``benchmarks/_scratch/`` (git-ignored). Scenes:
 synthetic RGB GeoTIFFs of 4000 x 4000 and 27328 x 25207 px (field blocks, roads and planted bright
 "vehicles"/"buildings"), written window by window and ingested with
-``lrs_core.ingest.ingest_scene``; stores are cached in the scratch folder, so reruns skip
+``lrs_core.raster.ingest.ingest_scene``; stores are cached in the scratch folder, so reruns skip
 both steps.
 
 For every scene and preset (``thumbnail``, ``full``, ``fastv``, ``parity``, ``default``) a fresh

@@ -9,8 +9,8 @@ The library face of ``lrs eval run`` and of the ``evaluate`` flow. Both benchmar
    failed ones out so they are tried again (their lines are removed; answered lines are kept
    byte for byte).
 3. Group the remaining questions by image. Each image is ingested once into ``store_dir`` with
-   :func:`lrs_core.ingest.ingest_scene` (a finished store is skipped, so stores are reused across
-   runs and chunks), then its questions are answered by one
+   :func:`lrs_core.raster.ingest.ingest_scene` (a finished store is skipped, so stores are reused
+   across runs and chunks), then its questions are answered by one
    :class:`~lrs_core.focus.engine.FocusEngine`, which shares tile features between the questions
    of a scene.
 4. Each answer is appended to ``out`` and flushed as soon as it exists. A question that fails (its
@@ -313,7 +313,7 @@ class EngineSpec:
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def load(self) -> FocusEngine:
-        """Load the model and return the engine (see :func:`lrs_core.ask.load_engine`)."""
+        """Load the model and return the engine (see :func:`lrs_core.batch.ask.load_engine`)."""
         from lrs_core.batch.ask import load_engine
 
         return load_engine(

@@ -238,7 +238,7 @@ class VisionLanguageModel(nn.Module):
             tiles: uint8 or float32 (n, S, S, 3) RGB tiles in 0..255, ``S ==
                 config.tile_size_px``. float32 NaN marks padding, which becomes exactly 0 after
                 normalisation (the reference's zero padding, spec §1.1;
-                ``lrs_core.tiles.read_tiles(dtype="float32")``).
+                ``lrs_core.focus.tiles.read_tiles(dtype="float32")``).
 
         Returns:
             float (n, 3, S, S) on the model's device and dtype: ``(pixel / 255 - mean) / std``.

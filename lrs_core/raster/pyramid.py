@@ -537,7 +537,7 @@ def digest_problem(attributes: dict[str, Any]) -> str | None:
 
     The cheap check :func:`open_pyramid` runs: one ``{"rgb", "valid"}`` digest per level of the
     layout (``lrs.digests``, written by the ingest just before ``lrs.complete``). The full check,
-    recomputing them, is :func:`lrs_core.integrity.verify_store` (``lrs verify``).
+    recomputing them, is :func:`lrs_core.raster.integrity.verify_store` (``lrs verify``).
     """
     lrs = attributes.get(LRS_ATTR)
     digests = lrs.get(DIGESTS_ATTR) if isinstance(lrs, dict) else None
@@ -802,8 +802,8 @@ def open_pyramid(store: str | Path) -> Pyramid:
         The :class:`Pyramid`, with its array handles open.
 
     Only a cheap integrity check runs here: the store is marked complete and carries one
-    content digest per level. ``lrs verify`` (:func:`lrs_core.integrity.verify_store`) recomputes
-    the digests and checks every level against the one below.
+    content digest per level. ``lrs verify`` (:func:`lrs_core.raster.integrity.verify_store`)
+    recomputes the digests and checks every level against the one below.
 
     Raises:
         SceneNotFoundError: nothing is there, or it is not an lrs store.

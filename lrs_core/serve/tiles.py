@@ -92,7 +92,7 @@ def encode_png(rgba: np.ndarray) -> bytes:
 class SceneTiler:
     """Cuts Web-Mercator tiles from one north-up georeferenced store.
 
-    The store is read through :class:`lrs_core.pyramid.Pyramid` (its Zarr arrays stay open; a
+    The store is read through :class:`lrs_core.raster.pyramid.Pyramid` (its Zarr arrays stay open; a
     tile reads one small window of one level) and warped by GDAL (``rasterio.warp.reproject``,
     nearest neighbour) onto morecantile's tile grid. Going through rioxarray/``XarrayReader`` for
     this step cost ~5x the warp itself in Python overhead per tile (profiled), which lost the tile

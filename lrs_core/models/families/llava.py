@@ -8,7 +8,7 @@ the model; it shows the interface fits this family too, so the engine can move t
 
 Position ids (rank 1): :meth:`LlavaFamily.position_ids` numbers the slots present ``0 .. L-1``
 (the reference's compact convention, spec §5.5); the ``original`` convention's gapped ids come from
-the full sequence the engine tracks (:class:`lrs_core.focus_sequence.LevelSequence`).
+the full sequence the engine tracks (:class:`lrs_core.focus.sequence.LevelSequence`).
 """
 
 from __future__ import annotations

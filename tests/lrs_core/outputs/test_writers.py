@@ -116,7 +116,7 @@ def make_record(
 
 
 class FakePyramid:
-    """Test double for the thumbnail part of lrs_core.pyramid.Pyramid: a real gradient image."""
+    """Test double for the thumbnail part of raster.pyramid.Pyramid: a real gradient image."""
 
     def __init__(self, size_wh: tuple[int, int] = (SCENE_WIDTH_PX, SCENE_HEIGHT_PX)) -> None:
         self.size_wh = size_wh
