@@ -43,16 +43,20 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/lrs demo --out demo-output
 
-test: install
-	$(BIN)/python -m pytest
+# CI runs this and nothing else (.ci/run): the checks, then every test but the GPU ones, the slow
+# real-server tests (tests/infra) included; a bare `pytest` leaves the slow ones out.
+test: install lint
+	$(BIN)/python -m pytest -m "not gpu"
 
 # The slow tests only (real Prefect servers on SQLite and PostgreSQL, schedules that fire, ...).
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
+# ruff, mypy (strict) and the layering contract (import-linter; see docs/architecture.md).
 lint: install
 	$(BIN)/ruff check lrs_core tasks flows tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 vendor:
 	rm -rf build/npm && mkdir -p build/npm $(VENDOR_DIR)

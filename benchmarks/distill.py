@@ -51,7 +51,7 @@ from lrs_core.distill.loss import (
 )
 from lrs_core.distill.trainer import trainable_parameters
 from lrs_core.models.attention_rows import AttentionLogits
-from lrs_core.models.io import set_attn_implementation
+from lrs_core.models.loading.loaded import set_attn_implementation
 from lrs_core.models.tiny import build_tiny
 from lrs_core.models.vlm import VisionLanguageModel
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from _common import GIB, git_commit
 
-from lrs_core.models.io import LoadedModel
+from lrs_core.models.loading.loaded import LoadedModel
 
 
 class NoStopModel(LoadedModel):
@@ -107,7 +107,7 @@ def build_random_model(*, tiny: bool, device: torch.device, dtype: torch.dtype) 
     from transformers import CLIPVisionConfig, Qwen2Config
 
     from lrs_core.models.config import VlmConfig, default_chat_template
-    from lrs_core.models.io import default_attn_implementation, set_attn_implementation
+    from lrs_core.models.loading.loaded import default_attn_implementation, set_attn_implementation
     from lrs_core.models.tiny import build_tokenizer
     from lrs_core.models.vlm import VisionLanguageModel, materialise
 
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    from lrs_core.models.io import set_attn_implementation
+    from lrs_core.models.loading.loaded import set_attn_implementation
     from lrs_core.models.runtime import resolve_device
     from lrs_core.raster.pyramid import open_pyramid
 

@@ -6,7 +6,8 @@ shapes, and the safetensors file is written tensor by tensor from chunks of rand
 
 Then, each in a fresh subprocess, it loads the model in bf16 on CPU:
 
-* ``new``: :func:`lrs_core.models.io.load_model` (build on ``meta``, assign each tensor in place);
+* ``new``: :func:`lrs_core.models.loading.auto.load_model` (build on ``meta``, assign each tensor in
+  place);
 * ``old``: :func:`load_old_path`, the loader before that change, kept here as the named baseline
   (build in float32 with transformers' ``no_init_weights``, cast to bf16, then read every tensor of
   the memory-mapped file into a dict and copy it into the model).
@@ -82,12 +83,8 @@ def build_configs() -> tuple[Any, Any, Any]:
 
 def write_model(out: Path) -> Path:
     """Write the random bf16 model to ``out`` (project format) without holding its weights."""
-    from lrs_core.models.io import (
-        PROJECT_CONFIG_FILE,
-        PROJECT_FORMAT,
-        PROJECT_FORMAT_VERSION,
-        WEIGHTS_FILE,
-    )
+    from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, WEIGHTS_FILE
+    from lrs_core.models.loading.project import PROJECT_FORMAT, PROJECT_FORMAT_VERSION
     from lrs_core.models.tiny import build_tokenizer
     from lrs_core.models.vlm import VisionLanguageModel
 
@@ -160,12 +157,8 @@ def load_old_path(source: Path, dtype: torch.dtype) -> torch.nn.Module:
     from safetensors import safe_open
     from transformers.initialization import no_init_weights
 
-    from lrs_core.models.io import (
-        PROJECT_CONFIG_FILE,
-        configs_from_header,
-        read_json,
-        safetensors_files,
-    )
+    from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, read_json, safetensors_files
+    from lrs_core.models.loading.project import configs_from_header
     from lrs_core.models.vlm import VisionLanguageModel
 
     config, vision_config, llm_config = configs_from_header(
@@ -191,7 +184,7 @@ def load_old_path(source: Path, dtype: torch.dtype) -> torch.nn.Module:
 def measure(path: str, source: Path) -> dict[str, Any]:
     """Load ``source`` in bf16 on CPU by ``path`` (``new``/``old``) here; report its memory."""
     from lrs_core.models import runtime
-    from lrs_core.models.io import load_model
+    from lrs_core.models.loading.auto import load_model
 
     baseline = runtime.peak_rss_bytes()
     start = time.perf_counter()

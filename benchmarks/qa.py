@@ -5,7 +5,7 @@ Model: the random ~220M-parameter LLaVA-shaped benchmark model
 12-layer, 768-wide Llama), built once into ``benchmarks/_scratch/`` (git-ignored). Scenes:
 synthetic RGB GeoTIFFs of 4000 x 4000 and 27328 x 25207 px (field blocks, roads and planted bright
 "vehicles"/"buildings"), written window by window and ingested with
-``lrs_core.ingest.ingest_scene``; stores are cached in the scratch folder, so reruns skip
+``lrs_core.raster.ingest.ingest_scene``; stores are cached in the scratch folder, so reruns skip
 both steps.
 
 For every scene and preset (``thumbnail``, ``full``, ``fastv``, ``parity``, ``default``) a fresh
@@ -218,7 +218,7 @@ def prepare_scene(scratch: Path, name: str, width: int, height: int) -> Path:
 
 
 def prepare_model(scratch: Path, size: str) -> Path:
-    from lrs_core.models.io import PROJECT_CONFIG_FILE
+    from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
     from lrs_core.models.tiny import init_tiny
 
     model_dir = scratch / f"model-{size}"
@@ -319,7 +319,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
 
     from lrs_core.focus.engine import FocusConfig, FocusEngine
     from lrs_core.focus.features import FeatureCache
-    from lrs_core.models.io import load_model
+    from lrs_core.models.loading.auto import load_model
     from lrs_core.raster.pyramid import open_pyramid
 
     torch.manual_seed(0)

@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from lrs_core.focus.engine import FocusConfig, FocusEngine
-    from lrs_core.models.io import load_model
+    from lrs_core.models.loading.auto import load_model
     from lrs_core.raster.pyramid import open_pyramid
 
     scratch = Path(args.scratch)

@@ -2,10 +2,10 @@
 
 Scene: a synthetic 27328 x 25207 px RGB uint8 GeoTIFF (EPSG:32633, 0.5 m pixels; gradients,
 field blocks and noise), written window by window, then (a) ingested with
-``lrs_core.ingest.ingest_scene`` into the Zarr store that ``lrs serve`` reads, and (b) copied to a
-Cloud-Optimized GeoTIFF with GDAL's COG driver (internal overviews, ``average`` resampling, the
-driver's default LZW compression, 512 px blocks) that TiTiler reads. uint8 sources are stored
-as is, so both hold the same level-0 pixels.
+``lrs_core.raster.ingest.ingest_scene`` into the Zarr store that ``lrs serve`` reads, and (b)
+copied to a Cloud-Optimized GeoTIFF with GDAL's COG driver (internal overviews, ``average``
+resampling, the driver's default LZW compression, 512 px blocks) that TiTiler reads. uint8 sources
+are stored as is, so both hold the same level-0 pixels.
 Everything is cached in ``benchmarks/_scratch/tiles/`` (git-ignored).
 
 Both services run in this process as ASGI apps behind Starlette's ``TestClient`` (no sockets, same

@@ -182,7 +182,8 @@ def evaluate(
         budget: ``token_budget`` override.
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
-        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g. ``max_new_tokens``).
+        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g.
+            ``max_new_tokens``).
         score: score the merged file (LRS-VQA loads WordNet, ~10 s); False only merges.
 
     Returns:

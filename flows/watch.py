@@ -21,7 +21,7 @@ from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
 from flows.ingest import ingest_scenes
 from flows.outcome import failed_run, run_result
 from lrs_core.batch.requests import read_questions, standing_requests
-from lrs_core.outputs.writers import answered_ids
+from lrs_core.outputs.parts import answered_ids
 
 SUMMARY_ARTIFACT_KEY = "watch-summary"
 #: Ingest outcomes whose store is complete and can be asked about.

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 
 def open_datatree(store: str | os.PathLike[str]) -> xr.DataTree:
-    """Open a scene store as an xarray multiscale tree (see :func:`lrs_core.pyramid.open_datatree`).
+    """Open a scene store as an xarray multiscale tree (``raster.pyramid.open_datatree``).
 
     Imported lazily, so ``import lrs_core`` stays light.
     """

@@ -38,7 +38,7 @@ from typing import Any
 from lrs_core.batch.run import BatchSettings, run_batch
 from lrs_core.errors import ConfigError
 from lrs_core.evaluation.synth import SynthConfig, write_synthetic_set
-from lrs_core.models.io import PROJECT_CONFIG_FILE, WEIGHTS_FILE
+from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, WEIGHTS_FILE
 from lrs_core.models.tiny import init_tiny
 from lrs_core.outputs.parts import GEOJSON_NAME, OVERLAYS_DIRNAME, PARTS_DIRNAME
 

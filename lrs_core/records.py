@@ -3,7 +3,8 @@
 Coordinates: every ``bbox_px`` is ``(x0, y0, x1, y1)`` in level-0 pixels of the scene (column
 first), corners, with (0, 0) the top-left corner of the top-left pixel (see
 :mod:`lrs_core.raster.scene`). Map geometry (scene CRS, EPSG:4326) is derived from these with the
-scene's affine in :mod:`lrs_core.outputs.writers`, so a record stays valid for scenes with no georeference.
+scene's affine in :mod:`lrs_core.outputs.geometry`, so a record stays valid for scenes with no
+georeference.
 
 Records are frozen and round-trip through JSON (:meth:`AnswerRecord.to_dict` /
 :meth:`AnswerRecord.from_dict`).

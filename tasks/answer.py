@@ -18,8 +18,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lrs_core.batch.run import answer_scene
+from lrs_core.outputs.overlays import DEFAULT_OVERLAY_SIDE_PX
 from lrs_core.outputs.parts import BatchCounts
-from lrs_core.outputs.writers import DEFAULT_OVERLAY_SIDE_PX
 from tasks._retry import retry_condition_fn
 from tasks.artifacts import progress_reporter
 

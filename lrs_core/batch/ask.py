@@ -20,15 +20,10 @@ from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.focus.features import FeatureCache
 from lrs_core.models.families.engine_model import load_qwen_vl_engine
 from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
-from lrs_core.models.io import (
-    PROJECT_CONFIG_FILE,
-    LoadedModel,
-    configs_from_header,
-    default_attn_implementation,
-    load_model,
-    load_tokenizer,
-    read_json,
-)
+from lrs_core.models.loading.auto import load_model
+from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, load_tokenizer, read_json
+from lrs_core.models.loading.loaded import LoadedModel, default_attn_implementation
+from lrs_core.models.loading.project import configs_from_header
 from lrs_core.models.registry import resolve_model_dir
 from lrs_core.models.runtime import (
     DEVICE_AUTO,
@@ -59,7 +54,7 @@ def load_engine(
 
     Args:
         model_dir: a model directory or name (:func:`lrs_core.models.registry.resolve_model_dir`;
-            :func:`lrs_core.models.io.load_model` layouts, or a Hugging
+            :func:`lrs_core.models.loading.auto.load_model` layouts, or a Hugging
             Face Qwen2-VL / Qwen2.5-VL directory, loaded by
             :func:`lrs_core.models.families.engine_model.load_qwen_vl_engine`).
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or

@@ -45,8 +45,8 @@ from lrs_core.batch.scenes import (
 )
 from lrs_core.errors import LrsError, OutputNotWritableError
 from lrs_core.locks import WriterLockedError
+from lrs_core.outputs.overlays import DEFAULT_OVERLAY_SIDE_PX
 from lrs_core.outputs.parts import BatchCounts, BatchWriter, answered_ids, batch_lock
-from lrs_core.outputs.writers import DEFAULT_OVERLAY_SIDE_PX
 from lrs_core.raster.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 

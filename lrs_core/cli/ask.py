@@ -34,7 +34,7 @@ def record_json(record: AnswerRecord) -> dict[str, Any]:
     from shapely import orient_polygons
     from shapely.geometry import mapping
 
-    from lrs_core.outputs.writers import record_geometries
+    from lrs_core.outputs.geometry import record_geometries
 
     data = record.to_dict()
     data["footprints"] = [
@@ -134,7 +134,7 @@ def ask(
                 pyramid, [(q.question_id, q.text) for q in items], progress=update
             )
     if geojson is not None:
-        from lrs_core.outputs.writers import write_geojson
+        from lrs_core.outputs.geojson import write_geojson
 
         with reported_errors():
             write_geojson(records, geojson)

@@ -84,7 +84,7 @@ def convert_command(
             layers = tuple(int(part) for part in llm_layer_list.split(","))
         except ValueError:
             fail(f"--llm-layer-list {llm_layer_list!r} must be comma-separated integers", code=2)
-    from lrs_core.models.convert import convert_checkpoint
+    from lrs_core.models.loading.auto import convert_checkpoint
 
     with reported_errors():
         path = convert_checkpoint(src, dst, vision_config_path=vision_config, llm_layer_list=layers)
@@ -112,9 +112,9 @@ def info_command(
     import torch
 
     from lrs_core.models import runtime
-    from lrs_core.models.convert import detect_layout
     from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
-    from lrs_core.models.io import PROJECT_CONFIG_FILE, load_model
+    from lrs_core.models.loading.auto import detect_layout, load_model
+    from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
 
     check_runtime(device, dtype)
     if is_qwen_vl_dir(model_dir):
@@ -169,6 +169,8 @@ def _print_info(info: dict[str, Any], *, as_json: bool) -> None:
         return
     for key, value in info.items():
         console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
 def _qwen_vl_info(model_dir: Path) -> dict[str, Any]:
     """``lrs model info`` of a Hugging Face Qwen2-VL / Qwen2.5-VL directory."""
     from lrs_core.models.families.engine_model import load_qwen_vl_engine

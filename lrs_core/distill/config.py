@@ -48,8 +48,8 @@ class DistillConfig:
         skip_layers: indices ``k`` into ``llm_layer_list`` whose pair is not distilled; the
             reference uses :data:`REFERENCE_SKIP_LAYERS` (``(1, 2)``), ours distils every pair.
         exclude_newline_keys: leave the level's newline tokens out of the image slice, as the RFM
-            does at inference by default (:class:`lrs_core.rfm.RfmConfig`); the reference keeps
-            them (False).
+            does at inference by default (:class:`lrs_core.focus.rfm.RfmConfig`); the reference
+            keeps them (False).
         trainable: ``"rfm"`` (default: the LVLM's answers do not change), ``"rfm+projector"``
             (also the projector and the image-newline vector) or ``"all"`` (adds the LM loss).
         lr: peak AdamW learning rate.

@@ -9,9 +9,10 @@ Sources (:func:`read_records`):
   and ``ground_truth`` (or ``answer``), spec §7.1; one turn per line.
 
 ``image`` is a path relative to the data root (default: the data file's folder). It may be an
-ingested Zarr scene store (a folder, read lazily with :func:`lrs_core.pyramid.open_pyramid`) or an
-image file (GeoTIFF, PNG, JPEG...), which is ingested once into a store cache folder and then read
-the same way, so a huge scene is never held in memory.
+ingested Zarr scene store (a folder, read lazily with
+:func:`lrs_core.raster.pyramid.open_pyramid`) or an image file (GeoTIFF, PNG, JPEG...), which is
+ingested once into a store cache folder and then read the same way, so a huge scene is never held
+in memory.
 
 Views (multi-GSD, the paper's training on one scene at several ground sample distances): each record
 becomes one sample per DIP level (``views="multi"``: every level of the scene's pyramid whose token

@@ -52,7 +52,9 @@ from lrs_core.models.families.engine_model import (
     save_qwen_vl_engine,
 )
 from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
-from lrs_core.models.io import LoadedModel, load_model, save_model
+from lrs_core.models.loading.auto import load_model
+from lrs_core.models.loading.loaded import LoadedModel
+from lrs_core.models.loading.project import save_model
 from lrs_core.models.runtime import resolve_device
 from lrs_core.models.vlm import VisionLanguageModel
 
@@ -545,7 +547,7 @@ def train_rfm(
     """Distil a model's RFM from its LLM on a data file; the library entry point of training.
 
     Args:
-        model_dir: a model directory :func:`lrs_core.models.io.load_model` reads.
+        model_dir: a model directory :func:`lrs_core.models.loading.auto.load_model` reads.
         data_path: LLaVA-style ``.json`` or LRS-VQA-style ``.jsonl`` (see :mod:`.data`).
         out_dir: the run folder: ``metrics.jsonl``, ``checkpoints/``, ``model/``.
         config: the settings.

@@ -9,9 +9,10 @@ The library face of ``lrs eval run`` and of the ``evaluate`` flow. Both benchmar
    failed ones out so they are tried again (their lines are removed; answered lines are kept
    byte for byte).
 3. Group the remaining questions by image. Each image is ingested once into ``store_dir`` with
-   :func:`lrs_core.ingest.ingest_scene` (a finished store is skipped, so stores are reused across
-   runs and chunks), then its questions are answered by one :class:`~lrs_core.focus.engine.FocusEngine`,
-   which shares tile features between the questions of a scene.
+   :func:`lrs_core.raster.ingest.ingest_scene` (a finished store is skipped, so stores are reused
+   across runs and chunks), then its questions are answered by one
+   :class:`~lrs_core.focus.engine.FocusEngine`, which shares tile features between the questions
+   of a scene.
 4. Each answer is appended to ``out`` and flushed as soon as it exists. A question that fails (its
    image is missing or unreadable, its text does not fit the context, ...) gets a line with an
    ``error`` field and no answer; the run goes on, and :attr:`RunSummary.n_failed` says how many.
@@ -312,7 +313,7 @@ class EngineSpec:
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def load(self) -> FocusEngine:
-        """Load the model and return the engine (see :func:`lrs_core.ask.load_engine`)."""
+        """Load the model and return the engine (see :func:`lrs_core.batch.ask.load_engine`)."""
         from lrs_core.batch.ask import load_engine
 
         return load_engine(
@@ -580,7 +581,7 @@ def run_lrs_vqa(
 
     Args:
         questions: the question file, or a data root holding ``LRS_VQA_merged.jsonl``.
-        model_dir: model directory (:func:`lrs_core.models.io.load_model` layouts).
+        model_dir: model directory (:func:`lrs_core.models.loading.auto.load_model` layouts).
         out: prediction JSONL, appended to; a rerun resumes it (see the module docstring).
         data_root: folder the ``image`` paths are relative to (the parent of ``LRS_VQA/``);
             None: the question file's folder.
@@ -592,7 +593,8 @@ def run_lrs_vqa(
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
-        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g. ``max_new_tokens``).
+        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g.
+            ``max_new_tokens``).
         ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
         keep_heatmap: keep the scene heat map in each line's record.
         progress: called with ``(questions done, questions pending)`` after each question.

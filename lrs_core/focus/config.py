@@ -1,8 +1,8 @@
 """The configuration of the coarse-to-fine engine and its named presets.
 
-:class:`FocusConfig` is re-exported by :mod:`lrs_core.focus.engine`. Each ``parity`` value cites the spec
-section (``reference/algorithm.md``) it reproduces; the ``default`` preset is the paper's full loop
-with the fixes of spec §11.
+:class:`FocusConfig` is re-exported by :mod:`lrs_core.focus.engine`. Each ``parity`` value cites the
+spec section (``reference/algorithm.md``) it reproduces; the ``default`` preset is the paper's full
+loop with the fixes of spec §11.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class FocusConfig:
     Attributes:
         preset: the preset name this config came from (recorded in every answer).
         strategy: ``focus`` (coarse-to-fine with the RFM) or a baseline view.
-        pyramid_rule: DIP level rule, ``default`` or ``parity`` (:class:`lrs_core.dip.plan.PyramidRule`).
+        pyramid_rule: DIP level rule, ``default`` or ``parity``
+            (:class:`lrs_core.dip.plan.PyramidRule`).
         resampler: tile resampler, ``antialiased`` or ``parity`` (``tiles.Resampler``).
         select_ratio: share of the scored tokens whose tiles are zoomed into (spec §5.1).
         keep_ratio: share of the last level's tokens kept for the LLM (spec §5.4).

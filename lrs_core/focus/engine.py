@@ -66,8 +66,8 @@ from lrs_core.focus.tiles import PixelDtype, mean_rgb_uint8, read_thumbnail, rea
 from lrs_core.models.families.engine_model import QwenVlEngineModel
 from lrs_core.models.flops import ModelDims, count_flops, dims_from_configs
 from lrs_core.models.generation import PackedInputs, generate_from_embeds
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import TokenKind
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.prompt import PromptIds, tokenize_prompt
 from lrs_core.records import (
     AnswerRecord,
@@ -100,7 +100,7 @@ class FocusEngine:
     """Answers questions about scenes with one model and one :class:`FocusConfig`.
 
     Args:
-        loaded: the model and tokenizer (:func:`lrs_core.models.io.load_model`).
+        loaded: the model and tokenizer (:func:`lrs_core.models.loading.auto.load_model`).
         config: the preset and its parameters.
         feature_cache: tile features shared across questions (a fresh 512 MiB cache if None).
         scorer: the token scorer; None = :class:`RfmScorer` (inject another to test the loop).
@@ -649,7 +649,8 @@ class FocusEngine:
 
         Stops after ``max_zoom_steps`` zooms and at the finest level; a single-level plan with
         ``reencode_single_level`` zooms into the same level again, its token grid unpadded against
-        its ``resize_hw`` as the reference's pass 2 does (:func:`lrs_core.dip.plan.reencoded_level`).
+        its ``resize_hw`` as the reference's pass 2 does
+        (:func:`lrs_core.dip.plan.reencoded_level`).
         """
         cfg = self.config
         if cfg.max_zoom_steps is not None and zoom_steps >= cfg.max_zoom_steps:

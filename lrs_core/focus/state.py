@@ -19,8 +19,8 @@ import torch
 from lrs_core.dip.plan import DipConfig, DipLevel, DipPlan, resized_hw, unpadded_token_grid_hw
 from lrs_core.focus.rfm import RfmConfig, score_level_tokens
 from lrs_core.focus.sequence import LevelSequence
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import TokenKind
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.prompt import PromptIds
 
 FloatArray = npt.NDArray[np.float32]

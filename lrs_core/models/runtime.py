@@ -124,7 +124,7 @@ def checkpoint_dtype(source: Path) -> torch.dtype | None:
     Reads the project header's ``llm_config``, or ``config.json`` (top level, then
     ``text_config``) of the paper and llava-hf layouts.
     """
-    from lrs_core.models.io import PROJECT_CONFIG_FILE
+    from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
 
     candidates: list[dict[str, Any]] = []
     for file in (source / PROJECT_CONFIG_FILE, source / "config.json"):

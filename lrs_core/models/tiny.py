@@ -214,7 +214,7 @@ def init_tiny(
     Returns:
         The output directory.
     """
-    from lrs_core.models.io import save_model
+    from lrs_core.models.loading.project import save_model
 
     model, tokenizer = build_tiny(family=family, seed=seed, size=size)
     return save_model(model, tokenizer, out_dir, model_id=f"tiny-{family}-{size}-seed{seed}")

@@ -2,7 +2,8 @@
 
 Every part is a stock Hugging Face class (``CLIPVisionModel`` / ``SiglipVisionModel``,
 ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` and their decoder-layer classes); nothing is patched.
-The tokenizer is not a module attribute: :class:`lrs_core.models.io.LoadedModel` carries it.
+The tokenizer is not a module attribute: :class:`lrs_core.models.loading.loaded.LoadedModel`
+carries it.
 
 Shapes use the project glossary: ``n`` tiles, ``S`` tile side in pixels, ``P`` patches per tile
 side, ``D`` the LLM hidden size, ``C`` the vision width, ``B`` batch, ``T`` tokens, ``L`` sequence
@@ -201,9 +202,9 @@ class VisionLanguageModel(nn.Module):
 
         ``initialise=False`` builds every parameter and buffer on the ``meta`` device (no memory,
         no initialisation, whatever ``device`` and ``dtype`` say): the caller fills it with
-        :func:`materialise` (see :func:`lrs_core.models.io.build_and_load`, which assigns the
-        checkpoint's tensors straight in their target dtype and device). Nothing process-wide is
-        patched, so builds on several threads are safe.
+        :func:`materialise` (see :func:`lrs_core.models.loading.loaded.build_and_load`, which
+        assigns the checkpoint's tensors straight in their target dtype and device). Nothing
+        process-wide is patched, so builds on several threads are safe.
         """
         if not initialise:
             with torch.device("meta"):
@@ -237,7 +238,7 @@ class VisionLanguageModel(nn.Module):
             tiles: uint8 or float32 (n, S, S, 3) RGB tiles in 0..255, ``S ==
                 config.tile_size_px``. float32 NaN marks padding, which becomes exactly 0 after
                 normalisation (the reference's zero padding, spec §1.1;
-                ``lrs_core.tiles.read_tiles(dtype="float32")``).
+                ``lrs_core.focus.tiles.read_tiles(dtype="float32")``).
 
         Returns:
             float (n, 3, S, S) on the model's device and dtype: ``(pixel / 255 - mean) / std``.

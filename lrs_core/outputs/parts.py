@@ -6,8 +6,9 @@ A batch's output folder holds::
     OUT/answers.geojson                      every answer's evidence as a FeatureCollection
     OUT/overlays/<question_id>.png           evidence and heat map on the scene thumbnail
 
-``OUT`` is a local path or an fsspec URL (``s3://bucket/run``, ``memory://run``). The names here
-are also importable from :mod:`lrs_core.outputs.writers`, which writes each file.
+``OUT`` is a local path or an fsspec URL (``s3://bucket/run``, ``memory://run``). Each file is
+written by its module: :mod:`~lrs_core.outputs.geoparquet`, :mod:`~lrs_core.outputs.geojson`,
+:mod:`~lrs_core.outputs.overlays`.
 
 Trust rules (see docs/outputs.md):
 
@@ -43,14 +44,10 @@ from lrs_core.dedupe import first_per_id
 from lrs_core.errors import ConfigError
 from lrs_core.fsio import filesystem, is_local, join_path
 from lrs_core.locks import exclusive_writer
-from lrs_core.outputs.writers import (
-    DEFAULT_OVERLAY_SIDE_PX,
-    ThumbnailSource,
-    answers_frame,
-    write_geojson,
-    write_geoparquet,
-    write_overlay_png,
-)
+from lrs_core.outputs.geojson import write_geojson
+from lrs_core.outputs.geometry import LONLAT_CRS, ThumbnailSource
+from lrs_core.outputs.geoparquet import answers_frame, write_geoparquet
+from lrs_core.outputs.overlays import DEFAULT_OVERLAY_SIDE_PX, write_overlay_png
 from lrs_core.records import AnswerRecord
 
 if TYPE_CHECKING:
@@ -170,10 +167,10 @@ def answered_ids(out_dir: str | os.PathLike[str], *, include_failed: bool = Fals
 def read_answers_table(out_dir: str | os.PathLike[str]) -> geopandas.GeoDataFrame:
     """The answers folder as one GeoDataFrame, one row per question id.
 
-    Every part has the same schema (see :func:`lrs_core.outputs.writers.answers_frame`): ``geometry`` is
-    EPSG:4326 and null for answers about scenes without georeference, whose footprint is only in
-    ``geometry_px`` (pixels, CRS None). Duplicated ids are dropped as in :func:`read_records`;
-    unreadable parts are skipped with a warning.
+    Every part has the same schema (see :func:`~lrs_core.outputs.geoparquet.answers_frame`):
+    ``geometry`` is EPSG:4326 and null for answers about scenes without georeference, whose
+    footprint is only in ``geometry_px`` (pixels, CRS None). Duplicated ids are dropped as in
+    :func:`read_records`; unreadable parts are skipped with a warning.
 
     Args:
         out_dir: the batch output folder (local path or fsspec URL).
@@ -183,8 +180,6 @@ def read_answers_table(out_dir: str | os.PathLike[str]) -> geopandas.GeoDataFram
     """
     import geopandas
     import pandas as pd
-
-    from lrs_core.outputs.writers import LONLAT_CRS, answers_frame
 
     fs, paths = _part_paths(out_dir)
     frames: list[geopandas.GeoDataFrame] = []
@@ -284,8 +279,8 @@ class BatchWriter:
     per question id (:func:`read_records`).
 
     Every part has the same columns and the same CRS per geometry column (see
-    :func:`lrs_core.outputs.writers.answers_frame`), so the parts read as one table whatever mix of
-    georeferenced and pixel-only scenes the batch holds.
+    :func:`~lrs_core.outputs.geoparquet.answers_frame`), so the parts read as one table whatever
+    mix of georeferenced and pixel-only scenes the batch holds.
 
     Use it as a context manager to hold the folder's writer lock for a whole batch (from reading
     :meth:`answered_ids` to the last append), so that a second run into the same folder cannot

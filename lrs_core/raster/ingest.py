@@ -2,8 +2,8 @@
 
 How a scene is written (see ``docs/pyramid.md``):
 
-1. The source header is inspected (:func:`lrs_core.scene.inspect_scene`), the stretch is derived
-   from a coarse overview, and an empty, *incomplete* store with all metadata is created.
+1. The source header is inspected (:func:`lrs_core.raster.scene.inspect_scene`), the stretch is
+   derived from a coarse overview, and an empty, *incomplete* store with all metadata is created.
 2. Pass 0 splits level 0 into square blocks of ``IngestConfig.block_px`` pixels. One task per block
    reads the block from the source once, writes it as level 0 and reduces it in memory to the next
    ``levels_per_pass`` levels (2x2 nodata-aware integer mean), writing each. Blocks are aligned to
@@ -307,7 +307,7 @@ class BlockMarker:
     Attributes:
         n_valid: valid level-0 pixels of the block (pass 0; 0 for later passes).
         regions: ``(store_level, region)`` for every region the block wrote, with its digests
-            (:func:`lrs_core.integrity.region_digest`).
+            (:func:`lrs_core.raster.integrity.region_digest`).
     """
 
     n_valid: int

@@ -16,9 +16,9 @@ region lines (``top,left,h,w,<hex>`` and a newline each), written before ``lrs.c
 
 :func:`verify_store` checks that the regions tile each level exactly, recomputes every region's
 digests from the stored pixels and the per-level digests from them, and checks that every level
-is the 2x reduction of the one below (:func:`lrs_core.pyramid.reduce_2x2`, the rule the ingest
-writes with; ``docs/pyramid.md``) and that invalid pixels hold 0.
-:func:`lrs_core.pyramid.open_pyramid` only checks that ``lrs.digests`` is there (cheap).
+is the 2x reduction of the one below (:func:`lrs_core.raster.pyramid.reduce_2x2`, the rule the
+ingest writes with; ``docs/pyramid.md``) and that invalid pixels hold 0.
+:func:`lrs_core.raster.pyramid.open_pyramid` only checks that ``lrs.digests`` is there (cheap).
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ GRID_MAPPING_VAR = "spatial_ref"
 #: Names of the 1-D pixel-centre coordinate arrays in each level group.
 X_COORD = "x"
 Y_COORD = "y"
-#: Offset of a pixel centre from its top-left corner, in pixels (pixel rule of lrs_core.raster.scene).
+#: Offset of a pixel centre from its top-left corner, in pixels (pixel rule of
+#: lrs_core.raster.scene).
 PIXEL_CENTRE_OFFSET = 0.5
 
 #: Zarr conventions the root group declares (GeoZarr: multiscales + geo-proj + spatial).
@@ -536,7 +537,7 @@ def digest_problem(attributes: dict[str, Any]) -> str | None:
 
     The cheap check :func:`open_pyramid` runs: one ``{"rgb", "valid"}`` digest per level of the
     layout (``lrs.digests``, written by the ingest just before ``lrs.complete``). The full check,
-    recomputing them, is :func:`lrs_core.integrity.verify_store` (``lrs verify``).
+    recomputing them, is :func:`lrs_core.raster.integrity.verify_store` (``lrs verify``).
     """
     lrs = attributes.get(LRS_ATTR)
     digests = lrs.get(DIGESTS_ATTR) if isinstance(lrs, dict) else None
@@ -568,8 +569,9 @@ class Pyramid:
     """A finished scene store opened for reading; array handles stay open (opening costs more).
 
     Coordinates: ``bounds_px`` are (x0, y0, x1, y1) level-0 pixel corners (pixel rule of
-    :mod:`lrs_core.raster.scene`); windows are rasterio ``Window(col_off, row_off, width, height)`` in
-    pixels of the named ``store_level``. Reads are thread-safe.
+    :mod:`lrs_core.raster.scene`); windows are rasterio
+    ``Window(col_off, row_off, width, height)`` in pixels of the named ``store_level``. Reads are
+    thread-safe.
 
     Attributes:
         store: path or URL of the store.
@@ -800,8 +802,8 @@ def open_pyramid(store: str | Path) -> Pyramid:
         The :class:`Pyramid`, with its array handles open.
 
     Only a cheap integrity check runs here: the store is marked complete and carries one
-    content digest per level. ``lrs verify`` (:func:`lrs_core.integrity.verify_store`) recomputes
-    the digests and checks every level against the one below.
+    content digest per level. ``lrs verify`` (:func:`lrs_core.raster.integrity.verify_store`)
+    recomputes the digests and checks every level against the one below.
 
     Raises:
         SceneNotFoundError: nothing is there, or it is not an lrs store.

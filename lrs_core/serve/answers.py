@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lrs_core.errors import LrsError
+from lrs_core.outputs.geojson import geojson_features
 from lrs_core.outputs.parts import PARTS_DIRNAME
-from lrs_core.outputs.writers import geojson_features
 from lrs_core.records import AnswerRecord
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ as a small window of that level, and warped by GDAL onto the tile (nearest neigh
 TiTiler's default); PNGs are encoded by rio-tiler's renderer, as TiTiler encodes them. The
 level's ``valid`` mask travels as a fourth band and becomes the PNG's alpha, so nodata is
 transparent. Heat maps are tiled the same way from the record's coarse raster (the grid of
-:func:`lrs_core.outputs.writers.write_heatmap_cog`), coloured with the overlay ramp and masked to the
-scene's valid area.
+:func:`lrs_core.outputs.heatmaps.write_heatmap_cog`), coloured with the overlay ramp and masked to
+the scene's valid area.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from rasterio.transform import Affine
 
 from lrs_core.errors import LrsError
-from lrs_core.outputs.writers import (
+from lrs_core.outputs.heatmaps import (
     HEATMAP_ALPHA_GAMMA,
     HEATMAP_FLAT_RANGE,
     HEATMAP_MAX_ALPHA,
@@ -92,7 +92,7 @@ def encode_png(rgba: np.ndarray) -> bytes:
 class SceneTiler:
     """Cuts Web-Mercator tiles from one north-up georeferenced store.
 
-    The store is read through :class:`lrs_core.pyramid.Pyramid` (its Zarr arrays stay open; a
+    The store is read through :class:`lrs_core.raster.pyramid.Pyramid` (its Zarr arrays stay open; a
     tile reads one small window of one level) and warped by GDAL (``rasterio.warp.reproject``,
     nearest neighbour) onto morecantile's tile grid. Going through rioxarray/``XarrayReader`` for
     this step cost ~5x the warp itself in Python overhead per tile (profiled), which lost the tile
@@ -258,7 +258,7 @@ def render_heat(record: AnswerRecord, tiler: SceneTiler, z: int, x: int, y: int)
     """Render tile (z, x, y) of a record's heat map, masked to the scene's valid pixels.
 
     The heat raster's grid is the scene's level-0 affine scaled by ``(W / cols, H / rows)``, as in
-    :func:`lrs_core.outputs.writers.write_heatmap_cog`; GDAL warps it with bilinear resampling.
+    :func:`lrs_core.outputs.heatmaps.write_heatmap_cog`; GDAL warps it with bilinear resampling.
 
     Raises:
         TileNotFoundError: bad coordinates, no heat map, or the tile misses the scene.

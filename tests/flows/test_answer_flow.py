@@ -15,7 +15,7 @@ from flows.answer import answer_questions
 from flows.outcome import QuestionsFailedError, run_result
 from lrs_core.batch.requests import generated_id
 from lrs_core.errors import DatasetError, OutputNotWritableError, WeightsError
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.demo import run_demo
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ import pytest
 
 from flows.train import train_rfm
 from lrs_core.errors import ConfigError
-from lrs_core.models.io import load_model
+from lrs_core.models.loading.auto import load_model
 from tasks.answer import GPU_TAG
 from tasks.train import distill_config_from, train_rfm_task
 

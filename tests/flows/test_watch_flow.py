@@ -8,7 +8,7 @@ import pytest
 
 from flows.outcome import QuestionsFailedError, run_result
 from flows.watch import watch_folder
-from lrs_core.outputs.writers import answered_ids, read_records
+from lrs_core.outputs.parts import answered_ids, read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

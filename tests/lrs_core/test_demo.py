@@ -9,7 +9,7 @@ import pytest
 
 from lrs_core.demo import run_demo, write_demo_scene
 from lrs_core.errors import ConfigError
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

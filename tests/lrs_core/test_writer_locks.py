@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lrs_core.evaluation.synth import SynthConfig, SynthSet, write_synthetic_set
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 
 REPO = Path(__file__).resolve().parents[2]
 #: Seconds a process may take to start, take its lock and say so (imports on a busy machine).

@@ -5,7 +5,7 @@ takes the lock through the library's own entry point, touches ``READY`` once it 
 for ``RELEASE`` to exist, then writes its answers. A refused writer prints the error on standard
 error and exits 1, as the CLI does.
 
-* ``answers OUT QIDS READY RELEASE [--wait]``: :class:`lrs_core.batch_outputs.BatchWriter` as a
+* ``answers OUT QIDS READY RELEASE [--wait]``: :class:`lrs_core.outputs.parts.BatchWriter` as a
   context manager (the answer task's pattern: read the answered ids, answer the others, append).
 * ``predictions QUESTIONS OUT READY RELEASE [--wait]``: :func:`run_lrs_vqa` on real ingested
   images, with a stand-in engine that answers "yes" at once (the model is not what is tested).

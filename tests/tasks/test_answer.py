@@ -8,7 +8,7 @@ import pytest
 from prefect.logging import disable_run_logger
 
 from lrs_core.errors import SceneNotFoundError
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_records
 from tasks.answer import GPU_TAG, answer_scene_task
 from tasks.artifacts import answers_table, overlays_markdown, savings, summary_markdown
 
@@ -132,7 +132,7 @@ def test_a_killed_task_resumes_with_only_the_missing_answers(
     ingested_store: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lrs_core.outputs.writers import BatchWriter
+    from lrs_core.outputs.parts import BatchWriter
 
     out = tmp_path / "out"
     questions = [*QUESTIONS, {"question_id": "water", "question": "Is there water?"}]

@@ -1,4 +1,4 @@
-"""A Qwen-VL model shaped for the coarse-to-fine engine (:class:`lrs_core.focus.engine.FocusEngine`).
+"""A Qwen-VL model shaped for the coarse-to-fine engine (``FocusEngine``).
 
 The engine was written against :class:`~lrs_core.models.vlm.VisionLanguageModel`. This module wraps
 a :class:`~lrs_core.models.families.qwen_vl.QwenVlModel` in an object with the same surface for the
@@ -263,7 +263,7 @@ def load_qwen_vl_engine(
     attn_implementation: str = "sdpa",
     llm_layer_list: tuple[int, ...] | None = None,
 ) -> Any:
-    """Load a Qwen-VL directory as a :class:`~lrs_core.models.io.LoadedModel` for the engine.
+    """Load a Qwen-VL directory as a :class:`~lrs_core.models.loading.loaded.LoadedModel`.
 
     A trained RFM saved by :func:`save_qwen_vl_engine` (``lrs_rfm.json`` and
     ``lrs_rfm.safetensors``) replaces the LLM-layer copies, with its own layer list.
@@ -275,7 +275,8 @@ def load_qwen_vl_engine(
     Raises:
         WeightsError: unreadable directory or RFM files that do not fit the model.
     """
-    from lrs_core.models.io import LoadedModel, read_json
+    from lrs_core.models.loading.files import read_json
+    from lrs_core.models.loading.loaded import LoadedModel
 
     source = Path(path)
     family = load_qwen_vl(

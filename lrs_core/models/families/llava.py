@@ -8,7 +8,7 @@ the model; it shows the interface fits this family too, so the engine can move t
 
 Position ids (rank 1): :meth:`LlavaFamily.position_ids` numbers the slots present ``0 .. L-1``
 (the reference's compact convention, spec §5.5); the ``original`` convention's gapped ids come from
-the full sequence the engine tracks (:class:`lrs_core.focus_sequence.LevelSequence`).
+the full sequence the engine tracks (:class:`lrs_core.focus.sequence.LevelSequence`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from transformers import PreTrainedTokenizerBase
 from lrs_core.errors import ConfigError
 from lrs_core.models.families.base import ROPE_RANK_1D, Decoder, TileTokens
 from lrs_core.models.flops import ModelDims, dims_from_configs
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import SequenceLayout
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.prompt import PromptIds, tokenize_prompt
 from lrs_core.models.vlm import RfmLayers, VisionLanguageModel
 

@@ -1,6 +1,6 @@
 """Running a Qwen-VL model on assembled embeddings with M-RoPE: RFM scores and greedy generation.
 
-These are the M-RoPE counterparts of :func:`lrs_core.rfm.score_level_tokens` and
+These are the M-RoPE counterparts of :func:`lrs_core.focus.rfm.score_level_tokens` and
 :func:`lrs_core.models.generation.generate_from_embeds`, for the engine's Qwen-VL path:
 
 * :func:`score_tokens_mrope` runs RFM layers ``0 .. n-2`` and recomputes the last layer's attention

@@ -689,7 +689,7 @@ def load_qwen_vl(
     Raises:
         WeightsError: not a Qwen-VL directory, no safetensors, or unreadable files.
     """
-    from lrs_core.models.io import safetensors_files
+    from lrs_core.models.loading.files import safetensors_files
 
     source = Path(path)
     if not (source / CONFIG_FILE).is_file():

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 import lrs_core.batch.run as batch_run
 from lrs_core.cli import build_app
-from lrs_core.outputs.parts import read_answers_table
-from lrs_core.outputs.writers import read_records
+from lrs_core.outputs.parts import read_answers_table, read_records
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 
 from lrs_core.distill.data import FeatureGridRecord, Turn
 from lrs_core.models.config import VlmConfig
-from lrs_core.models.io import LoadedModel, set_attn_implementation
+from lrs_core.models.loading.loaded import LoadedModel, set_attn_implementation
 from lrs_core.models.tiny import TINY_MAX_CONTEXT_TOKENS, build_tokenizer
 from lrs_core.models.vlm import VisionLanguageModel, copy_llm_into_rfm
 

@@ -18,8 +18,8 @@ from lrs_core.distill.data import (
     tokenize_conversation,
 )
 from lrs_core.errors import DatasetError
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import TokenKind
+from lrs_core.models.loading.loaded import LoadedModel
 from tests.fixtures.scenes import make_rgb_pattern
 
 #: A scene whose default DIP has two tiled levels: 925 and 1836 tokens (newlines included).
@@ -56,7 +56,7 @@ def write_llava_json(path: Path, image: str, *, n: int = 3) -> Path:
 def test_conversation_queries_are_the_token_before_each_answer(
     family: str, tiny_model: LoadedModel, tiny_qwen2_model_dir: Path
 ) -> None:
-    from lrs_core.models.io import load_model
+    from lrs_core.models.loading.auto import load_model
     from lrs_core.models.prompt import tokenize_prompt
 
     loaded = tiny_model if family == "llava" else load_model(tiny_qwen2_model_dir)

@@ -18,7 +18,7 @@ from lrs_core.distill.loss import (
 from lrs_core.distill.metrics import top_fraction_mask, topk_recall
 from lrs_core.distill.trainer import trainable_parameters
 from lrs_core.errors import ConfigError
-from lrs_core.models.io import set_attn_implementation
+from lrs_core.models.loading.loaded import set_attn_implementation
 from tests.lrs_core.distill.helpers import build_teacher, feature_grid_records
 
 #: SDPA vs eager accumulate in different orders; hidden states of the 0.2-std model reach ~10.

@@ -21,7 +21,8 @@ from lrs_core.cli import build_app
 from lrs_core.distill import DistillConfig, read_metrics, train_records, train_rfm
 from lrs_core.distill.trainer import CHECKPOINTS_DIR, TRAINABLE_FILE
 from lrs_core.errors import ConfigError
-from lrs_core.models.io import LoadedModel, load_model
+from lrs_core.models.loading.auto import load_model
+from lrs_core.models.loading.loaded import LoadedModel
 from tests.lrs_core.distill.helpers import build_teacher, feature_grid_records
 from tests.lrs_core.distill.test_data import write_llava_json, write_png
 

@@ -11,7 +11,7 @@ import torch
 from lrs_core.errors import ConfigError
 from lrs_core.focus.engine import FocusConfig, FocusEngine, ScoreRequest, pack_llm_inputs
 from lrs_core.models.generation import prefill_logits
-from lrs_core.models.io import LoadedModel
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.raster.pyramid import Pyramid, open_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

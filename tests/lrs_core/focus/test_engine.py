@@ -13,8 +13,8 @@ from lrs_core.dip.plan import DipConfig, plan_pyramid
 from lrs_core.errors import ConfigError, TokenBudgetError
 from lrs_core.focus.engine import FocusConfig, FocusEngine, ScoreRequest, grid_level
 from lrs_core.focus.select import prune_tokens, select_tiles_parity, select_tiles_ranked
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import TokenKind
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.prompt import tokenize_prompt
 from lrs_core.raster.pyramid import Pyramid, open_pyramid
 from lrs_core.records import AnswerRecord

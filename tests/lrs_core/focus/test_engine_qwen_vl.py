@@ -15,8 +15,8 @@ from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.models.families.engine_model import QwenVlEngineModel, load_qwen_vl_engine
 from lrs_core.models.families.qwen_vl import mrope_position_ids
 from lrs_core.models.families.qwen_vl_tiny import TINY_QWEN_FAMILIES, init_tiny_qwen_vl
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import TokenKind
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.raster.pyramid import Pyramid, open_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

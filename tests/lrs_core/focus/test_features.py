@@ -12,7 +12,7 @@ from lrs_core.errors import ConfigError
 from lrs_core.focus.engine import FocusConfig, FocusEngine, grid_level
 from lrs_core.focus.features import FEATURES_DIR, FeatureCache, FeatureKey
 from lrs_core.focus.tiles import read_tiles
-from lrs_core.models.io import LoadedModel
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.raster.pyramid import open_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

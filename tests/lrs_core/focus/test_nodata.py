@@ -8,7 +8,7 @@ import pytest
 from lrs_core.errors import ConfigError
 from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.focus.nodata import valid_share
-from lrs_core.models.io import LoadedModel
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.raster.ingest import IngestConfig, ingest_scene
 from lrs_core.raster.pyramid import Pyramid, open_pyramid
 from tests.fixtures.focus_scenes import LARGE_SCENE_HEIGHT_PX, LARGE_SCENE_WIDTH_PX

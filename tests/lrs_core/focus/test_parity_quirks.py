@@ -25,7 +25,7 @@ from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.focus.rfm import RfmConfig, score_level_tokens
 from lrs_core.focus.tiles import resample_parity
 from lrs_core.models.config import SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD
-from lrs_core.models.io import LoadedModel
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.raster.ingest import IngestConfig, ingest_scene
 from lrs_core.raster.pyramid import Pyramid, open_pyramid
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff

@@ -10,7 +10,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from lrs_core.errors import ConfigError
 from lrs_core.focus.rfm import RfmConfig, score_level_tokens
-from lrs_core.models.io import LoadedModel
+from lrs_core.models.loading.loaded import LoadedModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -32,7 +32,7 @@ PAD = (7, 200, 31)
 
 
 class ArrayPyramid:
-    """A test double of :class:`lrs_core.pyramid.Pyramid` over one uint8 (H, W, 3) array."""
+    """A test double of :class:`lrs_core.raster.pyramid.Pyramid` over one uint8 (H, W, 3) array."""
 
     def __init__(self, pixels: np.ndarray) -> None:
         self.pixels = pixels

@@ -15,15 +15,9 @@ from transformers import (
 )
 
 from lrs_core.errors import ConfigError, WeightsError
-from lrs_core.models.convert import (
-    convert_checkpoint,
-    default_llm_layer_list,
-    detect_layout,
-    llava_hf_key,
-    paper_key,
-    paper_llm_config,
-)
-from lrs_core.models.io import load_model
+from lrs_core.models.loading.auto import convert_checkpoint, detect_layout, load_model
+from lrs_core.models.loading.llava_hf import default_llm_layer_list, llava_hf_key
+from lrs_core.models.loading.paper import paper_key, paper_llm_config
 from lrs_core.models.tiny import build_tiny
 
 PAPER_FIELDS = {

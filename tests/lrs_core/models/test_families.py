@@ -9,8 +9,8 @@ import torch
 from lrs_core.errors import ConfigError
 from lrs_core.models.families.base import ModelFamily
 from lrs_core.models.families.llava import LlavaFamily
-from lrs_core.models.io import LoadedModel
 from lrs_core.models.layout import assemble_embeddings, build_layout
+from lrs_core.models.loading.loaded import LoadedModel
 
 QUESTION = "How many ships are in the harbour?"
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lrs_core.errors import WeightsError
-from lrs_core.models.io import load_model, save_model
 from lrs_core.models.layout import assemble_batch, build_layout
+from lrs_core.models.loading.auto import load_model
+from lrs_core.models.loading.project import save_model
 from lrs_core.models.prompt import tokenize_prompt
 
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lrs_core.models.io import PROJECT_CONFIG_FILE, configs_from_header, load_model, read_json
+from lrs_core.models.loading.auto import load_model
+from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, read_json
+from lrs_core.models.loading.project import configs_from_header
 from lrs_core.models.vlm import VisionLanguageModel
 from tests.lrs_core.models.test_io import QUESTIONS, prompt_logits
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from lrs_core.batch.ask import load_engine
 from lrs_core.cli import build_app
 from lrs_core.errors import ConfigError, WeightsError
-from lrs_core.models.io import load_model, save_model
+from lrs_core.models.loading.auto import load_model
+from lrs_core.models.loading.project import save_model
 from lrs_core.models.runtime import (
     GenerationSettings,
     checkpoint_dtype,

@@ -1,6 +1,6 @@
 import torch
 
-from lrs_core.models.io import load_model
+from lrs_core.models.loading.auto import load_model
 from lrs_core.models.tiny import build_tiny, build_tokenizer, init_tiny
 
 

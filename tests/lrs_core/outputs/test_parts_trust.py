@@ -9,8 +9,13 @@ from pathlib import Path
 import geopandas
 import pytest
 
-from lrs_core.outputs import writers as outputs
-from lrs_core.outputs.parts import BatchCounts, BatchWriter, read_answers_table
+from lrs_core.outputs.parts import (
+    BatchCounts,
+    BatchWriter,
+    answered_ids,
+    read_answers_table,
+    read_records,
+)
 from lrs_core.raster.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 from tests.lrs_core.outputs.test_writers import FakePyramid, make_record, make_scene
@@ -57,10 +62,10 @@ def test_an_id_written_twice_is_read_once(tmp_path: Path, caplog: pytest.LogCapt
     other.append([_with_answer(make_record(scene, "q2"), "retried")])
     other.append([_with_answer(make_record(scene, "q2"), "retried twice")])
     with caplog.at_level(logging.WARNING, logger="lrs_core.dedupe"):
-        records = outputs.read_records(out)
+        records = read_records(out)
     assert [(r.question_id, r.answer) for r in records] == [("q1", "first"), ("q2", "retried")]
     assert "2 duplicate answer(s)" in caplog.text
-    assert len(outputs.read_records(out, unique=False)) == 5
+    assert len(read_records(out, unique=False)) == 5
     table = read_answers_table(out)
     assert list(table["question_id"]) == ["q1", "q2"]
     assert list(table["answer"]) == ["first", "retried"]
@@ -82,11 +87,11 @@ def test_an_empty_or_corrupt_part_is_treated_as_absent(
     (parts / "part-00001.parquet").write_bytes(b"")  # a crash of the disk, not of a writer
     (parts / "part-00002.parquet").write_bytes(b"PAR1 not really")
     with caplog.at_level(logging.WARNING, logger="lrs_core.outputs.parts"):
-        assert outputs.answered_ids(out) == {"q1"}
+        assert answered_ids(out) == {"q1"}
     assert caplog.text.count("treated as absent") == 2
     writer.append([make_record(make_scene(), "q2")])  # resume goes on
     assert sorted(p.name for p in parts.iterdir())[-1] == "part-00003.parquet"
-    assert [r.question_id for r in outputs.read_records(out)] == ["q1", "q2"]
+    assert [r.question_id for r in read_records(out)] == ["q1", "q2"]
     assert len(read_answers_table(out)) == 2
 
 
@@ -108,11 +113,11 @@ def test_a_kill_between_overlay_and_part_loses_no_overlay(
         BatchWriter(out, overlay_side_px=64).append([record], pyramid=FakePyramid())
     monkeypatch.undo()
     # the answer is not marked done (no part), so a resume answers it again ...
-    assert outputs.answered_ids(out) == set()
+    assert answered_ids(out) == set()
     assert (out / "overlays" / "q1.png").is_file()  # ... and its overlay is already there
     resumed = BatchWriter(out, overlay_side_px=64)
     resumed.append([record], pyramid=FakePyramid())
-    assert outputs.answered_ids(out) == {"q1"}
-    for answered in outputs.answered_ids(out):  # every answer marked done has its overlay
+    assert answered_ids(out) == {"q1"}
+    for answered in answered_ids(out):  # every answer marked done has its overlay
         assert Path(resumed.overlay_path(answered)).is_file()
     assert not (tmp_path / "out.lock.holder").exists()  # the killed writer left no holder record

@@ -18,7 +18,12 @@ from rasterio.transform import Affine
 from shapely.geometry import Polygon, shape
 
 from lrs_core.errors import ConfigError, GeoreferenceError
-from lrs_core.outputs import writers as outputs
+from lrs_core.outputs.geojson import write_geojson
+from lrs_core.outputs.geometry import record_geometries
+from lrs_core.outputs.geoparquet import write_geoparquet
+from lrs_core.outputs.heatmaps import write_heatmap_cog
+from lrs_core.outputs.overlays import write_overlay_png
+from lrs_core.outputs.parts import BatchWriter, answered_ids, read_records
 from lrs_core.records import (
     Accounting,
     AnswerRecord,
@@ -111,7 +116,7 @@ def make_record(
 
 
 class FakePyramid:
-    """Test double for the thumbnail part of lrs_core.pyramid.Pyramid: a real gradient image."""
+    """Test double for the thumbnail part of raster.pyramid.Pyramid: a real gradient image."""
 
     def __init__(self, size_wh: tuple[int, int] = (SCENE_WIDTH_PX, SCENE_HEIGHT_PX)) -> None:
         self.size_wh = size_wh
@@ -134,7 +139,7 @@ def expected_crs_corners(transform, bbox_px):
 @pytest.mark.parametrize("transform", [NORTH_UP, rotated_transform()], ids=["north-up", "rotated"])
 def test_record_geometries_follow_the_full_affine(transform) -> None:
     record = make_record(make_scene(transform))
-    rows = outputs.record_geometries(record, top_tokens=2)
+    rows = record_geometries(record, top_tokens=2)
     tiles = [r for r in rows if r.kind == "tile"]
     tokens = [r for r in rows if r.kind == "token"]
     assert [t.index_rc for t in tiles] == [(0, 1), (1, 1), (3, 3)]  # final level only
@@ -155,7 +160,7 @@ def test_record_geometries_follow_the_full_affine(transform) -> None:
 
 
 def test_record_geometries_without_georeference_keep_pixels() -> None:
-    rows = outputs.record_geometries(make_record(make_scene(georef=False)))
+    rows = record_geometries(make_record(make_scene(georef=False)))
     assert rows and all(r.geometry_crs is None and r.geometry_lonlat is None for r in rows)
     assert rows[0].geometry_px.equals(Polygon([(250, 0), (500, 0), (500, 175), (250, 175)]))
 
@@ -165,7 +170,7 @@ def test_bad_crs_is_a_georeference_error() -> None:
         scene_id="s", store="s.zarr", size_wh=(10, 10), crs_wkt="NOT A CRS", transform=NORTH_UP
     )
     with pytest.raises(GeoreferenceError, match="cannot be parsed"):
-        outputs.record_geometries(make_record(scene))
+        record_geometries(make_record(scene))
 
 
 def test_geoparquet_georeferenced_round_trip(tmp_path: Path) -> None:
@@ -173,7 +178,7 @@ def test_geoparquet_georeferenced_round_trip(tmp_path: Path) -> None:
         make_record(make_scene(), "q1"),
         make_record(make_scene(rotated_transform(), scene_id="rot"), "q2"),
     ]
-    path = outputs.write_geoparquet(records, tmp_path / "answers.parquet")
+    path = write_geoparquet(records, tmp_path / "answers.parquet")
     frame = geopandas.read_parquet(path)
     assert frame.crs.to_epsg() == 4326
     assert list(frame["question_id"]) == ["q1", "q2"]
@@ -198,7 +203,7 @@ def test_geoparquet_georeferenced_round_trip(tmp_path: Path) -> None:
 
 
 def test_geoparquet_without_georeference_is_in_pixels(tmp_path: Path) -> None:
-    path = outputs.write_geoparquet([make_record(make_scene(georef=False))], tmp_path / "a.parquet")
+    path = write_geoparquet([make_record(make_scene(georef=False))], tmp_path / "a.parquet")
     frame = geopandas.read_parquet(path)
     # the EPSG:4326 column never holds a pixel box: null here; pixels live in geometry_px
     assert frame.crs.to_epsg() == 4326 and frame.geometry.isna()[0]
@@ -214,7 +219,7 @@ def test_geojson_is_a_valid_feature_collection(tmp_path: Path) -> None:
         make_record(make_scene(), "q1"),
         make_record(make_scene(georef=False, scene_id="png"), "q2"),
     ]
-    path = outputs.write_geojson(records, tmp_path / "answers.geojson")
+    path = write_geojson(records, tmp_path / "answers.geojson")
     data = json.loads(path.read_text())
     assert data["type"] == "FeatureCollection"
     kinds = [(f["properties"]["question_id"], f["properties"]["kind"]) for f in data["features"]]
@@ -239,7 +244,7 @@ def test_geojson_is_a_valid_feature_collection(tmp_path: Path) -> None:
 
 def test_overlay_png_draws_heat_and_tiles(tmp_path: Path) -> None:
     record = make_record(make_scene())
-    path = outputs.write_overlay_png(
+    path = write_overlay_png(
         record, FakePyramid(), tmp_path / "o.png", max_side_px=200, annotated=False
     )
     image = np.asarray(Image.open(path).convert("RGB"))
@@ -252,7 +257,7 @@ def test_overlay_png_draws_heat_and_tiles(tmp_path: Path) -> None:
     no_heat = AnswerRecord.from_dict({**record.to_dict(), "heatmap": None})
     bare = np.asarray(
         Image.open(
-            outputs.write_overlay_png(
+            write_overlay_png(
                 no_heat, FakePyramid(), tmp_path / "b.png", max_side_px=200, annotated=False
             )
         )
@@ -262,15 +267,13 @@ def test_overlay_png_draws_heat_and_tiles(tmp_path: Path) -> None:
 
 def test_overlay_rejects_the_wrong_pyramid(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="size_wh"):
-        outputs.write_overlay_png(
-            make_record(make_scene()), FakePyramid((10, 10)), tmp_path / "x.png"
-        )
+        write_overlay_png(make_record(make_scene()), FakePyramid((10, 10)), tmp_path / "x.png")
 
 
 @pytest.mark.parametrize("georef", [True, False])
 def test_heatmap_cog_is_aligned_with_the_scene(tmp_path: Path, georef: bool) -> None:
     record = make_record(make_scene(rotated_transform() if georef else NORTH_UP, georef=georef))
-    path = outputs.write_heatmap_cog(record, FakePyramid(), tmp_path / "heat.tif")
+    path = write_heatmap_cog(record, FakePyramid(), tmp_path / "heat.tif")
     with rasterio.open(path) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert (src.height, src.width) == (3, 4)
@@ -285,22 +288,22 @@ def test_heatmap_cog_is_aligned_with_the_scene(tmp_path: Path, georef: bool) -> 
 
 def test_batch_writer_appends_parts_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "batch"
-    writer = outputs.BatchWriter(out, overlay_side_px=64)
+    writer = BatchWriter(out, overlay_side_px=64)
     first = writer.append(
         [make_record(make_scene(), "q1"), make_record(make_scene(), "q2")], pyramid=FakePyramid()
     )
     part0 = Path(first).read_bytes()
-    assert outputs.answered_ids(out) == {"q1", "q2"}
+    assert answered_ids(out) == {"q1", "q2"}
     # a resumed run (new writer) adds a part and never touches the first one
-    again = outputs.BatchWriter(out, overlay_side_px=64)
+    again = BatchWriter(out, overlay_side_px=64)
     again.append(
         [make_record(make_scene(), "q3"), make_record(make_scene(), "q4", error="model failed")]
     )
     parts = sorted(p.name for p in (out / "answers.parquet").iterdir())
     assert parts == ["part-00000.parquet", "part-00001.parquet"]
     assert Path(first).read_bytes() == part0
-    assert outputs.answered_ids(out) == {"q1", "q2", "q3"}
-    assert outputs.answered_ids(out, include_failed=True) == {"q1", "q2", "q3", "q4"}
+    assert answered_ids(out) == {"q1", "q2", "q3"}
+    assert answered_ids(out, include_failed=True) == {"q1", "q2", "q3", "q4"}
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["q1.png", "q2.png"]
     # the retried question succeeds later: geojson keeps one answer per question, the good one
     again.append([make_record(make_scene(), "q4")])
@@ -316,10 +319,10 @@ def test_batch_writer_appends_parts_and_resumes(tmp_path: Path) -> None:
 
 def test_batch_writer_on_an_fsspec_url() -> None:
     url = "memory://lrs-test-batch"
-    writer = outputs.BatchWriter(url)
+    writer = BatchWriter(url)
     writer.append([make_record(make_scene(georef=False), "q1")])
-    assert outputs.answered_ids(url) == {"q1"}
-    assert [r.question_id for r in outputs.read_records(url)] == ["q1"]
+    assert answered_ids(url) == {"q1"}
+    assert [r.question_id for r in read_records(url)] == ["q1"]
     import fsspec
 
     with fsspec.open(f"{url}/answers.geojson", "r") as handle:
@@ -328,7 +331,7 @@ def test_batch_writer_on_an_fsspec_url() -> None:
 
 
 def test_answered_ids_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
-    assert outputs.answered_ids(tmp_path / "nothing-yet") == set()
+    assert answered_ids(tmp_path / "nothing-yet") == set()
 
 
 def test_outputs_with_a_real_pyramid(ingested_store: Path, tmp_path: Path) -> None:
@@ -336,17 +339,17 @@ def test_outputs_with_a_real_pyramid(ingested_store: Path, tmp_path: Path) -> No
 
     pyramid = open_pyramid(ingested_store)
     record = make_record(pyramid.scene_ref())
-    rows = outputs.record_geometries(record)
+    rows = record_geometries(record)
     for row in rows:  # the same footprint as the pyramid's own pixel -> CRS mapping
         assert row.geometry_crs.equals_exact(pyramid.footprint(row.bbox_px), 1e-6) or (
             row.geometry_crs.symmetric_difference(pyramid.footprint(row.bbox_px)).area < 1e-6
         )
-    path = outputs.write_overlay_png(
+    path = write_overlay_png(
         record, pyramid, tmp_path / "real.png", max_side_px=100, annotated=False
     )
     image = np.asarray(Image.open(path))
     assert image.shape == (70, 100, 3)
-    cog = outputs.write_heatmap_cog(record, pyramid, tmp_path / "heat.tif")
+    cog = write_heatmap_cog(record, pyramid, tmp_path / "heat.tif")
     with rasterio.open(cog) as src:
         assert src.crs.to_epsg() == SCENE_EPSG
 
@@ -358,7 +361,7 @@ def test_a_flat_heat_map_leaves_the_scene_visible(tmp_path: Path) -> None:
     )
     image = np.asarray(
         Image.open(
-            outputs.write_overlay_png(
+            write_overlay_png(
                 flat, FakePyramid(), tmp_path / "f.png", max_side_px=200, annotated=False
             )
         )
@@ -370,7 +373,7 @@ def test_a_flat_heat_map_leaves_the_scene_visible(tmp_path: Path) -> None:
     )
     heat = np.asarray(
         Image.open(
-            outputs.write_overlay_png(
+            write_overlay_png(
                 ramp, FakePyramid(), tmp_path / "r.png", max_side_px=200, annotated=False
             )
         )

@@ -1,7 +1,8 @@
-"""Overlay PNGs that stand alone: question, answer, legend, scale bar and corner coordinates.
+"""Overlay PNGs that stand alone: evidence and heat map on the thumbnail, framed and labelled.
 
-:func:`annotate_overlay` frames the picture of :func:`lrs_core.outputs.writers.render_overlay` (the scene
-thumbnail with the heat map and the evidence outlines) so it can be read without the record:
+:func:`render_overlay` draws the evidence on the thumbnail (tiles of every DIP level outlined in
+that level's colour, the top tokens in magenta, the heat map blended); :func:`annotate_overlay`
+frames that picture so it can be read without the record:
 
 * a header with the question, the answer and the preset;
 * the corner coordinates of the scene (EPSG:4326, degrees) above and below the picture, when the
@@ -13,17 +14,38 @@ thumbnail with the heat map and the evidence outlines) so it can be read without
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lrs_core.errors import ConfigError
+from lrs_core.fsio import write_bytes_atomic
+from lrs_core.outputs.geometry import DEFAULT_TOP_TOKENS, ThumbnailSource, corner_lonlat
+from lrs_core.outputs.heatmaps import HEATMAP_RAMP_RGB, heat_rgba
+from lrs_core.records import AnswerRecord, BBoxPx
+
 if TYPE_CHECKING:
     from PIL import ImageDraw, ImageFont
 
-    from lrs_core.records import AnswerRecord
-
+#: Longest side of the thumbnail an overlay is drawn on, in pixels.
+DEFAULT_OVERLAY_SIDE_PX = 768
+#: Outline width of final-level evidence tiles / of coarser-level tiles / of tokens, in overlay px.
+FINAL_TILE_OUTLINE_PX = 3
+TILE_OUTLINE_PX = 1
+#: Outline colours of the DIP levels (cycled), RGB; level 0 is the thumbnail and has no tiles.
+LEVEL_COLOURS_RGB: tuple[tuple[int, int, int], ...] = (
+    (255, 255, 255),
+    (0, 200, 255),
+    (255, 220, 0),
+    (255, 60, 60),
+    (120, 255, 80),
+)
+TOKEN_COLOUR_RGB = (255, 0, 255)
 #: Text size of the header, coordinates and legend, in pixels.
 FONT_PX = 13
 #: Padding around the picture and between blocks, in pixels.
@@ -45,6 +67,92 @@ MUTED_RGB = (90, 96, 104)
 COORD_DECIMALS = 5
 #: Mantissas of "round" scale-bar lengths.
 NICE_STEPS = (1, 2, 5)
+
+
+def render_overlay(
+    record: AnswerRecord, pyramid: ThumbnailSource, *, max_side_px: int = DEFAULT_OVERLAY_SIDE_PX
+) -> np.ndarray:
+    """Scene thumbnail with the heat map blended and the evidence drawn.
+
+    Tiles of every DIP level are outlined in that level's colour (final-level tiles thicker);
+    the top-scored tokens are outlined in magenta.
+
+    Args:
+        record: the answer.
+        pyramid: the scene's pyramid (its level-0 size must match ``record.scene.size_wh``).
+        max_side_px: longest side of the thumbnail.
+
+    Returns:
+        uint8 (h, w, 3) RGB image.
+
+    Raises:
+        ConfigError: ``max_side_px`` < 1, or the pyramid is not the record's scene.
+    """
+    from PIL import Image, ImageDraw
+
+    if max_side_px < 1:
+        raise ConfigError(f"max_side_px={max_side_px} must be >= 1")
+    if tuple(pyramid.size_wh) != tuple(record.scene.size_wh):
+        raise ConfigError(
+            f"{record.question_id}: pyramid size_wh={tuple(pyramid.size_wh)} differs from the "
+            f"record's scene {record.scene.scene_id!r} size_wh={record.scene.size_wh}; pass the "
+            f"pyramid of {record.scene.store}"
+        )
+    thumb = np.asarray(pyramid.thumbnail(max_side_px=max_side_px))
+    if thumb.dtype != np.uint8 or thumb.ndim != 3 or thumb.shape[2] != 3:
+        raise ConfigError(
+            f"thumbnail must be uint8 (h, w, 3); got {thumb.dtype} {thumb.shape} from {pyramid!r}"
+        )
+    height, width = thumb.shape[:2]
+    image = Image.fromarray(thumb, mode="RGB").convert("RGBA")
+    heat = heat_rgba(record, (width, height))
+    if heat is not None:
+        image = Image.alpha_composite(image, Image.fromarray(heat, mode="RGBA"))
+    draw = ImageDraw.Draw(image)
+    scale_x = width / record.scene.size_wh[0]
+    scale_y = height / record.scene.size_wh[1]
+
+    def outline(bbox_px: BBoxPx, colour: tuple[int, int, int], line_px: int) -> None:
+        x0, y0, x1, y1 = bbox_px
+        box = (
+            x0 * scale_x,
+            y0 * scale_y,
+            max(x0 * scale_x, x1 * scale_x - 1),
+            max(y0 * scale_y, y1 * scale_y - 1),
+        )
+        draw.rectangle(box, outline=(*colour, 255), width=line_px)
+
+    for tile in sorted(record.evidence_tiles, key=lambda t: (t.is_final, t.dip_level)):
+        colour = LEVEL_COLOURS_RGB[tile.dip_level % len(LEVEL_COLOURS_RGB)]
+        outline(tile.bbox_px, colour, FINAL_TILE_OUTLINE_PX if tile.is_final else TILE_OUTLINE_PX)
+    for token in sorted(record.evidence_tokens, key=lambda t: -t.score)[:DEFAULT_TOP_TOKENS]:
+        outline(token.bbox_px, TOKEN_COLOUR_RGB, TILE_OUTLINE_PX)
+    return np.asarray(image.convert("RGB"))
+
+
+def write_overlay_png(
+    record: AnswerRecord,
+    pyramid: ThumbnailSource,
+    path: str | os.PathLike[str],
+    *,
+    max_side_px: int = DEFAULT_OVERLAY_SIDE_PX,
+    annotated: bool = True,
+) -> Path:
+    """Write :func:`render_overlay` as a PNG at ``path`` (local path or fsspec URL); return it.
+
+    With ``annotated`` (the default) the picture is framed with the question, the answer, a
+    legend and, for a georeferenced scene, a scale bar and corner coordinates
+    (:func:`annotate_overlay`); otherwise it is the bare picture.
+    """
+    from PIL import Image
+
+    picture = render_overlay(record, pyramid, max_side_px=max_side_px)
+    if annotated:
+        picture = annotate_overlay(record, picture)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)
 
 
 def _font(size_px: int = FONT_PX) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -76,24 +184,6 @@ def nice_length_m(max_m: float) -> float:
 
 def _format_m(length_m: float) -> str:
     return f"{length_m / 1000:g} km" if length_m >= 1000 else f"{length_m:g} m"
-
-
-def corner_lonlat(record: AnswerRecord) -> dict[str, tuple[float, float]] | None:
-    """Return (lon, lat) of the corners ``ul``, ``ur``, ``ll``, ``lr``; None without georef."""
-    from pyproj import CRS, Transformer
-
-    scene = record.scene
-    if scene.crs_wkt is None or scene.transform is None:
-        return None
-    a, b, c, d, e, f = scene.transform
-    width, height = scene.size_wh
-    to_lonlat = Transformer.from_crs(CRS.from_wkt(scene.crs_wkt), "EPSG:4326", always_xy=True)
-    corners = {"ul": (0, 0), "ur": (width, 0), "ll": (0, height), "lr": (width, height)}
-    out = {}
-    for name, (col, row) in corners.items():
-        lon, lat = to_lonlat.transform(a * col + b * row + c, d * col + e * row + f)
-        out[name] = (float(lon), float(lat))
-    return out
 
 
 def _draw_scale_bar(
@@ -134,19 +224,13 @@ def annotate_overlay(record: AnswerRecord, picture: np.ndarray) -> np.ndarray:
 
     Args:
         record: the answer the picture shows.
-        picture: uint8 (h, w, 3) from :func:`lrs_core.outputs.writers.render_overlay`.
+        picture: uint8 (h, w, 3) from :func:`render_overlay`.
 
     Returns:
         uint8 (H, W, 3) RGB, larger than ``picture`` (which is pasted unchanged, but for the
         scale bar drawn on its bottom-left corner).
     """
     from PIL import Image, ImageDraw
-
-    from lrs_core.outputs.writers import (
-        HEATMAP_RAMP_RGB,
-        LEVEL_COLOURS_RGB,
-        TOKEN_COLOUR_RGB,
-    )
 
     height, width = picture.shape[:2]
     font = _font()
