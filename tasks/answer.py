@@ -95,7 +95,7 @@ def cached_engine(
 
     Args:
         model_dir: the model directory.
-        preset: engine preset (:meth:`FocusConfig.preset`).
+        preset: engine preset (:meth:`FocusConfig.from_preset`).
         budget: vision-token budget; None keeps the preset's.
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``auto`` (the checkpoint dtype on CUDA, fp32 on CPU), ``fp16``, ``bf16`` or ``fp32``.
@@ -248,7 +248,7 @@ def _answer_locked(
     pyramid = open_pyramid(store)
     baseline_engine = FocusEngine(
         engine.loaded,
-        config=FocusConfig.preset(BASELINE_PRESET),
+        config=FocusConfig.from_preset(BASELINE_PRESET),
         feature_cache=engine.feature_cache,
     )
     progress = progress_reporter(f"answers about {scene_id}")

@@ -57,7 +57,7 @@ def large_pyramid(large_store: Path) -> Pyramid:
 
 def _engine(loaded: LoadedModel, preset: str, **overrides: Any) -> FocusEngine:
     scorer = overrides.pop("scorer", None)
-    config = FocusConfig.preset(preset, max_new_tokens=NEW_TOKENS, **overrides)
+    config = FocusConfig.from_preset(preset, max_new_tokens=NEW_TOKENS, **overrides)
     return FocusEngine(loaded, config=config, scorer=scorer)
 
 
@@ -178,22 +178,24 @@ class TestPdropContract(FocusEngineContract):
 
 
 def test_presets_and_config_validation() -> None:
-    parity = FocusConfig.preset("parity")
-    assert (parity.max_zoom_steps, parity.tiles_cap, parity.keep_ratio) == (1, None, 0.25)
-    assert parity.include_newline_in_selection and parity.keep_all_newlines
-    assert not parity.rfm_gather_valid_only and parity.resampler == "parity"
+    parity = FocusConfig.from_preset("parity")
+    assert (parity.budget.max_zoom_steps, parity.budget.tiles_cap) == (1, None)
+    assert parity.loop.keep_ratio == 0.25
+    assert parity.loop.include_newline_in_selection and parity.loop.keep_all_newlines
+    assert not parity.loop.rfm_gather_valid_only and parity.view.resampler == "parity"
     default = FocusConfig()
-    assert default.max_zoom_steps is None and not default.include_newline_in_selection
-    assert FocusConfig.preset("grid-6").grid_n == 6
+    assert default == FocusConfig.from_preset("default")
+    assert default.budget.max_zoom_steps is None and not default.loop.include_newline_in_selection
+    assert FocusConfig.from_preset("grid-6").baseline.grid_n == 6
     assert FocusConfig.from_dict(parity.to_dict()) == parity
     with pytest.raises(ConfigError, match="grid-N"):
-        FocusConfig.preset("grid")
+        FocusConfig.from_preset("grid")
     with pytest.raises(ConfigError, match="keep_ratio"):
-        FocusConfig(keep_ratio=0.0)
+        FocusConfig.from_preset("default", keep_ratio=0.0)
     with pytest.raises(ConfigError, match="token_budget"):
-        FocusConfig(token_budget=0)
+        FocusConfig.from_preset("default", token_budget=0)
     with pytest.raises(ConfigError, match="no fields"):
-        FocusConfig.preset("default", zoom=3)
+        FocusConfig.from_preset("default", zoom=3)
 
 
 # -- budgets -----------------------------------------------------------------------------------
@@ -508,7 +510,7 @@ def test_an_over_context_baseline_view_warns_only_when_running(
     engine = _engine(tiny_model, "full", max_zoom_steps=1)
     plan = plan_pyramid(2100, 1400, config=engine.dip_config)
     allowance = engine.thumbnail_tokens + 1  # far below any level's view
-    with caplog.at_level("DEBUG", logger="lrs_core.focus.engine"):
+    with caplog.at_level("DEBUG", logger="lrs_core.focus.views"):
         engine.baseline_level(plan, allowance, dry_run=True)
         engine.baseline_level(plan, allowance)
     over = [r for r in caplog.records if "left in the context" in r.getMessage()]

@@ -62,7 +62,7 @@ class TestQwenPdropContract(contract.TestPdropContract):
 
 def test_parity_is_refused(tiny_model: LoadedModel) -> None:
     with pytest.raises(ConfigError, match="no qwen2(.5)?-vl path"):
-        FocusEngine(tiny_model, config=FocusConfig.preset("parity"))
+        FocusEngine(tiny_model, config=FocusConfig.from_preset("parity"))
 
 
 class TestQwenSequences:

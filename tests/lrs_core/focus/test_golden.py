@@ -114,7 +114,7 @@ def digest(records: list[AnswerRecord]) -> str:
 def run_case(loaded: LoadedModel, pyramid: Pyramid, case: str) -> list[AnswerRecord]:
     """Run one case on a fresh engine (cold feature cache)."""
     preset, overrides, use_planted, what = CASES[case]
-    config = FocusConfig.preset(preset, max_new_tokens=NEW_TOKENS, **overrides)
+    config = FocusConfig.from_preset(preset, max_new_tokens=NEW_TOKENS, **overrides)
     engine = FocusEngine(loaded, config=config, scorer=planted if use_planted else None)
     if what == "answer":
         return [engine.answer(pyramid, QUESTION)]
