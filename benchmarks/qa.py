@@ -336,7 +336,9 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for preset in job["presets"]:
         engine = FocusEngine(
-            loaded, config=FocusConfig.from_preset(preset, **overrides), feature_cache=FeatureCache()
+            loaded,
+            config=FocusConfig.from_preset(preset, **overrides),
+            feature_cache=FeatureCache(),
         )
         plan = engine.plan(pyramid, questions[0], question_id="q01")
         out: dict[str, Any] = {"plan": summarize(plan, wall_s=None), "questions": []}

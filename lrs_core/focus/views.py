@@ -503,6 +503,24 @@ class FocusView(View):
             count -= 1
         return everything[:1]
 
+    def pruned_bound(self, n_tokens: int, n_rows: int, level: DipLevel) -> int:
+        """Most vision tokens pruning can keep of ``n_tokens`` valid tokens in ``n_rows`` rows.
+
+        With newlines among the candidates (parity, spec §5.4) the ratio applies to tokens plus
+        every newline, and all of the picks may be image tokens.
+        """
+        loop, total_rows = self.config.loop, level.token_grid_hw[0]
+        if not loop.include_newline_in_selection:
+            return pruned_size(
+                n_tokens,
+                n_rows,
+                keep_ratio=loop.keep_ratio,
+                all_newlines=loop.keep_all_newlines,
+                total_rows=total_rows,
+            )
+        kept = min(n_tokens, int((n_tokens + total_rows) * loop.keep_ratio))
+        return kept + (total_rows if loop.keep_all_newlines else min(n_rows, kept))
+
     def llm_view(self, state: FocusState) -> LlmView:
         """The last level's tokens pruned by score (or, unscored, their upper bound)."""
         loop, last = self.config.loop, state.visited[-1]
@@ -510,13 +528,7 @@ class FocusView(View):
         if not last.scored:
             side = last.level.tokens_per_tile_side
             rows_bound = min(last.level.token_grid_hw[0], len(last.tiles_rc) * side)
-            final = pruned_size(
-                int(last.valid.sum()),
-                rows_bound,
-                keep_ratio=loop.keep_ratio,
-                all_newlines=loop.keep_all_newlines,
-                total_rows=last.level.token_grid_hw[0],
-            )
+            final = self.pruned_bound(int(last.valid.sum()), rows_bound, last.level)
             return LlmView(
                 level=last.level,
                 tiles_rc=last.tiles_rc,

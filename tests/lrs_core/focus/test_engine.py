@@ -350,38 +350,54 @@ def test_answer_many_shares_the_coarse_work(
 # -- dry runs ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("preset", "overrides"),
-    [
-        ("thumbnail", {}),
-        ("grid-3", {}),
-        ("full", {"max_zoom_steps": 1}),
-        ("fastv", {"max_zoom_steps": 0}),
-    ],
-)
+#: Every preset with the overrides its plan == run check uses. ``default``/``parity`` stop at
+#: level 1 (no zoom choice), so only the pruned token count is left to the scores.
+PLAN_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("default", {"max_zoom_steps": 0}),
+    ("parity", {"max_zoom_steps": 0}),
+    ("thumbnail", {}),
+    ("grid-3", {}),
+    ("full", {"max_zoom_steps": 1}),
+    ("fastv", {"max_zoom_steps": 0}),
+    ("pdrop", {"max_zoom_steps": 0}),
+]
+
+
+def assert_plan_equals_run(planned: AnswerRecord, ran: AnswerRecord) -> None:
+    """A plan counts what the run did; for a scoring view the kept tokens are an upper bound."""
+    p, r = planned.accounting, ran.accounting
+    assert p.planned and not r.planned
+    for name in ("vision_tiles_encoded", "tokens_per_level", "llm_text_tokens"):
+        assert getattr(p, name) == getattr(r, name), name
+    assert p.flops.vision_flops == r.flops.vision_flops
+    assert p.flops.rfm_flops == r.flops.rfm_flops
+    assert planned.preset_params["run"]["rfm_tokens"] == ran.preset_params["run"]["rfm_tokens"]
+    assert planned.preset_params["run"]["stop_reason"] == ran.preset_params["run"]["stop_reason"]
+    assert [(t.dip_level, t.tile_rc) for t in planned.evidence_tiles] == [
+        (t.dip_level, t.tile_rc) for t in ran.evidence_tiles
+    ]
+    if planned.preset_params["strategy"] == "focus":
+        assert "upper bound" in planned.preset_params["run"]["plan"]
+        assert p.vision_tokens_to_llm >= r.vision_tokens_to_llm
+        return
+    assert "plan" not in planned.preset_params["run"]
+    assert p.vision_tokens_to_llm == r.vision_tokens_to_llm
+    assert p.llm_prefill_tokens == r.llm_prefill_tokens
+    if planned.preset_params["strategy"] in ("fastv", "pdrop"):
+        assert (
+            planned.preset_params["run"]["tokens_per_layer"]
+            == ran.preset_params["run"]["tokens_per_layer"]
+        )
+
+
+@pytest.mark.parametrize(("preset", "overrides"), PLAN_CASES)
 def test_plan_counts_equal_the_run(
     tiny_model: LoadedModel, large_pyramid: Pyramid, preset: str, overrides: dict[str, Any]
 ) -> None:
     engine = _engine(tiny_model, preset, **overrides)
     planned = engine.plan(large_pyramid, QUESTION)
     ran = _engine(tiny_model, preset, **overrides).answer(large_pyramid, QUESTION)
-    p, r = planned.accounting, ran.accounting
-    assert p.planned and not r.planned
-    for name in (
-        "vision_tiles_encoded",
-        "tokens_per_level",
-        "vision_tokens_to_llm",
-        "llm_text_tokens",
-        "llm_prefill_tokens",
-    ):
-        assert getattr(p, name) == getattr(r, name), name
-    assert p.flops.vision_flops == r.flops.vision_flops
-    assert [t.tile_rc for t in planned.evidence_tiles] == [t.tile_rc for t in ran.evidence_tiles]
-    if preset == "fastv":
-        assert (
-            planned.preset_params["run"]["tokens_per_layer"]
-            == ran.preset_params["run"]["tokens_per_layer"]
-        )
+    assert_plan_equals_run(planned, ran)
 
 
 @pytest.mark.parametrize("preset", ["default", "parity"])

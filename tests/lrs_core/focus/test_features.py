@@ -105,7 +105,9 @@ def test_engines_share_a_cache_across_presets(tiny_model: LoadedModel, large_sto
         feature_cache=cache,
     )
     thumb = FocusEngine(
-        tiny_model, config=FocusConfig.from_preset("thumbnail", max_new_tokens=1), feature_cache=cache
+        tiny_model,
+        config=FocusConfig.from_preset("thumbnail", max_new_tokens=1),
+        feature_cache=cache,
     )
     full.answer(pyramid, "What is red?")
     record = thumb.answer(pyramid, "What is red?")
