@@ -12,9 +12,9 @@ run are one code path::
     view.llm_view(state)                   # the tokens the LLM gets (pruned, or whole)
 
 Views: :class:`FocusView` (coarse to fine with the RFM), :class:`ThumbnailView`,
-:class:`GridView` (``grid-N``), :class:`FullView` (a whole DIP level) and :class:`LayerDropView`
-(the full view, with FastV or PyramidDrop dropping vision tokens inside the LLM).
-:func:`view_for` maps ``FocusConfig.strategy`` to its view.
+:class:`GridView` (``grid-N``), :class:`FullView` (a whole DIP level), and :class:`FastVView` and
+:class:`PyramidDropView` (layer-drop views: the full view, with vision tokens dropped inside the
+LLM). :func:`view_for` maps ``FocusConfig.strategy`` to its view.
 
 Where the next step depends on the RFM's scores (the zoom tiles, the pruned tokens) and the
 executor only counted (``ScoredLevel.scored`` is False), :class:`FocusView` takes an **upper
@@ -314,15 +314,30 @@ class FullView(GridView):
 
 
 class LayerDropView(FullView):
-    """The full view, with FastV or PyramidDrop dropping vision tokens inside the LLM."""
+    """The full view, with vision tokens dropped inside the LLM (FastV or PyramidDrop)."""
 
     def layer_drop(self) -> LayerDropSchedule:
-        """The FastV (``fastv``) or PyramidDrop (``pdrop``) schedule of the config."""
+        """Where the LLM drops vision tokens."""
+        raise NotImplementedError
+
+
+class FastVView(LayerDropView):
+    """The full view under FastV: one drop after layer K (Chen et al., 2024)."""
+
+    def layer_drop(self) -> LayerDropSchedule:
+        """FastV's schedule: ``fastv_layer`` and ``fastv_keep_ratio``."""
         baseline = self.config.baseline
-        if self.config.strategy == "fastv":
-            return LayerDropSchedule.fastv(
-                layer=baseline.fastv_layer, keep_ratio=baseline.fastv_keep_ratio
-            )
+        return LayerDropSchedule.fastv(
+            layer=baseline.fastv_layer, keep_ratio=baseline.fastv_keep_ratio
+        )
+
+
+class PyramidDropView(LayerDropView):
+    """The full view under PyramidDrop: drops at equal depths (Xing et al., 2024)."""
+
+    def layer_drop(self) -> LayerDropSchedule:
+        """PyramidDrop's schedule: ``pdrop_stages`` drops of ``pdrop_keep_ratio`` each."""
+        baseline = self.config.baseline
         return LayerDropSchedule.pdrop(
             num_layers=self.ctx.n_llm_layers,
             keep_ratio=baseline.pdrop_keep_ratio,
@@ -569,8 +584,8 @@ VIEWS: dict[str, Callable[..., View]] = {
     "thumbnail": ThumbnailView,
     "grid": GridView,
     "full": FullView,
-    "fastv": LayerDropView,
-    "pdrop": LayerDropView,
+    "fastv": FastVView,
+    "pdrop": PyramidDropView,
 }
 
 

@@ -24,11 +24,13 @@ from lrs_core.focus.executor import CountingExecutor
 from lrs_core.focus.loop import run_view
 from lrs_core.focus.state import FocusState, Generated
 from lrs_core.focus.views import (
+    FastVView,
     FocusView,
     FullView,
     GridView,
     LayerDropView,
     LlmView,
+    PyramidDropView,
     ThumbnailView,
     ViewContext,
     view_for,
@@ -85,15 +87,15 @@ def _dry_run(
         ("thumbnail", ThumbnailView),
         ("grid-3", GridView),
         ("full", FullView),
-        ("fastv", LayerDropView),
-        ("pdrop", LayerDropView),
+        ("fastv", FastVView),
+        ("pdrop", PyramidDropView),
     ],
 )
 def test_each_strategy_is_a_view(preset: str, view_type: type) -> None:
     view = view_for(_context(preset))
     assert type(view) is view_type
     assert view.scores == (view_type is FocusView)
-    assert (view.layer_drop() is not None) == (view_type is LayerDropView)
+    assert (view.layer_drop() is not None) == issubclass(view_type, LayerDropView)
 
 
 def test_the_layer_drop_schedule_is_the_configured_one() -> None:
