@@ -4,7 +4,9 @@ Each case runs a preset on the 2100 x 1400 test scene with the tiny model and co
 record (timings, memory, the store path and the answer text left out; floats rounded to 6
 significant digits) with the digest recorded in ``golden_records.json``. The digests were
 recorded before the loop became one loop over views and executors (issue 12), so a change of
-any count, tile, score, heat-map cell or config field in a record fails here.
+any count, tile, score, heat-map cell or config field in a record fails here. Since then only
+``plan-parity`` was regenerated, when the parity dry run became a true upper bound of its kept
+tokens (993 -> 1001 vision tokens).
 
 ``LRS_GOLDEN_DUMP=DIR`` also writes the compared records as JSON, to diff. Regenerate (only for
 an intended change of the records, and say why in the commit):
