@@ -182,7 +182,7 @@ def run_preset(
     from lrs_core.focus.engine import FocusConfig, FocusEngine
     from lrs_core.focus.features import FeatureCache
 
-    config = FocusConfig.preset(preset, max_new_tokens=max_new_tokens)
+    config = FocusConfig.from_preset(preset, max_new_tokens=max_new_tokens)
     plan = FocusEngine(loaded, config=config, feature_cache=FeatureCache()).plan(
         pyramid, QUESTIONS[0]
     )

@@ -329,14 +329,16 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     questions: list[str] = job["questions"]
     warm = FocusEngine(
         loaded,
-        config=FocusConfig.preset("thumbnail", max_new_tokens=2),
+        config=FocusConfig.from_preset("thumbnail", max_new_tokens=2),
         feature_cache=FeatureCache(),
     )
     warmed = False
     results: dict[str, Any] = {}
     for preset in job["presets"]:
         engine = FocusEngine(
-            loaded, config=FocusConfig.preset(preset, **overrides), feature_cache=FeatureCache()
+            loaded,
+            config=FocusConfig.from_preset(preset, **overrides),
+            feature_cache=FeatureCache(),
         )
         plan = engine.plan(pyramid, questions[0], question_id="q01")
         out: dict[str, Any] = {"plan": summarize(plan, wall_s=None), "questions": []}

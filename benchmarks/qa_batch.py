@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = qa.prepare_model(scratch, args.size)
     store = qa.prepare_scene(scratch, *SCENE)
     loaded = load_model(model_dir, device="cpu")
-    config = FocusConfig.preset(args.preset, max_new_tokens=args.new_tokens)
+    config = FocusConfig.from_preset(args.preset, max_new_tokens=args.new_tokens)
     engine = FocusEngine(loaded, config=config)
     pyramid = open_pyramid(store)
     questions = [(f"q{i + 1:02d}", qa.QUESTIONS[i % len(qa.QUESTIONS)]) for i in range(args.n)]

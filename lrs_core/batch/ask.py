@@ -11,7 +11,6 @@ one reader of question and request files).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,7 @@ def load_engine(
     values = dict(overrides or {})
     if budget is not None:
         values["token_budget"] = budget
-    config = FocusConfig.preset(preset, **values)
+    config = FocusConfig.from_preset(preset, **values)
     torch_device = resolve_device(device)  # bad names fail before any loading
     if dtype is not None:
         parse_dtype(dtype)
@@ -94,7 +93,7 @@ def load_engine(
     else:
         loaded = load_model(model_dir, device=torch_device, dtype=dtype)
     if "max_new_tokens" not in values and loaded.generation.max_new_tokens is not None:
-        config = replace(config, max_new_tokens=loaded.generation.max_new_tokens)
+        config = config.override(max_new_tokens=loaded.generation.max_new_tokens)
     return FocusEngine(loaded, config=config, feature_cache=feature_cache)
 
 

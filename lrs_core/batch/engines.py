@@ -95,6 +95,6 @@ def baseline_engine(engine: FocusEngine) -> FocusEngine:
     """Return the ``full`` baseline over ``engine``'s model and feature cache (for its plan)."""
     return FocusEngine(
         engine.loaded,
-        config=FocusConfig.preset(BASELINE_PRESET),
+        config=FocusConfig.from_preset(BASELINE_PRESET),
         feature_cache=engine.feature_cache,
     )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
+from lrs_core.focus.accounting import rfm_flops, vision_flops
+from lrs_core.focus.config import FocusConfig
 from lrs_core.focus.heatmap import splat_levels
 from lrs_core.focus.select import top_indices
-from lrs_core.focus.state import STAGES, FocusState, LlmInput, ScoredLevel
-from lrs_core.models.flops import ModelDims, count_flops
+from lrs_core.focus.state import STAGES, FocusState, Generated, ScoredLevel
+from lrs_core.focus.views import LlmView
+from lrs_core.models.flops import ModelDims
 from lrs_core.models.layout import TokenKind
 from lrs_core.records import (
     Accounting,
@@ -20,34 +21,56 @@ from lrs_core.records import (
     TokenEvidence,
 )
 
-if TYPE_CHECKING:
-    from lrs_core.focus.engine import FocusEngine
+
+@dataclass(frozen=True, kw_only=True)
+class RecordSource:
+    """What every record of one engine shares: the model and the config.
+
+    Attributes:
+        model_id: the model's name.
+        config: the engine's config (the record's preset and ``preset_params``).
+        dims: model dimensions for the FLOP counts.
+        thumbnail_tokens: tokens of the thumbnail.
+    """
+
+    model_id: str
+    config: FocusConfig
+    dims: ModelDims
+    thumbnail_tokens: int
 
 
-def build_record(
-    engine: FocusEngine,
-    *,
-    scene: SceneRef,
-    question: str,
-    question_id: str,
-    answer: str,
-    state: FocusState,
-    llm_input_counts: tuple[int, int],
-    levels: list[ScoredLevel],
-    kept: LlmInput | None,
-    decode_steps: int,
-    llm_flops: float,
-    peak: int,
-    extra: dict[str, Any],
-    planned: bool,
-) -> AnswerRecord:
+@dataclass(frozen=True, eq=False, kw_only=True)
+class QuestionOutcome:
+    """One question's loop and LLM, answered or planned.
+
+    Attributes:
+        scene: the scene.
+        question_id: the record's id.
+        state: the loop's state (question, visited levels, tiles, RFM passes, timings).
+        llm_view: the tokens the LLM got (or would get).
+        generated: the answer, decode steps, LLM FLOPs and extra run fields.
+        peak_bytes: peak memory of the question (0 when planned).
+        planned: counted without running a model.
+    """
+
+    scene: SceneRef
+    question_id: str
+    state: FocusState
+    llm_view: LlmView
+    generated: Generated
+    peak_bytes: int = 0
+    planned: bool = False
+
+
+def build_record(source: RecordSource, outcome: QuestionOutcome) -> AnswerRecord:
     """Return the :class:`AnswerRecord` of one question (answered or planned).
 
     Evidence tiles: every tile of every visited level, ``score`` = the RFM mass of the tile's own
     tokens at its level (0 where the level was not scored), ``is_final`` on the last level. FLOPs:
     vision for the tiles actually encoded (cache hits are free), RFM per pass, LLM as given.
     """
-    n_vision, n_text = llm_input_counts
+    config, state, llm_view = source.config, outcome.state, outcome.llm_view
+    levels = state.visited
     tiles_evidence = []
     for index, visited in enumerate(levels):
         level = visited.level
@@ -65,23 +88,16 @@ def build_record(
                     is_final=index == len(levels) - 1,
                 )
             )
-    tokens_evidence = token_evidence(levels, kept, cap=engine.config.evidence_tokens_cap)
+    tokens_evidence = token_evidence(levels, llm_view, cap=config.output.evidence_tokens_cap)
     scored = [(v.level, v.token_scores, v.valid) for v in levels if v.scored]
     heatmap = (
         splat_levels(
-            scored, image_hw=state.plan.image_hw, long_side_cells=engine.config.heatmap_cells
+            scored, image_hw=state.plan.image_hw, long_side_cells=config.output.heatmap_cells
         )
         if scored
         else None
     )
-    vision_flops = count_flops(
-        engine.dims, vision_tiles=state.tiles_encoded, prefill_tokens=0
-    ).vision_flops
-    rfm_flops = sum(
-        count_flops(engine.dims, vision_tiles=0, prefill_tokens=0, rfm_tokens=n).rfm_flops
-        for n in state.rfm_tokens
-    )
-    tokens_per_level = (engine.thumbnail_tokens, *(int(v.valid.sum()) for v in levels))
+    tokens_per_level = (source.thumbnail_tokens, *(int(v.valid.sum()) for v in levels))
     seconds = dict(state.seconds)
     seconds.setdefault("total", sum(seconds.get(s, 0.0) for s in STAGES))
     run = {
@@ -98,16 +114,17 @@ def build_record(
         "rfm_passes": len(state.rfm_tokens),
         "rfm_tokens": list(state.rfm_tokens),
         "vision_allowance": state.allowance,
-        **extra,
+        **outcome.generated.extra,
     }
+    n_vision, n_text = llm_view.n_vision, llm_view.n_text
     return AnswerRecord(
-        question_id=question_id,
-        scene=scene,
-        question=question,
-        answer=answer,
-        model_id=engine.loaded.model_id,
-        preset=engine.config.preset,
-        preset_params={**engine.config.to_dict(), "run": run},
+        question_id=outcome.question_id,
+        scene=outcome.scene,
+        question=state.question,
+        answer=outcome.generated.answer,
+        model_id=source.model_id,
+        preset=config.preset,
+        preset_params={**config.to_dict(), "run": run},
         evidence_tiles=tuple(tiles_evidence),
         evidence_tokens=tokens_evidence,
         heatmap=heatmap,
@@ -118,20 +135,24 @@ def build_record(
             vision_tokens_to_llm=n_vision,
             llm_text_tokens=n_text,
             llm_prefill_tokens=n_vision + n_text,
-            decode_steps=decode_steps,
-            flops=FlopCount(vision_flops=vision_flops, llm_flops=llm_flops, rfm_flops=rfm_flops),
+            decode_steps=outcome.generated.decode_steps,
+            flops=FlopCount(
+                vision_flops=vision_flops(source.dims, tiles_encoded=state.tiles_encoded),
+                llm_flops=outcome.generated.llm_flops,
+                rfm_flops=rfm_flops(source.dims, state.rfm_tokens),
+            ),
             seconds=seconds,
-            peak_memory_bytes=peak,
-            planned=planned,
+            peak_memory_bytes=outcome.peak_bytes,
+            planned=outcome.planned,
         ),
     )
 
 
 def token_evidence(
-    levels: list[ScoredLevel], kept: LlmInput | None, *, cap: int
+    levels: list[ScoredLevel], kept: LlmView, *, cap: int
 ) -> tuple[TokenEvidence, ...]:
     """Return the kept tokens of the last scored level with their scores, the ``cap`` best."""
-    if kept is None or kept.level is None or not levels or not levels[-1].scored:
+    if kept.sequence is None or kept.level is None or not levels or not levels[-1].scored:
         return ()
     last = levels[-1]
     layout = kept.sequence.layout
@@ -148,24 +169,3 @@ def token_evidence(
         )
         for i in best.tolist()
     )
-
-
-def layer_drop_llm_flops(
-    dims: ModelDims, tokens_per_layer: Sequence[int], *, decode_steps: int
-) -> float:
-    """LLM FLOPs of a prefill whose layers see different lengths (FastV/PDrop), plus decoding.
-
-    Each layer is counted as a one-layer model on its own length (dense attention, as
-    :func:`count_flops`); the LM head is counted once for the prefill's last token and once per
-    decode step. Decode step t of layer l attends over ``tokens_per_layer[l] + t`` keys.
-    """
-    one_layer = dataclasses.replace(dims, llm=dataclasses.replace(dims.llm, layers=1))
-    head = 2.0 * dims.llm.hidden * dims.llm.vocab
-    head_count = 1 + max(0, decode_steps - 1)
-    total = 0.0
-    for length in tokens_per_layer:
-        total += count_flops(
-            one_layer, vision_tiles=0, prefill_tokens=length, decode_steps=decode_steps
-        ).llm_flops
-        total -= head * head_count
-    return total + head * head_count

@@ -2,7 +2,8 @@
 
 The scorer seam (:class:`TokenScorer`, :class:`ScoreRequest`, the RFM as :class:`RfmScorer`), the
 loop state passed explicitly from stage to stage (:class:`FocusState`, :class:`ScoredLevel`), the
-LLM input (:class:`LlmInput`), and the view helpers shared with the dry-run planner.
+LLM input (:class:`LlmInput`), what the LLM produced (:class:`Generated`), and the level helpers
+of the views (:mod:`lrs_core.focus.views`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from lrs_core.dip.plan import DipConfig, DipLevel, DipPlan, resized_hw, unpadded_token_grid_hw
 from lrs_core.focus.rfm import RfmConfig, score_level_tokens
 from lrs_core.focus.sequence import LevelSequence
+from lrs_core.models.families.engine_model import QwenVlEngineModel
 from lrs_core.models.layout import TokenKind
 from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.prompt import PromptIds
@@ -79,8 +81,6 @@ class RfmScorer:
 
     def __call__(self, request: ScoreRequest) -> FloatArray:
         """Return the RFM probabilities of the request's keys, float32 (K,)."""
-        from lrs_core.models.families.engine_model import QwenVlEngineModel
-
         model: Any = self.model
         if isinstance(model, QwenVlEngineModel):  # M-RoPE ids (3, 1, L)
             mrope_scores = model.score(
@@ -246,5 +246,22 @@ def all_tiles(level: DipLevel) -> list[TileRc]:
 
 
 def level_view_tokens(level: DipLevel) -> int:
-    """Vision tokens of a whole level in the LLM: separator + ``Ht * (Wt + 1)``."""
+    """Slots of a whole level in a sequence: separator + ``Ht * (Wt + 1)`` (newlines included)."""
     return 1 + level.n_tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class Generated:
+    """What the LLM produced for one question (or, counted, would at most).
+
+    Attributes:
+        answer: the decoded text ("" when only counted).
+        decode_steps: generated tokens (``max_new_tokens`` when only counted).
+        llm_flops: LLM FLOPs of the prefill and the decode steps.
+        extra: fields added to ``preset_params["run"]`` (a layer-drop schedule's lengths...).
+    """
+
+    answer: str
+    decode_steps: int
+    llm_flops: float
+    extra: dict[str, Any] = field(default_factory=dict)

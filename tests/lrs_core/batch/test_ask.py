@@ -66,7 +66,7 @@ def test_load_engine_and_answer_a_store(tiny_model_dir: Path, ingested_store: Pa
     engine = load_engine(
         tiny_model_dir, preset="parity", budget=900, overrides={"max_new_tokens": 2}
     )
-    assert engine.config.preset == "parity" and engine.config.token_budget == 900
+    assert engine.config.preset == "parity" and engine.config.budget.token_budget == 900
     questions = [Question("a", "What is the color of the roof?"), Question("b", "Is there a lake?")]
     seen: list[tuple[int, int]] = []
     records = answer_questions(

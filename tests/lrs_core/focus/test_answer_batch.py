@@ -62,7 +62,7 @@ def large_pyramid(large_store: Path) -> Pyramid:
 
 
 def _engine(loaded: LoadedModel, preset: str = "default") -> FocusEngine:
-    config = FocusConfig.preset(preset, max_new_tokens=NEW_TOKENS, max_zoom_steps=1)
+    config = FocusConfig.from_preset(preset, max_new_tokens=NEW_TOKENS, max_zoom_steps=1)
     return FocusEngine(loaded, config=config, scorer=PerQuestionScorer())
 
 
@@ -131,7 +131,7 @@ def test_batches_split_and_layer_drop_answers_one_by_one(
     assert answered.error is None and answered.answer == records[0].answer
     assert answered.preset_params["run"]["llm_batch"] == 1
     fastv = FocusEngine(
-        tiny_model, config=FocusConfig.preset("fastv", max_new_tokens=1, max_zoom_steps=0)
+        tiny_model, config=FocusConfig.from_preset("fastv", max_new_tokens=1, max_zoom_steps=0)
     )
     (record,) = fastv.answer_many(large_pyramid, QUESTIONS[:1])
     assert "llm_batch" not in record.preset_params["run"]

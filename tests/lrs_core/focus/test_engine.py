@@ -57,7 +57,7 @@ def large_pyramid(large_store: Path) -> Pyramid:
 
 def _engine(loaded: LoadedModel, preset: str, **overrides: Any) -> FocusEngine:
     scorer = overrides.pop("scorer", None)
-    config = FocusConfig.preset(preset, max_new_tokens=NEW_TOKENS, **overrides)
+    config = FocusConfig.from_preset(preset, max_new_tokens=NEW_TOKENS, **overrides)
     return FocusEngine(loaded, config=config, scorer=scorer)
 
 
@@ -178,22 +178,24 @@ class TestPdropContract(FocusEngineContract):
 
 
 def test_presets_and_config_validation() -> None:
-    parity = FocusConfig.preset("parity")
-    assert (parity.max_zoom_steps, parity.tiles_cap, parity.keep_ratio) == (1, None, 0.25)
-    assert parity.include_newline_in_selection and parity.keep_all_newlines
-    assert not parity.rfm_gather_valid_only and parity.resampler == "parity"
+    parity = FocusConfig.from_preset("parity")
+    assert (parity.budget.max_zoom_steps, parity.budget.tiles_cap) == (1, None)
+    assert parity.loop.keep_ratio == 0.25
+    assert parity.loop.include_newline_in_selection and parity.loop.keep_all_newlines
+    assert not parity.loop.rfm_gather_valid_only and parity.view.resampler == "parity"
     default = FocusConfig()
-    assert default.max_zoom_steps is None and not default.include_newline_in_selection
-    assert FocusConfig.preset("grid-6").grid_n == 6
+    assert default == FocusConfig.from_preset("default")
+    assert default.budget.max_zoom_steps is None and not default.loop.include_newline_in_selection
+    assert FocusConfig.from_preset("grid-6").baseline.grid_n == 6
     assert FocusConfig.from_dict(parity.to_dict()) == parity
     with pytest.raises(ConfigError, match="grid-N"):
-        FocusConfig.preset("grid")
+        FocusConfig.from_preset("grid")
     with pytest.raises(ConfigError, match="keep_ratio"):
-        FocusConfig(keep_ratio=0.0)
+        FocusConfig.from_preset("default", keep_ratio=0.0)
     with pytest.raises(ConfigError, match="token_budget"):
-        FocusConfig(token_budget=0)
+        FocusConfig.from_preset("default", token_budget=0)
     with pytest.raises(ConfigError, match="no fields"):
-        FocusConfig.preset("default", zoom=3)
+        FocusConfig.from_preset("default", zoom=3)
 
 
 # -- budgets -----------------------------------------------------------------------------------
@@ -348,38 +350,54 @@ def test_answer_many_shares_the_coarse_work(
 # -- dry runs ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("preset", "overrides"),
-    [
-        ("thumbnail", {}),
-        ("grid-3", {}),
-        ("full", {"max_zoom_steps": 1}),
-        ("fastv", {"max_zoom_steps": 0}),
-    ],
-)
+#: Every preset with the overrides its plan == run check uses. ``default``/``parity`` stop at
+#: level 1 (no zoom choice), so only the pruned token count is left to the scores.
+PLAN_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("default", {"max_zoom_steps": 0}),
+    ("parity", {"max_zoom_steps": 0}),
+    ("thumbnail", {}),
+    ("grid-3", {}),
+    ("full", {"max_zoom_steps": 1}),
+    ("fastv", {"max_zoom_steps": 0}),
+    ("pdrop", {"max_zoom_steps": 0}),
+]
+
+
+def assert_plan_equals_run(planned: AnswerRecord, ran: AnswerRecord) -> None:
+    """A plan counts what the run did; for a scoring view the kept tokens are an upper bound."""
+    p, r = planned.accounting, ran.accounting
+    assert p.planned and not r.planned
+    for name in ("vision_tiles_encoded", "tokens_per_level", "llm_text_tokens"):
+        assert getattr(p, name) == getattr(r, name), name
+    assert p.flops.vision_flops == r.flops.vision_flops
+    assert p.flops.rfm_flops == r.flops.rfm_flops
+    assert planned.preset_params["run"]["rfm_tokens"] == ran.preset_params["run"]["rfm_tokens"]
+    assert planned.preset_params["run"]["stop_reason"] == ran.preset_params["run"]["stop_reason"]
+    assert [(t.dip_level, t.tile_rc) for t in planned.evidence_tiles] == [
+        (t.dip_level, t.tile_rc) for t in ran.evidence_tiles
+    ]
+    if planned.preset_params["strategy"] == "focus":
+        assert "upper bound" in planned.preset_params["run"]["plan"]
+        assert p.vision_tokens_to_llm >= r.vision_tokens_to_llm
+        return
+    assert "plan" not in planned.preset_params["run"]
+    assert p.vision_tokens_to_llm == r.vision_tokens_to_llm
+    assert p.llm_prefill_tokens == r.llm_prefill_tokens
+    if planned.preset_params["strategy"] in ("fastv", "pdrop"):
+        assert (
+            planned.preset_params["run"]["tokens_per_layer"]
+            == ran.preset_params["run"]["tokens_per_layer"]
+        )
+
+
+@pytest.mark.parametrize(("preset", "overrides"), PLAN_CASES)
 def test_plan_counts_equal_the_run(
     tiny_model: LoadedModel, large_pyramid: Pyramid, preset: str, overrides: dict[str, Any]
 ) -> None:
     engine = _engine(tiny_model, preset, **overrides)
     planned = engine.plan(large_pyramid, QUESTION)
     ran = _engine(tiny_model, preset, **overrides).answer(large_pyramid, QUESTION)
-    p, r = planned.accounting, ran.accounting
-    assert p.planned and not r.planned
-    for name in (
-        "vision_tiles_encoded",
-        "tokens_per_level",
-        "vision_tokens_to_llm",
-        "llm_text_tokens",
-        "llm_prefill_tokens",
-    ):
-        assert getattr(p, name) == getattr(r, name), name
-    assert p.flops.vision_flops == r.flops.vision_flops
-    assert [t.tile_rc for t in planned.evidence_tiles] == [t.tile_rc for t in ran.evidence_tiles]
-    if preset == "fastv":
-        assert (
-            planned.preset_params["run"]["tokens_per_layer"]
-            == ran.preset_params["run"]["tokens_per_layer"]
-        )
+    assert_plan_equals_run(planned, ran)
 
 
 @pytest.mark.parametrize("preset", ["default", "parity"])
@@ -508,7 +526,7 @@ def test_an_over_context_baseline_view_warns_only_when_running(
     engine = _engine(tiny_model, "full", max_zoom_steps=1)
     plan = plan_pyramid(2100, 1400, config=engine.dip_config)
     allowance = engine.thumbnail_tokens + 1  # far below any level's view
-    with caplog.at_level("DEBUG", logger="lrs_core.focus.engine"):
+    with caplog.at_level("DEBUG", logger="lrs_core.focus.views"):
         engine.baseline_level(plan, allowance, dry_run=True)
         engine.baseline_level(plan, allowance)
     over = [r for r in caplog.records if "left in the context" in r.getMessage()]

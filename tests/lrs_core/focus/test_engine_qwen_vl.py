@@ -62,7 +62,7 @@ class TestQwenPdropContract(contract.TestPdropContract):
 
 def test_parity_is_refused(tiny_model: LoadedModel) -> None:
     with pytest.raises(ConfigError, match="no qwen2(.5)?-vl path"):
-        FocusEngine(tiny_model, config=FocusConfig.preset("parity"))
+        FocusEngine(tiny_model, config=FocusConfig.from_preset("parity"))
 
 
 class TestQwenSequences:
@@ -121,3 +121,15 @@ def test_lrs_ask_reads_a_hugging_face_qwen_vl_directory(
     assert refused.exit_code in (1, 2)
     message = " ".join(refused.output.split())
     assert f"no {family} path" in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize(("preset", "overrides"), contract.PLAN_CASES[::2])
+def test_plan_counts_equal_the_run(
+    tiny_model: LoadedModel, large_pyramid: Pyramid, preset: str, overrides: dict[str, Any]
+) -> None:
+    """The dry run of a Qwen-VL base counts its sequences without newline slots, as it runs."""
+    planned = contract._engine(tiny_model, preset, **overrides).plan(
+        large_pyramid, contract.QUESTION
+    )
+    ran = contract._engine(tiny_model, preset, **overrides).answer(large_pyramid, contract.QUESTION)
+    contract.assert_plan_equals_run(planned, ran)

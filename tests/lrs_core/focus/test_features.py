@@ -68,7 +68,7 @@ def test_cached_features_equal_recomputed(tiny_model: LoadedModel, large_store: 
     pyramid = open_pyramid(large_store)
     cache = FeatureCache()
     engine = FocusEngine(
-        tiny_model, config=FocusConfig.preset("grid-3", max_new_tokens=1), feature_cache=cache
+        tiny_model, config=FocusConfig.from_preset("grid-3", max_new_tokens=1), feature_cache=cache
     )
     first = engine.answer(pyramid, "Is there a bridge over the river?")
     second = engine.answer(pyramid, "Where is the airport runway?")
@@ -84,8 +84,8 @@ def test_cached_features_equal_recomputed(tiny_model: LoadedModel, large_store: 
         fresh = model.encode_tiles(model.preprocess_tiles(read_tiles(pyramid, level, tiles)))
     for index, tile in enumerate(tiles):
         key = FeatureKey(
-            scene_key=engine._scene_key(pyramid),
-            model_key=engine._model_key(),
+            scene_key=engine.executor.scene_key(pyramid),
+            model_key=engine.executor.model_key(),
             view_key=f"antialiased-336-{level.resize_hw[0]}x{level.resize_hw[1]}",
             dip_level=1,
             tile_rc=tile,
@@ -101,11 +101,13 @@ def test_engines_share_a_cache_across_presets(tiny_model: LoadedModel, large_sto
     cache = FeatureCache()
     full = FocusEngine(
         tiny_model,
-        config=FocusConfig.preset("full", max_zoom_steps=0, max_new_tokens=1),
+        config=FocusConfig.from_preset("full", max_zoom_steps=0, max_new_tokens=1),
         feature_cache=cache,
     )
     thumb = FocusEngine(
-        tiny_model, config=FocusConfig.preset("thumbnail", max_new_tokens=1), feature_cache=cache
+        tiny_model,
+        config=FocusConfig.from_preset("thumbnail", max_new_tokens=1),
+        feature_cache=cache,
     )
     full.answer(pyramid, "What is red?")
     record = thumb.answer(pyramid, "What is red?")

@@ -35,7 +35,7 @@ def collar_pyramid(tmp_path_factory: pytest.TempPathFactory) -> Pyramid:
 
 
 def _answer(loaded: LoadedModel, pyramid: Pyramid, **overrides: object):  # type: ignore[no-untyped-def]
-    config = FocusConfig.preset("default", max_new_tokens=2, tiles_cap=4, **overrides)
+    config = FocusConfig.from_preset("default", max_new_tokens=2, tiles_cap=4, **overrides)
     engine = FocusEngine(loaded, config=config, scorer=PlantedScorer(PLANTED_IN_COLLAR))
     return engine.answer(pyramid, "Where is the ship?")
 
@@ -53,7 +53,7 @@ def test_tiles_in_nodata_are_not_chosen_and_heat_is_masked(
     final = [t for t in record.evidence_tiles if t.is_final]
     assert final and max(t.dip_level for t in final) > 1  # it zoomed
     for tile in record.evidence_tiles:
-        assert valid_share(collar_pyramid, tile.bbox_px) >= 1 - FocusConfig().max_nodata_share
+        assert valid_share(collar_pyramid, tile.bbox_px) >= 1 - FocusConfig().loop.max_nodata_share
     for token in record.evidence_tokens:
         assert token.bbox_px[2] > COLLAR_PX
     assert record.heatmap is not None
@@ -71,8 +71,8 @@ def test_the_rule_can_be_switched_off(tiny_model: LoadedModel, collar_pyramid: P
 
 
 def test_config_field_is_validated_and_parity_disables_it() -> None:
-    assert FocusConfig.preset("parity").max_nodata_share == 1.0
-    assert 0 < FocusConfig().max_nodata_share < 1
+    assert FocusConfig.from_preset("parity").loop.max_nodata_share == 1.0
+    assert 0 < FocusConfig().loop.max_nodata_share < 1
     with pytest.raises(ConfigError, match="max_nodata_share"):
-        FocusConfig(max_nodata_share=0.0)
+        FocusConfig.from_preset("default", max_nodata_share=0.0)
     assert FocusConfig.from_dict(FocusConfig().to_dict()) == FocusConfig()

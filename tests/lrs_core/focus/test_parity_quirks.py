@@ -129,9 +129,9 @@ def test_parity_adds_one_to_placeholder_logits_before_the_head_mean(
     valid[placeholder] = False
     assert not torch.allclose(quirk[0, valid], correct[0, valid])
 
-    parity = FocusConfig.preset("parity")
-    assert parity.rfm_placeholder_logit_bias == 1.0
-    assert FocusConfig.preset("default").rfm_placeholder_logit_bias is None
+    parity = FocusConfig.from_preset("parity")
+    assert parity.loop.rfm_placeholder_logit_bias == 1.0
+    assert FocusConfig.from_preset("default").loop.rfm_placeholder_logit_bias is None
     engine: Any = FocusEngine(tiny_model, config=parity)
     assert engine.scorer.config.placeholder_logit_bias == 1.0
 
@@ -149,7 +149,7 @@ def test_single_level_reencode_unpads_against_resize_hw(
     default_level = plan_pyramid(ODD_WIDTH_PX, ODD_HEIGHT_PX).level(1)
     assert reencoded_level(default_level) == default_level
 
-    engine = FocusEngine(tiny_model, config=FocusConfig.preset("parity", max_new_tokens=1))
+    engine = FocusEngine(tiny_model, config=FocusConfig.from_preset("parity", max_new_tokens=1))
     llm_input = engine.prepare(odd_pyramid, QUESTION)
     assert llm_input.level is not None and llm_input.level.token_grid_hw == (24, 23)
     record = engine.answer(odd_pyramid, QUESTION)
@@ -167,7 +167,7 @@ def test_parity_pixels_are_unrounded_and_padded_with_exact_zero(
     tiny_model: LoadedModel, large_pyramid: Pyramid, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = _capture_pixels(monkeypatch, tiny_model)
-    engine = FocusEngine(tiny_model, config=FocusConfig.preset("parity", max_new_tokens=1))
+    engine = FocusEngine(tiny_model, config=FocusConfig.from_preset("parity", max_new_tokens=1))
     engine.prepare(large_pyramid, QUESTION)
     thumb = plan_pyramid(2100, 1400, config=engine.dip_config).thumbnail
     rows, cols = thumb.resize_hw
@@ -194,7 +194,7 @@ def test_padding_is_the_models_own_mean(
     )
     monkeypatch.setattr(tiny_model.model, "config", siglip)
     seen = _capture_pixels(monkeypatch, tiny_model)
-    engine = FocusEngine(tiny_model, config=FocusConfig.preset("default", max_new_tokens=1))
+    engine = FocusEngine(tiny_model, config=FocusConfig.from_preset("default", max_new_tokens=1))
     engine.prepare(large_pyramid, QUESTION)
     rows = plan_pyramid(2100, 1400, config=engine.dip_config).thumbnail.resize_hw[0]
     padding = seen[0][0][:, rows:, :]

@@ -80,12 +80,12 @@ def test_generation_config_sets_stops_and_length(
         tiny_model_dir, tmp_path / "gen", {"eos_token_id": [token, 999], "max_new_tokens": 3}
     )
     engine = load_engine(model_dir, preset="thumbnail")
-    assert engine.config.max_new_tokens == 3  # the checkpoint's default
+    assert engine.config.generation.max_new_tokens == 3  # the checkpoint's default
     assert engine.loaded.stop_token_ids == [plain.tokenizer.eos_token_id, token, 999]
     stopped = engine.answer(pyramid, question)
     assert stopped.answer == "" and stopped.accounting.decode_steps == 1
     override = load_engine(model_dir, preset="thumbnail", overrides={"max_new_tokens": 2})
-    assert override.config.max_new_tokens == 2
+    assert override.config.generation.max_new_tokens == 2
 
 
 def test_generation_config_int_and_bad_values(tmp_path: Path) -> None:
