@@ -29,7 +29,12 @@ def score_command(
         bool, typer.Option("--json", help="Print the scores as one JSON line.")
     ] = False,
 ) -> None:
-    """Score LRS-VQA predictions as the reference does (spec §7.3); accuracies in percent."""
+    """Score LRS-VQA predictions as the reference scorer does; accuracies in percent.
+
+    An answer counts when it matches the ground truth after the reference's normalisation
+    (numbers, yes/no, WordNet synonyms); prints overall (OA) and average (AA) accuracy per
+    dataset and category.
+    """
     from rich.table import Table
 
     from lrs_core.cli._common import console, print_json, reported_errors
@@ -86,9 +91,14 @@ def score_command(
 
 @eval_app.command("synth")
 def synth_command(
-    out_dir: Annotated[
-        Path, typer.Argument(help="Data root to create (LRS_VQA/image/ + question file).")
-    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Data root to create (LRS_VQA/image/ + question file)."),
+    ] = None,
+    out_positional: Annotated[
+        Path | None,
+        typer.Argument(help="Deprecated: use --out.", hidden=True, show_default=False),
+    ] = None,
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
     scenes: int = typer.Option(
         3, "--scenes", help="Number of scenes (the last one is the large one)."
@@ -100,7 +110,10 @@ def synth_command(
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Write an offline LRS-VQA-format benchmark with planted objects of known answers."""
-    from lrs_core.cli._common import console, print_json, progress_bar, reported_errors
+    from lrs_core.cli._common import console, out_path, print_json, progress_bar, reported_errors
+
+    out_dir = out_path(out, out_positional, name="OUT_DIR")
+    assert out_dir is not None  # required
     from lrs_core.evaluation.synth import SynthConfig, write_synthetic_set
 
     with reported_errors():
@@ -114,7 +127,7 @@ def synth_command(
             side_px=side,
             max_object_px=max_object,
         )
-        with progress_bar("writing scenes", enabled=not json_output) as progress:
+        with progress_bar("writing scenes", enabled=not json_output, total=scenes) as progress:
             result = write_synthetic_set(out_dir, config=config, progress=progress)
     summary = {
         "data_root": str(result.data_root),
@@ -244,7 +257,7 @@ def _run_benchmark(
                 limit=limit,
                 num_chunks=num_chunks,
             )
-            with progress_bar("ingest", enabled=not json_output) as update:
+            with progress_bar("ingest", enabled=not json_output, total=len(images)) as update:
                 results = runner.ingest_benchmark_scenes(
                     images, store_dir=store_dir, progress=update
                 )
@@ -399,14 +412,34 @@ eval_app.add_typer(run_app)
 
 @eval_app.command("merge")
 def merge_command(
-    out: Annotated[Path, typer.Argument(help="Merged prediction file to write.")],
     predictions: Annotated[list[Path], typer.Argument(help="Chunk / rerun prediction files.")],
+    out_option: Annotated[
+        Path | None, typer.Option("--out", help="Merged prediction file to write.")
+    ] = None,
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
-    """Merge chunk files: one line per question id; conflicting answers are an error."""
-    from lrs_core.cli._common import check_out_path, console, print_json, reported_errors
+    """Merge chunk files: one line per question id; conflicting answers are an error.
+
+    The older form ``lrs eval merge OUT FILES...`` (output first, no --out) still works and is
+    deprecated.
+    """
+    from lrs_core.cli._common import (
+        check_out_path,
+        console,
+        fail,
+        out_path,
+        print_json,
+        reported_errors,
+    )
     from lrs_core.evaluation.merge import merge_predictions
 
+    positional = None
+    if out_option is None:
+        if len(predictions) < 2:
+            fail("missing option '--out': give the merged file, e.g. --out pred.jsonl", code=2)
+        positional, predictions = predictions[0], predictions[1:]
+    out = out_path(out_option, positional, name="OUT")
+    assert out is not None  # required
     check_out_path(out, kind="file")
     with reported_errors():
         summary = merge_predictions(predictions, out)

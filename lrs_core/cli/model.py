@@ -24,9 +24,23 @@ model_app = typer.Typer(
 )
 
 
+#: ``--family`` names of ``lrs model init-tiny`` (the Qwen-VL ones are
+#: ``lrs_core.models.families.qwen_vl_tiny.TINY_QWEN_FAMILIES``; a test keeps them in step).
+TINY_FAMILIES = ("llava", "qwen2", "qwen2-vl", "qwen2.5-vl")
+#: ``--size`` names of ``lrs model init-tiny``.
+TINY_SIZES = ("tiny", "benchmark")
+
+_DEPRECATED_OUT_HELP = "Deprecated: use --out."
+
+
 @model_app.command("init-tiny")
 def init_tiny_command(
-    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder to write the model into.")
+    ] = None,
+    out_positional: Annotated[
+        Path | None, typer.Argument(help=_DEPRECATED_OUT_HELP, hidden=True, show_default=False)
+    ] = None,
     family: Annotated[
         str,
         typer.Option(
@@ -36,38 +50,52 @@ def init_tiny_command(
     ] = "llava",
     size: Annotated[str, typer.Option(help="tiny (~0.4 M params) or benchmark (~220 M).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object: the model folder and family.")
+    ] = False,
 ) -> None:
     """Build a random model of the real architecture with an offline tokenizer and save it."""
-    from lrs_core.models.families.qwen_vl_tiny import TINY_QWEN_FAMILIES, init_tiny_qwen_vl
+    from lrs_core.cli._common import check_out_path, out_path
 
-    if family not in ("llava", "qwen2", *TINY_QWEN_FAMILIES):
-        fail(
-            f"--family {family!r} must be one of 'llava', 'qwen2', {', '.join(TINY_QWEN_FAMILIES)}",
-            code=2,
-        )
-    if size not in ("tiny", "benchmark"):
+    out_dir = out_path(out, out_positional, name="OUT_DIR")
+    assert out_dir is not None  # required
+    if family not in TINY_FAMILIES:
+        fail(f"--family {family!r} must be one of {', '.join(map(repr, TINY_FAMILIES))}", code=2)
+    if size not in TINY_SIZES:
         fail(f"--size {size!r} must be 'tiny' or 'benchmark'", code=2)
-    from lrs_core.cli._common import check_out_path
+    qwen_vl = family not in ("llava", "qwen2")
+    if qwen_vl and size != "tiny":
+        fail(f"--family {family} has only --size tiny", code=2)
+    check_out_path(out_dir, kind="folder")
+    if qwen_vl:
+        from lrs_core.models.families.qwen_vl_tiny import init_tiny_qwen_vl
 
-    check_out_path(out_dir, kind="folder", option="OUT_DIR")
-    if family in TINY_QWEN_FAMILIES:
-        if size != "tiny":
-            fail(f"--family {family} has only --size tiny", code=2)
         with reported_errors():
             path = init_tiny_qwen_vl(out_dir, family=family, seed=seed)  # type: ignore[arg-type]  # checked above
-        console.print(f"wrote {family} (tiny, Hugging Face layout) model to {path}")
-        return
-    from lrs_core.models.tiny import init_tiny
+        layout = "Hugging Face layout"
+    else:
+        from lrs_core.models.tiny import init_tiny
 
-    with reported_errors():
-        path = init_tiny(out_dir, family=family, seed=seed, size=size)  # type: ignore[arg-type]  # checked above
-    console.print(f"wrote {family} ({size}) model to {path}")
+        with reported_errors():
+            path = init_tiny(out_dir, family=family, seed=seed, size=size)  # type: ignore[arg-type]  # checked above
+        layout = "project layout"
+    if as_json:
+        print_json(
+            {"model_dir": str(path), "family": family, "size": size, "seed": seed, "layout": layout}
+        )
+        return
+    console.print(f"wrote {family} ({size}, {layout}) model to {path}", highlight=False)
 
 
 @model_app.command("convert")
 def convert_command(
     src: Annotated[Path, typer.Argument(help="Paper release or llava-hf directory.")],
-    dst: Annotated[Path, typer.Argument(help="Output directory (project format).")],
+    dst_positional: Annotated[
+        Path | None, typer.Argument(help=_DEPRECATED_OUT_HELP, hidden=True, show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (project format).")
+    ] = None,
     vision_config: Annotated[
         Path | None,
         typer.Option(help="Paper layout: CLIP config.json or directory (when none is beside SRC)."),
@@ -76,8 +104,15 @@ def convert_command(
         str | None,
         typer.Option(help="llava-hf layout: RFM layer list, comma-separated (e.g. 8,16)."),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object: source and converted folder.")
+    ] = False,
 ) -> None:
     """Convert a checkpoint (paper release, llava-hf) to the project format."""
+    from lrs_core.cli._common import out_path
+
+    dst = out_path(out, dst_positional, name="DST")
+    assert dst is not None  # required
     layers: tuple[int, ...] | None = None
     if llm_layer_list:
         try:
@@ -88,7 +123,10 @@ def convert_command(
 
     with reported_errors():
         path = convert_checkpoint(src, dst, vision_config_path=vision_config, llm_layer_list=layers)
-    console.print(f"converted {src} -> {path}")
+    if as_json:
+        print_json({"source": str(src), "model_dir": str(path)})
+        return
+    console.print(f"converted {src} -> {path}", highlight=False)
 
 
 @model_app.command("info")
@@ -107,6 +145,7 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Describe a model: layout, families, geometry, RFM layers and parameter counts."""
+    check_runtime(device, dtype)
     import time
 
     import torch
@@ -116,7 +155,6 @@ def info_command(
     from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
     from lrs_core.models.io import PROJECT_CONFIG_FILE, load_model
 
-    check_runtime(device, dtype)
     if is_qwen_vl_dir(model_dir):
         with reported_errors():
             info = _qwen_vl_info(model_dir)
@@ -169,6 +207,8 @@ def _print_info(info: dict[str, Any], *, as_json: bool) -> None:
         return
     for key, value in info.items():
         console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
 def _qwen_vl_info(model_dir: Path) -> dict[str, Any]:
     """``lrs model info`` of a Hugging Face Qwen2-VL / Qwen2.5-VL directory."""
     from lrs_core.models.families.engine_model import load_qwen_vl_engine

@@ -10,8 +10,9 @@ The library face of ``lrs eval run`` and of the ``evaluate`` flow. Both benchmar
    byte for byte).
 3. Group the remaining questions by image. Each image is ingested once into ``store_dir`` with
    :func:`lrs_core.ingest.ingest_scene` (a finished store is skipped, so stores are reused across
-   runs and chunks), then its questions are answered by one :class:`~lrs_core.focus.engine.FocusEngine`,
-   which shares tile features between the questions of a scene.
+   runs and chunks), then its questions are answered by one
+   :class:`~lrs_core.focus.engine.FocusEngine`, which shares tile features between the questions
+   of a scene.
 4. Each answer is appended to ``out`` and flushed as soon as it exists. A question that fails (its
    image is missing or unreadable, its text does not fit the context, ...) gets a line with an
    ``error`` field and no answer; the run goes on, and :attr:`RunSummary.n_failed` says how many.
@@ -437,6 +438,8 @@ def answer_scenes(
     total = sum(len(scene.questions) for scene in scenes)
     if total == 0:
         return 0, [], f"-/{engine_spec.preset}"
+    if progress is not None:
+        progress(0, total)  # the total is known before the model loads and the first answer
     engine = engine_spec.load()
     model_id = f"{engine.loaded.model_id}/{engine.config.preset}"
     failures: list[QuestionFailure] = []
@@ -592,10 +595,12 @@ def run_lrs_vqa(
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
         device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
         dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
-        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g. ``max_new_tokens``).
+        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g.
+            ``max_new_tokens``).
         ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
         keep_heatmap: keep the scene heat map in each line's record.
-        progress: called with ``(questions done, questions pending)`` after each question.
+        progress: called with ``(questions done, questions pending)``: once with 0 before the
+            model loads, then after each question.
         wait: queue behind another run writing ``out`` instead of failing at once.
 
     Returns:
