@@ -12,7 +12,6 @@ after their usage checks.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -128,14 +127,14 @@ def reported_errors(*, config_is_usage: bool = False) -> Iterator[None]:
 
 #: Seconds between two plain progress lines when standard error is not a terminal.
 PROGRESS_LOG_INTERVAL_S: Final = 30.0
-#: A plain progress line is also printed each time this fraction of the total is passed.
-PROGRESS_LOG_FRACTION: Final = 0.1
+#: A plain progress line is also printed each time another 1/N of the total is done.
+PROGRESS_LOG_STEPS: Final = 10
 
 
 class PlainProgress:
     """``progress(done, total)`` as log lines, for a standard error that is not a terminal.
 
-    A line is printed at the first call, every :data:`PROGRESS_LOG_FRACTION` of the total, at
+    A line is printed at the first call, every 1/:data:`PROGRESS_LOG_STEPS` of the total, at
     least every ``interval_s`` seconds while calls arrive, and when ``done`` reaches ``total``:
     ``ingest: 12/40 (30%), 95 s elapsed, ~221 s left``. A count that goes back (the next scene
     of a multi-scene ingest) starts over.
@@ -183,7 +182,7 @@ class PlainProgress:
     def _step(self, done: int) -> int:
         if not self.total:
             return 0
-        return math.floor(done / self.total / PROGRESS_LOG_FRACTION)
+        return done * PROGRESS_LOG_STEPS // self.total
 
     def line(self, done: int, elapsed_s: float) -> str:
         """The progress line of ``done`` items after ``elapsed_s`` seconds."""

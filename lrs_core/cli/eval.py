@@ -431,7 +431,6 @@ def merge_command(
         print_json,
         reported_errors,
     )
-    from lrs_core.evaluation.merge import merge_predictions
 
     positional = None
     if out_option is None:
@@ -441,6 +440,8 @@ def merge_command(
     out = out_path(out_option, positional, name="OUT")
     assert out is not None  # required
     check_out_path(out, kind="file")
+    from lrs_core.evaluation.merge import merge_predictions
+
     with reported_errors():
         summary = merge_predictions(predictions, out)
     if json_output:
