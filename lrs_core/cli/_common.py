@@ -250,6 +250,19 @@ def progress_bar(
         yield update
 
 
+#: ``--preset`` help of every command that answers questions.
+PRESET_HELP: Final = (
+    "default (coarse-to-fine zoom within a vision-token budget), parity (as the paper's released "
+    "code), or a baseline: thumbnail, grid-N (one N x N tiled view), full (the finest view), "
+    "fastv, pdrop (drop image tokens inside the language model)."
+)
+#: ``--model`` help of every command that loads a model.
+MODEL_HELP: Final = (
+    "Model folder: project format (lrs model init-tiny / convert), a paper release or llava-hf "
+    "folder (read as is), or a Hugging Face Qwen2-VL / Qwen2.5-VL folder."
+)
+
+
 #: ``--device`` of every command that loads a model (resolved by
 #: :func:`lrs_core.models.runtime.resolve_device`).
 DeviceOpt = Annotated[

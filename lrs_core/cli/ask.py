@@ -9,6 +9,8 @@ import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from lrs_core.cli._common import (
+    MODEL_HELP,
+    PRESET_HELP,
     DeviceOpt,
     DtypeOpt,
     check_runtime,
@@ -66,16 +68,14 @@ def _summary(record: AnswerRecord) -> str:
 
 def ask(
     scene: Annotated[Path, typer.Option("--scene", help="Scene store (<scene_id>.zarr).")],
-    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    model: Annotated[Path, typer.Option("--model", help=MODEL_HELP)],
     question: Annotated[str | None, typer.Option("--question", help="One question.")] = None,
     questions: Annotated[
         Path | None, typer.Option("--questions", help="JSONL / CSV / text file of questions.")
     ] = None,
     preset: Annotated[
         str,
-        typer.Option(
-            "--preset", help="default | parity | thumbnail | grid-N | full | fastv | pdrop."
-        ),
+        typer.Option("--preset", help=PRESET_HELP),
     ] = "default",
     budget: Annotated[
         int | None,

@@ -11,7 +11,7 @@ def dip_command(
     preset: str = typer.Option(
         "default",
         "--preset",
-        help="Level rule: 'parity' (the released reference's levels) or 'default' (ours: "
+        help="Level rule: 'parity' (the levels of the paper's released code) or 'default' (ours: "
         "levels at least --min-level-ratio apart).",
     ),
     min_level_ratio: float | None = typer.Option(

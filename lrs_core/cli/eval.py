@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lrs_core.cli._common import DeviceOpt, DtypeOpt, check_runtime
+from lrs_core.cli._common import MODEL_HELP, PRESET_HELP, DeviceOpt, DtypeOpt, check_runtime
 
 eval_app = typer.Typer(
     name="eval",
@@ -29,9 +29,9 @@ def score_command(
         bool, typer.Option("--json", help="Print the scores as one JSON line.")
     ] = False,
 ) -> None:
-    """Score LRS-VQA predictions as the reference scorer does; accuracies in percent.
+    """Score LRS-VQA predictions as the benchmark's own scorer does; accuracies in percent.
 
-    An answer counts when it matches the ground truth after the reference's normalisation
+    An answer counts when it matches the ground truth after the scorer's normalisation
     (numbers, yes/no, WordNet synonyms); prints overall (OA) and average (AA) accuracy per
     dataset and category.
     """
@@ -315,16 +315,15 @@ def _run_benchmark(
 # Options shared by ``lrs eval run lrs-vqa`` and ``lrs eval run mme`` (module-level aliases, as the
 # annotations are strings evaluated in this module's globals).
 DataOpt = Annotated[Path, typer.Option("--data", help=_DATA_HELP)]
-ModelOpt = Annotated[Path, typer.Option("--model", help="Model directory.")]
+ModelOpt = Annotated[Path, typer.Option("--model", help=MODEL_HELP)]
 OutOpt = Annotated[
     Path, typer.Option("--out", help="Prediction JSONL (appended to; a rerun resumes).")
 ]
-PresetOpt = Annotated[
-    str, typer.Option("--preset", help="default | parity | thumbnail | grid-N | full | ...")
-]
+PresetOpt = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
 QuestionsOpt = Annotated[Path | None, typer.Option("--questions", help=_QUESTIONS_HELP)]
 StoresOpt = Annotated[
-    Path | None, typer.Option("--stores", help="Folder of scene stores (default: OUT.stores).")
+    Path | None,
+    typer.Option("--stores", help="Folder of scene stores (default: the --out path + .stores)."),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="First N questions of the chunk.")]
 NumChunksOpt = Annotated[int, typer.Option("--num-chunks", help="Split the questions into K.")]

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lrs_core.cli._common import (
+    MODEL_HELP,
     DeviceOpt,
     check_out_path,
     check_runtime,
@@ -21,7 +22,8 @@ from lrs_core.cli._common import (
 
 def train_rfm_command(
     model: Annotated[
-        Path, typer.Option("--model", help="Model directory (any layout load_model reads).")
+        Path,
+        typer.Option("--model", help=MODEL_HELP),
     ],
     data: Annotated[
         Path,
@@ -36,7 +38,7 @@ def train_rfm_command(
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-4,
     trainable: Annotated[str, typer.Option(help="rfm, rfm+projector or all.")] = "rfm",
     preset: Annotated[
-        str, typer.Option(help="default (ours) or parity (reference loss choices).")
+        str, typer.Option(help="default (ours) or parity (the loss of the paper's released code).")
     ] = "default",
     views: Annotated[
         str, typer.Option(help="single (coarsest level) or multi (multi-GSD).")
