@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Protocol
 
 import typer
 from rich.console import Console
@@ -131,6 +131,26 @@ PROGRESS_LOG_INTERVAL_S: Final = 30.0
 PROGRESS_LOG_STEPS: Final = 10
 
 
+class ProgressReporter(Protocol):
+    """What :func:`progress_bar` yields: ``progress(done, total)`` plus a new description."""
+
+    def __call__(self, done: int, total: int) -> None:
+        """Record that ``done`` of ``total`` items are finished."""
+
+    def describe(self, description: str) -> None:
+        """Start a new round under ``description`` (e.g. the next scene)."""
+
+
+class _NoProgress:
+    """A reporter that shows nothing (``--json``)."""
+
+    def __call__(self, done: int, total: int) -> None:
+        """Ignore the progress."""
+
+    def describe(self, description: str) -> None:
+        """Ignore the description."""
+
+
 class PlainProgress:
     """``progress(done, total)`` as log lines, for a standard error that is not a terminal.
 
@@ -157,6 +177,12 @@ class PlainProgress:
         self._last_step = -1
         self._last_done = 0
         self._finished = False
+
+    def describe(self, description: str) -> None:
+        """Start a new round under ``description``: its first call prints a line."""
+        self.description = description
+        self._start, self._last_time, self._last_step = self._clock(), None, -1
+        self._last_done, self._finished = 0, False
 
     def __call__(self, done: int, total: int | None = None) -> None:
         """Record progress; print a line when one is due."""
@@ -204,7 +230,7 @@ def progress_bar(
     enabled: bool = True,
     total: int | None = None,
     interval_s: float = PROGRESS_LOG_INTERVAL_S,
-) -> Iterator[Callable[[int, int], None]]:
+) -> Iterator[ProgressReporter]:
     """Yield a ``progress(done, total)`` callback that shows progress on standard error.
 
     On a terminal it draws a rich progress bar; otherwise (a log file, a pipe, a test runner) it
@@ -217,7 +243,7 @@ def progress_bar(
         interval_s: most seconds between plain lines while progress is reported.
     """
     if not enabled:
-        yield lambda done, total: None
+        yield _NoProgress()
         return
     if not console.is_terminal:
         plain = PlainProgress(description, total=total, interval_s=interval_s)
@@ -242,12 +268,22 @@ def progress_bar(
         console=console,
         transient=True,
     ) as bar:
-        task_id = bar.add_task(description, total=total)
+        yield _BarProgress(bar, bar.add_task(description, total=total))
 
-        def update(done: int, total: int) -> None:
-            bar.update(task_id, completed=done, total=total)
 
-        yield update
+class _BarProgress:
+    """A reporter drawing one task of a rich progress bar."""
+
+    def __init__(self, bar: Any, task_id: Any) -> None:
+        self._bar, self._task_id = bar, task_id
+
+    def __call__(self, done: int, total: int) -> None:
+        """Move the bar."""
+        self._bar.update(self._task_id, completed=done, total=total)
+
+    def describe(self, description: str) -> None:
+        """Relabel the bar and start it over."""
+        self._bar.reset(self._task_id, description=description)
 
 
 #: ``--preset`` help of every command that answers questions.

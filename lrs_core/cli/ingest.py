@@ -96,6 +96,9 @@ def ingest(
                 overwrite=overwrite,
                 dask_address=dask_address,
                 progress=update,
+                on_scene=(lambda path: update.describe(f"ingest {path.name}"))
+                if len(paths) > 1
+                else None,
                 wait=wait,
             )
         except OSError as err:
