@@ -345,6 +345,21 @@ def check_runtime(device: str, dtype: str) -> None:
         fail(str(err), code=2)
 
 
+#: ``context_settings`` of a command whose output was once a positional argument: the old form
+#: lands in ``ctx.args`` (read by :func:`deprecated_positional`) and stays out of the usage line.
+LEGACY_POSITIONAL: Final = {"allow_extra_args": True}
+
+
+def deprecated_positional(ctx: typer.Context) -> Path | None:
+    """The one extra positional argument of a :data:`LEGACY_POSITIONAL` command, if any.
+
+    Exits 2 when there are more.
+    """
+    if len(ctx.args) > 1:
+        fail(f"unexpected arguments {' '.join(ctx.args[1:])!r}; see --help", code=2)
+    return Path(ctx.args[0]) if ctx.args else None
+
+
 def out_path(
     out: Path | None, positional: Path | None, *, name: str, required: bool = True
 ) -> Path | None:

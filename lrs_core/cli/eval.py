@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from lrs_core.cli._common import MODEL_HELP, PRESET_HELP, DeviceOpt, DtypeOpt, check_runtime
+from lrs_core.cli._common import (
+    LEGACY_POSITIONAL,
+    MODEL_HELP,
+    PRESET_HELP,
+    DeviceOpt,
+    DtypeOpt,
+    check_runtime,
+)
 
 eval_app = typer.Typer(
     name="eval",
@@ -89,15 +96,12 @@ def score_command(
         console.print(f"[yellow]note:[/] {note}")
 
 
-@eval_app.command("synth")
+@eval_app.command("synth", context_settings=LEGACY_POSITIONAL)
 def synth_command(
+    ctx: typer.Context,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Data root to create (LRS_VQA/image/ + question file)."),
-    ] = None,
-    out_positional: Annotated[
-        Path | None,
-        typer.Argument(help="Deprecated: use --out.", hidden=True, show_default=False),
     ] = None,
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
     scenes: int = typer.Option(
@@ -110,9 +114,16 @@ def synth_command(
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Write an offline LRS-VQA-format benchmark with planted objects of known answers."""
-    from lrs_core.cli._common import console, out_path, print_json, progress_bar, reported_errors
+    from lrs_core.cli._common import (
+        console,
+        deprecated_positional,
+        out_path,
+        print_json,
+        progress_bar,
+        reported_errors,
+    )
 
-    out_dir = out_path(out, out_positional, name="OUT_DIR")
+    out_dir = out_path(out, deprecated_positional(ctx), name="OUT_DIR")
     assert out_dir is not None  # required
     from lrs_core.evaluation.synth import SynthConfig, write_synthetic_set
 
@@ -419,8 +430,8 @@ def merge_command(
 ) -> None:
     """Merge chunk files: one line per question id; conflicting answers are an error.
 
-    The older form ``lrs eval merge OUT FILES...`` (output first, no --out) still works and is
-    deprecated.
+    The older form 'lrs eval merge OUT FILES...' (the output first, no --out) still works and
+    is deprecated.
     """
     from lrs_core.cli._common import (
         check_out_path,

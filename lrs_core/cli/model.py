@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lrs_core.cli._common import (
+    LEGACY_POSITIONAL,
     DeviceOpt,
     DtypeOpt,
     check_runtime,
@@ -30,16 +31,12 @@ TINY_FAMILIES = ("llava", "qwen2", "qwen2-vl", "qwen2.5-vl")
 #: ``--size`` names of ``lrs model init-tiny``.
 TINY_SIZES = ("tiny", "benchmark")
 
-_DEPRECATED_OUT_HELP = "Deprecated: use --out."
 
-
-@model_app.command("init-tiny")
+@model_app.command("init-tiny", context_settings=LEGACY_POSITIONAL)
 def init_tiny_command(
+    ctx: typer.Context,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder to write the model into.")
-    ] = None,
-    out_positional: Annotated[
-        Path | None, typer.Argument(help=_DEPRECATED_OUT_HELP, hidden=True, show_default=False)
     ] = None,
     family: Annotated[
         str,
@@ -55,9 +52,9 @@ def init_tiny_command(
     ] = False,
 ) -> None:
     """Build a random model of the real architecture with an offline tokenizer and save it."""
-    from lrs_core.cli._common import check_out_path, out_path
+    from lrs_core.cli._common import check_out_path, deprecated_positional, out_path
 
-    out_dir = out_path(out, out_positional, name="OUT_DIR")
+    out_dir = out_path(out, deprecated_positional(ctx), name="OUT_DIR")
     assert out_dir is not None  # required
     if family not in TINY_FAMILIES:
         fail(f"--family {family!r} must be one of {', '.join(map(repr, TINY_FAMILIES))}", code=2)
@@ -87,12 +84,10 @@ def init_tiny_command(
     console.print(f"wrote {family} ({size}, {layout}) model to {path}", highlight=False)
 
 
-@model_app.command("convert")
+@model_app.command("convert", context_settings=LEGACY_POSITIONAL)
 def convert_command(
+    ctx: typer.Context,
     src: Annotated[Path, typer.Argument(help="Paper release or llava-hf directory.")],
-    dst_positional: Annotated[
-        Path | None, typer.Argument(help=_DEPRECATED_OUT_HELP, hidden=True, show_default=False)
-    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (project format).")
     ] = None,
@@ -109,9 +104,9 @@ def convert_command(
     ] = False,
 ) -> None:
     """Convert a checkpoint (paper release, llava-hf) to the project format."""
-    from lrs_core.cli._common import out_path
+    from lrs_core.cli._common import deprecated_positional, out_path
 
-    dst = out_path(out, dst_positional, name="DST")
+    dst = out_path(out, deprecated_positional(ctx), name="DST")
     assert dst is not None  # required
     layers: tuple[int, ...] | None = None
     if llm_layer_list:

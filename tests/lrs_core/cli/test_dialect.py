@@ -174,6 +174,18 @@ def test_init_tiny_json_and_deprecated_positional(tmp_path: Path) -> None:
         build_app(), ["model", "init-tiny", str(tmp_path / "a"), "--out", str(tmp_path / "b")]
     )
     assert both.exit_code == 2 and "not both" in both.output
+    extra = runner.invoke(build_app(), ["model", "init-tiny", str(tmp_path / "a"), "b"])
+    assert extra.exit_code == 2 and "unexpected arguments 'b'" in extra.output
+
+
+def test_synth_and_convert_keep_the_positional_form(tmp_path: Path) -> None:
+    args = ["--scenes", "1", "--large-side", "700", "--side", "700", "--json"]
+    old = runner.invoke(build_app(), ["eval", "synth", str(tmp_path / "set"), *args])
+    assert old.exit_code == 0, old.output
+    assert json.loads(old.stdout)["data_root"] == str(tmp_path / "set")
+    assert "deprecated; use --out" in old.stderr
+    missing = runner.invoke(build_app(), ["model", "convert", str(tmp_path / "src")])
+    assert missing.exit_code == 2 and "--out" in missing.output
 
 
 def test_serve_json_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
