@@ -134,6 +134,8 @@ def test_help_and_usage_errors_import_no_heavy_library(tmp_path: Path) -> None:
         ["model", "init-tiny", "--out", str(tmp_path / "t"), "--family", "gpt"],
         ["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--bands", "1,2"],
         ["eval", "merge", "--json", str(tmp_path / "one.jsonl")],
+        ["train-rfm", "--model", model, "--data", scene, "--out", model, "--preset", "nope"],
+        ["train-rfm", "--model", model, "--data", scene, "--out", model, "--dtype", "bf16"],
     ]
     result = _run_fresh(cases)
     assert result["codes"] == [0, 0, 0, 0] + [2] * (len(cases) - 4)
