@@ -250,12 +250,17 @@ def _run_benchmark(
         progress_bar,
         reported_errors,
     )
-    from lrs_core.evaluation import runner
+    from lrs_core.focus.config import FocusConfig
 
+    # Usage checks first: none needs torch, transformers or a raster library.
     check_runtime(device, dtype)
     overrides = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    store_dir = stores if stores is not None else runner.default_store_dir(out)
     check_budget(budget)
+    with reported_errors(config_is_usage=True):
+        FocusConfig.preset(preset, **overrides)
+    from lrs_core.evaluation import runner
+
+    store_dir = stores if stores is not None else runner.default_store_dir(out)
     if not ingest_only:
         check_out_path(out, kind="file")
     check_out_path(store_dir, kind="folder", option="--stores" if stores else "--out", create=False)

@@ -135,6 +135,20 @@ def test_help_and_usage_errors_import_no_heavy_library(tmp_path: Path) -> None:
         ["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--bands", "1,2"],
         ["eval", "merge", "--json", str(tmp_path / "one.jsonl")],
         ["train-rfm", "--model", model, "--data", scene, "--out", model, "--preset", "nope"],
+        ["eval", "run", "mme", "--data", scene, "--model", model, "--out", model, "--budget", "0"],
+        [
+            "eval",
+            "run",
+            "lrs-vqa",
+            "--data",
+            scene,
+            "--model",
+            model,
+            "--out",
+            model,
+            "--preset",
+            "x",
+        ],
         ["train-rfm", "--model", model, "--data", scene, "--out", model, "--dtype", "bf16"],
     ]
     result = _run_fresh(cases)
