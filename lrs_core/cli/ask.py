@@ -9,6 +9,8 @@ import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from lrs_core.cli._common import (
+    MODEL_HELP,
+    PRESET_HELP,
     DeviceOpt,
     DtypeOpt,
     check_runtime,
@@ -66,16 +68,14 @@ def _summary(record: AnswerRecord) -> str:
 
 def ask(
     scene: Annotated[Path, typer.Option("--scene", help="Scene store (<scene_id>.zarr).")],
-    model: Annotated[Path, typer.Option("--model", help="Model directory.")],
+    model: Annotated[Path, typer.Option("--model", help=MODEL_HELP)],
     question: Annotated[str | None, typer.Option("--question", help="One question.")] = None,
     questions: Annotated[
         Path | None, typer.Option("--questions", help="JSONL / CSV / text file of questions.")
     ] = None,
     preset: Annotated[
         str,
-        typer.Option(
-            "--preset", help="default | parity | thumbnail | grid-N | full | fastv | pdrop."
-        ),
+        typer.Option("--preset", help=PRESET_HELP),
     ] = "default",
     budget: Annotated[
         int | None,
@@ -97,12 +97,15 @@ def ask(
         ),
     ] = None,
 ) -> None:
-    """Answer questions about a scene with a coarse-to-fine pruned vision-language model."""
-    from lrs_core.batch.ask import Question, load_engine, read_questions_file
-    from lrs_core.cli._common import check_budget, check_question, progress_bar, reported_errors
-    from lrs_core.errors import LrsError
-    from lrs_core.raster.pyramid import open_pyramid
+    """Answer questions about a scene with a coarse-to-fine pruned vision-language model.
 
+    With --dry-run, count what each question would cost (tiles, tokens, FLOPs) without running
+    the model: the weights are not read.
+    """
+    from lrs_core.cli._common import check_budget, check_question, progress_bar, reported_errors
+    from lrs_core.focus.config import FocusConfig
+
+    # Usage checks come first and need no heavy library (torch, transformers, zarr).
     if (question is None) == (questions is None):
         fail("give exactly one of --question TEXT or --questions FILE", code=EXIT_USAGE)
     check_question(question)
@@ -112,13 +115,25 @@ def ask(
     if max_new_tokens is not None:
         overrides["max_new_tokens"] = max_new_tokens
     with reported_errors(config_is_usage=True):
+        FocusConfig.from_preset(preset, **overrides)
+    from lrs_core.batch.ask import Question, load_engine, read_questions_file
+    from lrs_core.errors import LrsError
+    from lrs_core.raster.pyramid import open_pyramid
+
+    with reported_errors(config_is_usage=True):
         items = (
             [Question(question_id="q1", text=question.strip())]
             if question is not None
             else read_questions_file(questions)  # type: ignore[arg-type]  # checked above
         )
         engine = load_engine(
-            model, preset=preset, budget=budget, device=device, dtype=dtype, overrides=overrides
+            model,
+            preset=preset,
+            budget=budget,
+            device=device,
+            dtype=dtype,
+            overrides=overrides,
+            weights=not dry_run,
         )
         pyramid = open_pyramid(scene)
     if dry_run:
@@ -129,7 +144,9 @@ def ask(
             except LrsError as err:
                 fail(f"{item.question_id}: {err}", code=EXIT_FAILED)
     else:
-        with progress_bar("ask", enabled=not as_json and len(items) > 1) as update:
+        with progress_bar(
+            "ask", enabled=not as_json and len(items) > 1, total=len(items)
+        ) as update:
             records = engine.answer_many(
                 pyramid, [(q.question_id, q.text) for q in items], progress=update
             )

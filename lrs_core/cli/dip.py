@@ -9,7 +9,10 @@ def dip_command(
     width: int = typer.Argument(..., help="Scene width in pixels.", min=1),
     height: int = typer.Argument(..., help="Scene height in pixels.", min=1),
     preset: str = typer.Option(
-        "default", "--preset", help="Level rule: 'parity' (the reference, spec §1.2) or 'default'."
+        "default",
+        "--preset",
+        help="Level rule: 'parity' (the levels of the paper's released code) or 'default' (ours: "
+        "levels at least --min-level-ratio apart).",
     ),
     min_level_ratio: float | None = typer.Option(
         None,
@@ -18,10 +21,11 @@ def dip_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the plan as one JSON line."),
 ) -> None:
-    """Print the DIP of a WIDTH x HEIGHT scene.
+    """Print the Dynamic Image Pyramid (DIP) of a WIDTH x HEIGHT scene.
 
-    The thumbnail, then per tiled level its ratio, resized (h, w), tile grid (rows, cols) and
-    unpadded token grid (rows, cols incl. the newline column).
+    The DIP is the ladder of resized views the engine zooms through. Printed: the thumbnail, then
+    per tiled level its ratio, resized (h, w), tile grid (rows, cols) and unpadded token grid
+    (rows, cols incl. the newline column).
     """
     from rich.console import Console
     from rich.table import Table

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from lrs_core.cli._common import DeviceOpt, DtypeOpt, check_runtime
+from lrs_core.cli._common import (
+    LEGACY_POSITIONAL,
+    MODEL_HELP,
+    PRESET_HELP,
+    DeviceOpt,
+    DtypeOpt,
+    check_runtime,
+)
 
 eval_app = typer.Typer(
     name="eval",
@@ -29,7 +36,12 @@ def score_command(
         bool, typer.Option("--json", help="Print the scores as one JSON line.")
     ] = False,
 ) -> None:
-    """Score LRS-VQA predictions as the reference does (spec §7.3); accuracies in percent."""
+    """Score LRS-VQA predictions as the benchmark's own scorer does; accuracies in percent.
+
+    An answer counts when it matches the ground truth after the scorer's normalisation
+    (numbers, yes/no, WordNet synonyms); prints overall (OA) and average (AA) accuracy per
+    dataset and category.
+    """
     from rich.table import Table
 
     from lrs_core.cli._common import console, print_json, reported_errors
@@ -84,11 +96,13 @@ def score_command(
         console.print(f"[yellow]note:[/] {note}")
 
 
-@eval_app.command("synth")
+@eval_app.command("synth", context_settings=LEGACY_POSITIONAL)
 def synth_command(
-    out_dir: Annotated[
-        Path, typer.Argument(help="Data root to create (LRS_VQA/image/ + question file).")
-    ],
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Data root to create (LRS_VQA/image/ + question file)."),
+    ] = None,
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
     scenes: int = typer.Option(
         3, "--scenes", help="Number of scenes (the last one is the large one)."
@@ -100,7 +114,17 @@ def synth_command(
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Write an offline LRS-VQA-format benchmark with planted objects of known answers."""
-    from lrs_core.cli._common import console, print_json, progress_bar, reported_errors
+    from lrs_core.cli._common import (
+        console,
+        deprecated_positional,
+        out_path,
+        print_json,
+        progress_bar,
+        reported_errors,
+    )
+
+    out_dir = out_path(out, deprecated_positional(ctx), name="OUT_DIR")
+    assert out_dir is not None  # required
     from lrs_core.evaluation.synth import SynthConfig, write_synthetic_set
 
     with reported_errors():
@@ -114,7 +138,7 @@ def synth_command(
             side_px=side,
             max_object_px=max_object,
         )
-        with progress_bar("writing scenes", enabled=not json_output) as progress:
+        with progress_bar("writing scenes", enabled=not json_output, total=scenes) as progress:
             result = write_synthetic_set(out_dir, config=config, progress=progress)
     summary = {
         "data_root": str(result.data_root),
@@ -226,12 +250,17 @@ def _run_benchmark(
         progress_bar,
         reported_errors,
     )
-    from lrs_core.evaluation import runner
+    from lrs_core.focus.config import FocusConfig
 
+    # Usage checks first: none needs torch, transformers or a raster library.
     check_runtime(device, dtype)
     overrides = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    store_dir = stores if stores is not None else runner.default_store_dir(out)
     check_budget(budget)
+    with reported_errors(config_is_usage=True):
+        FocusConfig.from_preset(preset, **overrides)
+    from lrs_core.evaluation import runner
+
+    store_dir = stores if stores is not None else runner.default_store_dir(out)
     if not ingest_only:
         check_out_path(out, kind="file")
     check_out_path(store_dir, kind="folder", option="--stores" if stores else "--out", create=False)
@@ -244,7 +273,7 @@ def _run_benchmark(
                 limit=limit,
                 num_chunks=num_chunks,
             )
-            with progress_bar("ingest", enabled=not json_output) as update:
+            with progress_bar("ingest", enabled=not json_output, total=len(images)) as update:
                 results = runner.ingest_benchmark_scenes(
                     images, store_dir=store_dir, progress=update
                 )
@@ -302,16 +331,15 @@ def _run_benchmark(
 # Options shared by ``lrs eval run lrs-vqa`` and ``lrs eval run mme`` (module-level aliases, as the
 # annotations are strings evaluated in this module's globals).
 DataOpt = Annotated[Path, typer.Option("--data", help=_DATA_HELP)]
-ModelOpt = Annotated[Path, typer.Option("--model", help="Model directory.")]
+ModelOpt = Annotated[Path, typer.Option("--model", help=MODEL_HELP)]
 OutOpt = Annotated[
     Path, typer.Option("--out", help="Prediction JSONL (appended to; a rerun resumes).")
 ]
-PresetOpt = Annotated[
-    str, typer.Option("--preset", help="default | parity | thumbnail | grid-N | full | ...")
-]
+PresetOpt = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
 QuestionsOpt = Annotated[Path | None, typer.Option("--questions", help=_QUESTIONS_HELP)]
 StoresOpt = Annotated[
-    Path | None, typer.Option("--stores", help="Folder of scene stores (default: OUT.stores).")
+    Path | None,
+    typer.Option("--stores", help="Folder of scene stores (default: the --out path + .stores)."),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="First N questions of the chunk.")]
 NumChunksOpt = Annotated[int, typer.Option("--num-chunks", help="Split the questions into K.")]
@@ -399,15 +427,36 @@ eval_app.add_typer(run_app)
 
 @eval_app.command("merge")
 def merge_command(
-    out: Annotated[Path, typer.Argument(help="Merged prediction file to write.")],
     predictions: Annotated[list[Path], typer.Argument(help="Chunk / rerun prediction files.")],
+    out_option: Annotated[
+        Path | None, typer.Option("--out", help="Merged prediction file to write.")
+    ] = None,
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
-    """Merge chunk files: one line per question id; conflicting answers are an error."""
-    from lrs_core.cli._common import check_out_path, console, print_json, reported_errors
+    """Merge chunk files: one line per question id; conflicting answers are an error.
+
+    The older form 'lrs eval merge OUT FILES...' (the output first, no --out) still works and
+    is deprecated.
+    """
+    from lrs_core.cli._common import (
+        check_out_path,
+        console,
+        fail,
+        out_path,
+        print_json,
+        reported_errors,
+    )
+
+    positional = None
+    if out_option is None:
+        if len(predictions) < 2:
+            fail("missing option '--out': give the merged file, e.g. --out pred.jsonl", code=2)
+        positional, predictions = predictions[0], predictions[1:]
+    out = out_path(out_option, positional, name="OUT")
+    assert out is not None  # required
+    check_out_path(out, kind="file")
     from lrs_core.evaluation.merge import merge_predictions
 
-    check_out_path(out, kind="file")
     with reported_errors():
         summary = merge_predictions(predictions, out)
     if json_output:

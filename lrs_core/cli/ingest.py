@@ -58,15 +58,17 @@ def ingest(
     import warnings
 
     from lrs_core.cli._common import progress_bar
+
+    band_numbers = _parse_bands(bands)  # usage checks first: no raster library needed
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: --out is an existing file, not a folder; pick a folder path", code=EXIT_USAGE)
     from lrs_core.errors import ConfigError, LrsWarning, OutputNotWritableError
     from lrs_core.raster.ingest import IngestConfig, ingest_many, prepare_out_dir, scan_sources
 
     try:
-        config = IngestConfig(bands=_parse_bands(bands))
+        config = IngestConfig(bands=band_numbers)
     except ConfigError as err:
         fail(str(err), code=EXIT_USAGE)
-    if out.exists() and not out.is_dir():
-        fail(f"{out}: --out is an existing file, not a folder; pick a folder path", code=EXIT_USAGE)
     scan = scan_sources(sources, recursive=recursive)
     for skipped, reason in scan.skipped:
         console.print(f"[yellow]skipped[/] {skipped}: {reason}", highlight=False)
@@ -94,6 +96,9 @@ def ingest(
                 overwrite=overwrite,
                 dask_address=dask_address,
                 progress=update,
+                on_scene=(lambda path: update.describe(f"ingest {path.name}"))
+                if len(paths) > 1
+                else None,
                 wait=wait,
             )
         except OSError as err:

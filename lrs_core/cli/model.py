@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lrs_core.cli._common import (
+    LEGACY_POSITIONAL,
     DeviceOpt,
     DtypeOpt,
     check_runtime,
@@ -24,9 +25,19 @@ model_app = typer.Typer(
 )
 
 
-@model_app.command("init-tiny")
+#: ``--family`` names of ``lrs model init-tiny`` (the Qwen-VL ones are
+#: ``lrs_core.models.families.qwen_vl_tiny.TINY_QWEN_FAMILIES``; a test keeps them in step).
+TINY_FAMILIES = ("llava", "qwen2", "qwen2-vl", "qwen2.5-vl")
+#: ``--size`` names of ``lrs model init-tiny``.
+TINY_SIZES = ("tiny", "benchmark")
+
+
+@model_app.command("init-tiny", context_settings=LEGACY_POSITIONAL)
 def init_tiny_command(
-    out_dir: Annotated[Path, typer.Argument(help="Directory to write the model into.")],
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder to write the model into.")
+    ] = None,
     family: Annotated[
         str,
         typer.Option(
@@ -36,38 +47,50 @@ def init_tiny_command(
     ] = "llava",
     size: Annotated[str, typer.Option(help="tiny (~0.4 M params) or benchmark (~220 M).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object: the model folder and family.")
+    ] = False,
 ) -> None:
     """Build a random model of the real architecture with an offline tokenizer and save it."""
-    from lrs_core.models.families.qwen_vl_tiny import TINY_QWEN_FAMILIES, init_tiny_qwen_vl
+    from lrs_core.cli._common import check_out_path, deprecated_positional, out_path
 
-    if family not in ("llava", "qwen2", *TINY_QWEN_FAMILIES):
-        fail(
-            f"--family {family!r} must be one of 'llava', 'qwen2', {', '.join(TINY_QWEN_FAMILIES)}",
-            code=2,
-        )
-    if size not in ("tiny", "benchmark"):
+    out_dir = out_path(out, deprecated_positional(ctx), name="OUT_DIR")
+    assert out_dir is not None  # required
+    if family not in TINY_FAMILIES:
+        fail(f"--family {family!r} must be one of {', '.join(map(repr, TINY_FAMILIES))}", code=2)
+    if size not in TINY_SIZES:
         fail(f"--size {size!r} must be 'tiny' or 'benchmark'", code=2)
-    from lrs_core.cli._common import check_out_path
+    qwen_vl = family not in ("llava", "qwen2")
+    if qwen_vl and size != "tiny":
+        fail(f"--family {family} has only --size tiny", code=2)
+    check_out_path(out_dir, kind="folder")
+    if qwen_vl:
+        from lrs_core.models.families.qwen_vl_tiny import init_tiny_qwen_vl
 
-    check_out_path(out_dir, kind="folder", option="OUT_DIR")
-    if family in TINY_QWEN_FAMILIES:
-        if size != "tiny":
-            fail(f"--family {family} has only --size tiny", code=2)
         with reported_errors():
             path = init_tiny_qwen_vl(out_dir, family=family, seed=seed)  # type: ignore[arg-type]  # checked above
-        console.print(f"wrote {family} (tiny, Hugging Face layout) model to {path}")
+        layout = "Hugging Face layout"
+    else:
+        from lrs_core.models.tiny import init_tiny
+
+        with reported_errors():
+            path = init_tiny(out_dir, family=family, seed=seed, size=size)  # type: ignore[arg-type]  # checked above
+        layout = "project layout"
+    if as_json:
+        print_json(
+            {"model_dir": str(path), "family": family, "size": size, "seed": seed, "layout": layout}
+        )
         return
-    from lrs_core.models.tiny import init_tiny
-
-    with reported_errors():
-        path = init_tiny(out_dir, family=family, seed=seed, size=size)  # type: ignore[arg-type]  # checked above
-    console.print(f"wrote {family} ({size}) model to {path}")
+    console.print(f"wrote {family} ({size}, {layout}) model to {path}", highlight=False)
 
 
-@model_app.command("convert")
+@model_app.command("convert", context_settings=LEGACY_POSITIONAL)
 def convert_command(
+    ctx: typer.Context,
     src: Annotated[Path, typer.Argument(help="Paper release or llava-hf directory.")],
-    dst: Annotated[Path, typer.Argument(help="Output directory (project format).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (project format).")
+    ] = None,
     vision_config: Annotated[
         Path | None,
         typer.Option(help="Paper layout: CLIP config.json or directory (when none is beside SRC)."),
@@ -76,8 +99,15 @@ def convert_command(
         str | None,
         typer.Option(help="llava-hf layout: RFM layer list, comma-separated (e.g. 8,16)."),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object: source and converted folder.")
+    ] = False,
 ) -> None:
     """Convert a checkpoint (paper release, llava-hf) to the project format."""
+    from lrs_core.cli._common import deprecated_positional, out_path
+
+    dst = out_path(out, deprecated_positional(ctx), name="DST")
+    assert dst is not None  # required
     layers: tuple[int, ...] | None = None
     if llm_layer_list:
         try:
@@ -88,7 +118,10 @@ def convert_command(
 
     with reported_errors():
         path = convert_checkpoint(src, dst, vision_config_path=vision_config, llm_layer_list=layers)
-    console.print(f"converted {src} -> {path}")
+    if as_json:
+        print_json({"source": str(src), "model_dir": str(path)})
+        return
+    console.print(f"converted {src} -> {path}", highlight=False)
 
 
 @model_app.command("info")
@@ -107,6 +140,7 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Describe a model: layout, families, geometry, RFM layers and parameter counts."""
+    check_runtime(device, dtype)
     import time
 
     import torch
@@ -116,7 +150,6 @@ def info_command(
     from lrs_core.models.loading.auto import detect_layout, load_model
     from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
 
-    check_runtime(device, dtype)
     if is_qwen_vl_dir(model_dir):
         with reported_errors():
             info = _qwen_vl_info(model_dir)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lrs_core.cli import EXIT_USAGE
-from lrs_core.cli._common import console, fail
+from lrs_core.cli._common import console, fail, print_json
 
 
 def serve(
@@ -23,6 +23,10 @@ def serve(
         str, typer.Option("--host", help="Interface to bind; loopback unless you mean it.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON line (url, stores, answers) once serving."),
+    ] = False,
 ) -> None:
     """Serve a map of the scenes (XYZ tiles) and the answers (GeoJSON, heat maps) on HTTP."""
     import uvicorn
@@ -37,7 +41,17 @@ def serve(
     except ConfigError as err:
         fail(str(err), code=EXIT_USAGE)
     app = create_app(config)
-    console.print(f"lrs serve: http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    url = f"http://{host}:{port}/"
+    if as_json:
+        print_json(
+            {
+                "url": url,
+                "stores": str(config.stores_dir),
+                "answers": [str(path) for path in config.answer_dirs],
+            }
+        )
+    else:
+        console.print(f"lrs serve: {url} (Ctrl-C stops)", highlight=False)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 
 

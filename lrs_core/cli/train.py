@@ -1,4 +1,4 @@
-"""``lrs train-rfm``: distil a model's Region Focus Module from its own LLM (spec §4)."""
+"""``lrs train-rfm``: distil a model's Region Focus Module from its own LLM."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lrs_core.cli._common import (
+    MODEL_HELP,
     DeviceOpt,
     check_out_path,
     check_runtime,
@@ -21,7 +22,8 @@ from lrs_core.cli._common import (
 
 def train_rfm_command(
     model: Annotated[
-        Path, typer.Option("--model", help="Model directory (any layout load_model reads).")
+        Path,
+        typer.Option("--model", help=MODEL_HELP),
     ],
     data: Annotated[
         Path,
@@ -36,7 +38,7 @@ def train_rfm_command(
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-4,
     trainable: Annotated[str, typer.Option(help="rfm, rfm+projector or all.")] = "rfm",
     preset: Annotated[
-        str, typer.Option(help="default (ours) or parity (reference loss choices).")
+        str, typer.Option(help="default (ours) or parity (the loss of the paper's released code).")
     ] = "default",
     views: Annotated[
         str, typer.Option(help="single (coarsest level) or multi (multi-GSD).")
@@ -64,10 +66,12 @@ def train_rfm_command(
     ] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train the RFM by attention distillation and write the trained model to OUT/model."""
-    from lrs_core.distill import DistillConfig, train_rfm
-    from lrs_core.errors import ConfigError
+    """Train the Region Focus Module (RFM) and write the trained model to OUT/model.
 
+    The RFM scores which image tokens matter for a question; it learns to predict the attention
+    the model's own language model pays to the image (attention distillation). Resumable: a rerun
+    continues from the newest checkpoint in OUT.
+    """
     check_runtime(device, dtype)
     if dtype not in ("auto", "fp32", "float32"):
         fail(
@@ -75,6 +79,9 @@ def train_rfm_command(
             "use --dtype fp32 (or auto) with --precision bf16 for bf16 compute",
             code=2,
         )
+    from lrs_core.distill.config import DistillConfig
+    from lrs_core.errors import ConfigError
+
     try:
         config = DistillConfig.preset(
             preset,
@@ -94,6 +101,8 @@ def train_rfm_command(
     except ConfigError as err:
         fail(str(err), code=2)
     check_out_path(out, kind="folder")
+    from lrs_core.distill import train_rfm
+
     with reported_errors():
         with progress_bar("distilling the RFM", enabled=not json_output) as progress:
             result = train_rfm(

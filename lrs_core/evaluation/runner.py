@@ -438,6 +438,8 @@ def answer_scenes(
     total = sum(len(scene.questions) for scene in scenes)
     if total == 0:
         return 0, [], f"-/{engine_spec.preset}"
+    if progress is not None:
+        progress(0, total)  # the total is known before the model loads and the first answer
     engine = engine_spec.load()
     model_id = f"{engine.loaded.model_id}/{engine.config.preset}"
     failures: list[QuestionFailure] = []
@@ -597,7 +599,8 @@ def run_lrs_vqa(
             ``max_new_tokens``).
         ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
         keep_heatmap: keep the scene heat map in each line's record.
-        progress: called with ``(questions done, questions pending)`` after each question.
+        progress: called with ``(questions done, questions pending)``: once with 0 before the
+            model loads, then after each question.
         wait: queue behind another run writing ``out`` instead of failing at once.
 
     Returns:

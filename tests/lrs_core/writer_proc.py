@@ -88,7 +88,7 @@ def _predictions(questions: str, out: str, ready: Path, release: Path, wait: boo
 
     def progress(done: int, total: int) -> None:
         nonlocal held
-        if not held:  # the first line is written: hold the file mid-run
+        if not held and done > 0:  # the first line is written (0: the start): hold mid-run
             held = True
             _hold(ready, release)
 

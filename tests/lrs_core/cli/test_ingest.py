@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("verify_written_stores")
 runner = CliRunner()
 
 
-def _lines(output: str) -> list[dict]:
+def _lines(output: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
@@ -94,3 +95,18 @@ def test_ingest_usage_errors_exit_2(tmp_path: Path) -> None:
         runner.invoke(app, ["ingest", str(tmp_path / "empty_dir_missing"), "--out", out]).exit_code
         == 1
     )
+
+
+def test_ingest_shows_plain_progress_per_scene_in_a_log(tmp_path: Path) -> None:
+    """Standard error is not a terminal under CliRunner: plain lines, one round per scene."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for name in ("a", "b"):
+        write_geotiff(folder / f"{name}.tif", make_rgb_pattern(60, 80))
+    result = runner.invoke(build_app(), ["ingest", str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    for name in ("a", "b"):
+        lines = [x for x in result.stderr.splitlines() if x.startswith(f"ingest {name}.tif: ")]
+        assert lines, result.stderr
+        assert "(100%)" in lines[-1]
+    assert "\x1b[" not in result.stderr

@@ -36,7 +36,7 @@ def a_file(tmp_path: Path) -> Path:
 def _commands(out: Path, tmp_path: Path) -> dict[str, list[str]]:
     data = ["--data", str(tmp_path), "--model", str(tmp_path / "model")]
     return {
-        "init-tiny": ["model", "init-tiny", str(out)],
+        "init-tiny": ["model", "init-tiny", "--out", str(out)],
         "eval run": ["eval", "run", "lrs-vqa", *data, "--out", str(out)],
         "train-rfm": ["train-rfm", *data, "--out", str(out)],
         "demo": ["demo", "--out", str(out)],

@@ -144,6 +144,7 @@ def test_cli_synth_json(tmp_path: Path) -> None:
         [
             "eval",
             "synth",
+            "--out",
             str(tmp_path / "set"),
             "--seed",
             "3",

@@ -15,7 +15,7 @@ def run(*args):
 
 
 def test_init_tiny_then_info(tmp_path):
-    result = run("init-tiny", str(tmp_path / "m"), "--family", "qwen2", "--seed", "2")
+    result = run("init-tiny", "--out", str(tmp_path / "m"), "--family", "qwen2", "--seed", "2")
     assert result.exit_code == 0, result.output
     result = run("info", str(tmp_path / "m"), "--json")
     assert result.exit_code == 0, result.output
@@ -27,14 +27,17 @@ def test_init_tiny_then_info(tmp_path):
 
 
 def test_usage_errors_exit_2(tmp_path):
-    assert run("init-tiny", str(tmp_path), "--family", "gpt").exit_code == 2
+    assert run("init-tiny", "--out", str(tmp_path), "--family", "gpt").exit_code == 2
     assert (
-        run("convert", str(tmp_path), str(tmp_path / "o"), "--llm-layer-list", "a,b").exit_code == 2
+        run(
+            "convert", str(tmp_path), "--out", str(tmp_path / "o"), "--llm-layer-list", "a,b"
+        ).exit_code
+        == 2
     )
 
 
 def test_convert_reports_a_bad_source(tmp_path):
-    result = run("convert", str(tmp_path / "missing"), str(tmp_path / "out"))
+    result = run("convert", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     assert "not found" in result.output
 
@@ -73,7 +76,11 @@ def test_convert_a_paper_checkpoint(tmp_path):
 
     model, tokenizer = build_tiny(family="qwen2", seed=4)
     write_paper_checkpoint(tmp_path / "paper", model, tokenizer)
-    result = run("convert", str(tmp_path / "paper"), str(tmp_path / "project"))
+    result = run("convert", str(tmp_path / "paper"), "--out", str(tmp_path / "project"), "--json")
     assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "source": str(tmp_path / "paper"),
+        "model_dir": str(tmp_path / "project"),
+    }
     info = json.loads(run("info", str(tmp_path / "project"), "--json").stdout)
     assert info["layout"] == "project" and info["config"]["max_context_tokens"] == 8192

@@ -309,7 +309,9 @@ def test_cli_init_tiny_writes_a_loadable_hugging_face_directory(
 
     runner = CliRunner()
     out = tmp_path / "m"
-    result = runner.invoke(build_app(), ["model", "init-tiny", str(out), "--family", family])
+    result = runner.invoke(
+        build_app(), ["model", "init-tiny", "--out", str(out), "--family", family]
+    )
     assert result.exit_code == 0, result.output
     for name in ("config.json", "model.safetensors", "generation_config.json"):
         assert (out / name).is_file()
@@ -323,7 +325,8 @@ def test_cli_init_tiny_writes_a_loadable_hugging_face_directory(
     assert described["layout"] == "hf-qwen-vl" and described["config"]["family"] == family
     assert described["tokens_per_tile"] == 144 and described["rfm_source_layers"] == [0, 1]
     bad = runner.invoke(
-        build_app(), ["model", "init-tiny", str(out), "--family", family, "--size", "benchmark"]
+        build_app(),
+        ["model", "init-tiny", "--out", str(out), "--family", family, "--size", "benchmark"],
     )
     assert bad.exit_code == 2 and "only --size tiny" in bad.output
 
