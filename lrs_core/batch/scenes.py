@@ -123,7 +123,7 @@ def ingest_rasters(rasters: Sequence[str], stores: str) -> dict[str, str | BaseE
     done: dict[str, str | BaseException] = {}
     for raster in rasters:
         try:
-            result = ingest_scene(raster, stores)
+            result = ingest_scene(raster, stores, wait=True)  # queue behind a run ingesting it
         except (LrsError, OSError) as err:
             log.warning("ingest of %s failed: %s", raster, err)
             done[raster] = err

@@ -303,7 +303,7 @@ def open_scene(image: Path, *, store_dir: Path) -> Pyramid:
     with warnings.catch_warnings():
         # Training needs pixels only; a plain PNG's missing georeference does not matter here.
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        result = ingest_scene(image, store_dir, scene_id=stem)
+        result = ingest_scene(image, store_dir, scene_id=stem, wait=True)  # a shared cache
     if result.store is None:
         raise DatasetError(f"{image}: ingest gave no store (status {result.status!r})")
     return open_pyramid(result.store)

@@ -343,7 +343,10 @@ def ingest_image(
     with warnings.catch_warnings():
         # Benchmark images are plain PNG/TIFF: no georeference is expected, so none is missing.
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return ingest_scene(image_path, store_dir, scene_id=scene_id_for(image), config=config)
+        # Chunks of one run share the store cache: queue behind a chunk ingesting the same image.
+        return ingest_scene(
+            image_path, store_dir, scene_id=scene_id_for(image), config=config, wait=True
+        )
 
 
 def prepare_output(out: Path, *, id_key: str) -> tuple[set[str], int]:
