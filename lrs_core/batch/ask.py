@@ -17,11 +17,9 @@ from typing import Any
 from lrs_core.batch.requests import Question, read_questions
 from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.focus.features import FeatureCache
-from lrs_core.models.families.engine_model import load_qwen_vl_engine
-from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
 from lrs_core.models.loading.auto import load_model
 from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, load_tokenizer, read_json
-from lrs_core.models.loading.loaded import LoadedModel, default_attn_implementation
+from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.loading.project import configs_from_header
 from lrs_core.models.registry import resolve_model_dir
 from lrs_core.models.runtime import (
@@ -29,7 +27,6 @@ from lrs_core.models.runtime import (
     GenerationSettings,
     parse_dtype,
     resolve_device,
-    resolve_dtype,
 )
 from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.raster.pyramid import open_pyramid
@@ -83,14 +80,7 @@ def load_engine(
         parse_dtype(dtype)
     if not weights and (Path(model_dir) / PROJECT_CONFIG_FILE).is_file():
         loaded = _load_without_weights(Path(model_dir))
-    elif is_qwen_vl_dir(model_dir):  # a Hugging Face Qwen2-VL / Qwen2.5-VL directory
-        loaded = load_qwen_vl_engine(
-            model_dir,
-            device=torch_device,
-            dtype=resolve_dtype(dtype, torch_device, model_dir),
-            attn_implementation=default_attn_implementation(torch_device),
-        )
-    else:
+    else:  # every layout, each with its family (``loaded.family``)
         loaded = load_model(model_dir, device=torch_device, dtype=dtype)
     if "max_new_tokens" not in values and loaded.generation.max_new_tokens is not None:
         config = config.override(max_new_tokens=loaded.generation.max_new_tokens)

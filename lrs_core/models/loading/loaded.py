@@ -6,6 +6,7 @@ import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedConfig, PreTrainedTokenizerBase
@@ -14,6 +15,9 @@ from lrs_core.models.config import VlmConfig
 from lrs_core.models.loading.files import KeyMap, read_safetensors, safetensors_files
 from lrs_core.models.runtime import GenerationSettings
 from lrs_core.models.vlm import VisionLanguageModel, check_state_dict_keys, materialise
+
+if TYPE_CHECKING:
+    from lrs_core.models.families.base import EngineFamily
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,11 @@ class LoadedModel:
         model_id: a name for records (the project format's ``model_id`` or the directory name).
         source_dir: the directory it was loaded from.
         generation: the checkpoint's ``generation_config.json`` settings (defaults when absent).
+        family: the model behind the :class:`~lrs_core.models.families.base.EngineFamily`
+            interface, which the engine, distillation and the CLI call instead of branching on
+            the family. The loader of a family sets it; left out (None), it becomes a
+            :class:`~lrs_core.models.families.llava.LlavaFamily` of ``model`` (the
+            :class:`VisionLanguageModel` layouts: project, paper, llava-hf).
     """
 
     model: VisionLanguageModel
@@ -33,6 +42,13 @@ class LoadedModel:
     model_id: str
     source_dir: Path
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    family: EngineFamily = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            from lrs_core.models.families.llava import LlavaFamily  # imports this module
+
+            object.__setattr__(self, "family", LlavaFamily(self))
 
     @property
     def stop_token_ids(self) -> list[int]:
