@@ -50,9 +50,8 @@ def load_engine(
 
     Args:
         model_dir: a model directory or name (:func:`lrs_core.models.registry.resolve_model_dir`;
-            :func:`lrs_core.models.loading.auto.load_model` layouts, or a Hugging
-            Face Qwen2-VL / Qwen2.5-VL directory, loaded by
-            :func:`lrs_core.models.families.engine_model.load_qwen_vl_engine`).
+            any :func:`lrs_core.models.loading.auto.load_model` layout, Hugging Face Qwen2-VL /
+            Qwen2.5-VL directories included; the engine calls ``loaded.family``).
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or
             ``pdrop``.
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.

@@ -46,7 +46,6 @@ from lrs_core.errors import DatasetError, NotGeoreferencedWarning
 from lrs_core.evaluation.lrs_vqa import iter_jsonl
 from lrs_core.focus.tiles import mean_rgb_uint8, read_thumbnail, read_tiles
 from lrs_core.models.families.base import EngineFamily
-from lrs_core.models.families.engine_model import QWEN_VL_TEMPLATE
 from lrs_core.models.layout import SequenceLayout, TokenKind, assemble_batch, build_layout
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER, PromptIds, tokenize_prompt
 from lrs_core.models.vlm import VisionLanguageModel
@@ -66,9 +65,6 @@ _NEXT_QUESTION = {
     "chatml": "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
 }
 _ANSWER = {"vicuna_v1": " {answer}</s>", "chatml": "{answer}<|im_end|>\n"}
-# Qwen-VL's template is ChatML after the first (image) turn, which the model's own template renders.
-_NEXT_QUESTION[QWEN_VL_TEMPLATE] = _NEXT_QUESTION["chatml"]
-_ANSWER[QWEN_VL_TEMPLATE] = _ANSWER["chatml"]
 
 
 @dataclass(frozen=True)
@@ -585,7 +581,7 @@ def build_dataset(
     if not isinstance(separator, int):
         raise DatasetError(f"separator token {model.config.separator_token!r} is not one token")
     separator_id = separator
-    template = model.config.chat_template
+    template = family.turn_template  # later turns and answers (turn 1: below)
     # the family renders its own first prompt, numbers positions, and has a newline or not
     prompt_of = family.prompt_ids if family.renders_own_prompt else None
     out_views: list[View] = []

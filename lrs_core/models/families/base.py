@@ -185,11 +185,14 @@ class EngineFamily(ModelFamily, Protocol):
         renders_own_prompt: True when :meth:`prompt_ids` renders turn 1 with the model's own chat
             template (conversations then take it); False when the project's templates
             (``config.chat_template``) render every turn.
+        turn_template: the project chat template (``vicuna_v1``, ``chatml``) of the turns after
+            the first and of the answers, in training conversations.
     """
 
     supports_parity: bool
     supports_batched_decode: bool
     renders_own_prompt: bool
+    turn_template: str
 
     def sequence_position_ids(self, layout: SequenceLayout, positions: np.ndarray) -> torch.Tensor:
         """Return the LLM's position ids of one sequence.

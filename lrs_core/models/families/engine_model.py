@@ -43,6 +43,8 @@ RFM_WEIGHTS_FILE = "lrs_rfm.safetensors"
 RFM_CONFIG_FILE = "lrs_rfm.json"
 #: ``config.chat_template`` of Qwen-VL models: the model's own Jinja template renders turn 1.
 QWEN_VL_TEMPLATE = "qwen-vl"
+#: The project template of training turns after the first (which the model's template renders).
+QWEN_VL_TURN_TEMPLATE = "chatml"
 
 
 def default_llm_layer_list(num_layers: int) -> tuple[int, ...]:
@@ -327,6 +329,7 @@ class QwenVlEngineFamily:
         supports_parity: False (the released code is LLaVA's).
         supports_batched_decode: False (rows are decoded one by one).
         renders_own_prompt: True (the model's own chat template renders turn 1).
+        turn_template: ``"chatml"`` (Qwen-VL's template is ChatML after the first turn).
     """
 
     rope_rank = ROPE_RANK_MROPE
@@ -334,6 +337,7 @@ class QwenVlEngineFamily:
     supports_parity = False
     supports_batched_decode = False
     renders_own_prompt = True
+    turn_template = QWEN_VL_TURN_TEMPLATE
 
     def __init__(self, engine: QwenVlEngineModel) -> None:
         self.engine = engine

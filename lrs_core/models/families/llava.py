@@ -48,6 +48,7 @@ class LlavaFamily:
         supports_parity: True (the reference's code is this family's).
         supports_batched_decode: True.
         renders_own_prompt: False (the project's chat templates render every turn).
+        turn_template: ``config.chat_template``.
         token_px: tile pixels per pooled token side (28).
     """
 
@@ -63,6 +64,7 @@ class LlavaFamily:
         config = self.model.config
         self.family = f"llava-{config.llm_family}"
         self.token_px = config.tile_size_px // config.pooled_per_side
+        self.turn_template: str = config.chat_template
 
     @property
     def device(self) -> torch.device:
