@@ -1,9 +1,9 @@
 """The model-family interface: what the coarse-to-fine method needs from a vision-language model.
 
-The engine, distillation, FLOPs and evaluation drive a VLM through a handful of operations. Today
-they call the LLaVA-style :class:`~lrs_core.models.vlm.VisionLanguageModel` directly; this module
-names those operations once so that other bases (Qwen2-VL, Qwen2.5-VL) plug in without branching
-on strings. Each operation maps to where the LLaVA path does it today:
+The engine, distillation, FLOPs and evaluation drive a VLM through a handful of operations. This
+module names those operations once so that every base (LLaVA-1.5 / NeXT / the paper's checkpoints,
+Qwen2-VL, Qwen2.5-VL) plugs in without branching on strings or types. Each operation maps to where
+the LLaVA path does it:
 
 ============================  ==================================================================
 :class:`ModelFamily` member   LLaVA path today

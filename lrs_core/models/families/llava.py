@@ -29,7 +29,6 @@ from lrs_core.models.families.base import ROPE_RANK_1D, Decoder, TileTokens
 from lrs_core.models.flops import ModelDims, dims_from_configs
 from lrs_core.models.generation import GenerationResult, generate_from_embeds
 from lrs_core.models.layout import SequenceLayout
-from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.loading.project import save_model
 from lrs_core.models.prompt import PromptIds, tokenize_prompt
 from lrs_core.models.rfm_scoring import rfm_token_scores
@@ -58,9 +57,9 @@ class LlavaFamily:
     supports_batched_decode = True
     renders_own_prompt = False
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.model: VisionLanguageModel = loaded.model
-        self.tokenizer: PreTrainedTokenizerBase = loaded.tokenizer
+    def __init__(self, model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
         config = self.model.config
         self.family = f"llava-{config.llm_family}"
         self.token_px = config.tile_size_px // config.pooled_per_side

@@ -32,9 +32,10 @@ class LoadedModel:
         generation: the checkpoint's ``generation_config.json`` settings (defaults when absent).
         family: the model behind the :class:`~lrs_core.models.families.base.EngineFamily`
             interface, which the engine, distillation and the CLI call instead of branching on
-            the family. The loader of a family sets it; left out (None), it becomes a
-            :class:`~lrs_core.models.families.llava.LlavaFamily` of ``model`` (the
-            :class:`VisionLanguageModel` layouts: project, paper, llava-hf).
+            the family. The loading entry point sets it
+            (:func:`lrs_core.models.loading.auto.load_model`): ``LlavaFamily`` for the
+            :class:`VisionLanguageModel` layouts (project, paper, llava-hf), the Qwen-VL family
+            for Hugging Face Qwen-VL directories.
     """
 
     model: VisionLanguageModel
@@ -42,13 +43,7 @@ class LoadedModel:
     model_id: str
     source_dir: Path
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    family: EngineFamily = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.family is None:
-            from lrs_core.models.families.llava import LlavaFamily  # imports this module
-
-            object.__setattr__(self, "family", LlavaFamily(self))
+    family: EngineFamily = field(kw_only=True, repr=False, compare=False)
 
     @property
     def stop_token_ids(self) -> list[int]:

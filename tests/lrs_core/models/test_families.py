@@ -16,7 +16,7 @@ QUESTION = "How many ships are in the harbour?"
 
 
 def test_llava_family_runs_the_existing_path(tiny_model: LoadedModel) -> None:
-    family = LlavaFamily(tiny_model)
+    family = LlavaFamily(tiny_model.model, tiny_model.tokenizer)
     assert isinstance(family, ModelFamily)
     assert family.rope_rank == 1 and family.has_image_newline and family.token_px == 28
     tiles = np.random.default_rng(0).integers(0, 256, (2, 336, 336, 3), dtype=np.uint8)
