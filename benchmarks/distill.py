@@ -51,6 +51,7 @@ from lrs_core.distill.loss import (
 )
 from lrs_core.distill.trainer import trainable_parameters
 from lrs_core.models.attention_rows import AttentionLogits
+from lrs_core.models.families.llava import LlavaFamily
 from lrs_core.models.loading.loaded import set_attn_implementation
 from lrs_core.models.tiny import build_tiny
 from lrs_core.models.vlm import VisionLanguageModel
@@ -109,7 +110,9 @@ def make_batch(
         )
         for i in range(batch_size)
     ]
-    dataset = build_dataset(records, model=model, tokenizer=tokenizer)
+    dataset = build_dataset(
+        records, model=model, tokenizer=tokenizer, family=LlavaFamily(model, tokenizer)
+    )
     with torch.no_grad():
         return dataset.collate(model, list(range(batch_size)))
 

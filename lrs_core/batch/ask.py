@@ -17,21 +17,14 @@ from typing import Any
 from lrs_core.batch.requests import Question, read_questions
 from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.focus.features import FeatureCache
-from lrs_core.models.families.engine_model import load_qwen_vl_engine
-from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
-from lrs_core.models.loading.auto import load_model
-from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, load_tokenizer, read_json
-from lrs_core.models.loading.loaded import LoadedModel, default_attn_implementation
-from lrs_core.models.loading.project import configs_from_header
+from lrs_core.models.loading.auto import load_model, load_model_shapes
+from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
 from lrs_core.models.registry import resolve_model_dir
 from lrs_core.models.runtime import (
     DEVICE_AUTO,
-    GenerationSettings,
     parse_dtype,
     resolve_device,
-    resolve_dtype,
 )
-from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.raster.pyramid import open_pyramid
 from lrs_core.records import AnswerRecord
 
@@ -53,9 +46,8 @@ def load_engine(
 
     Args:
         model_dir: a model directory or name (:func:`lrs_core.models.registry.resolve_model_dir`;
-            :func:`lrs_core.models.loading.auto.load_model` layouts, or a Hugging
-            Face Qwen2-VL / Qwen2.5-VL directory, loaded by
-            :func:`lrs_core.models.families.engine_model.load_qwen_vl_engine`).
+            any :func:`lrs_core.models.loading.auto.load_model` layout, Hugging Face Qwen2-VL /
+            Qwen2.5-VL directories included; the engine calls ``loaded.family``).
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or
             ``pdrop``.
         budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
@@ -82,35 +74,12 @@ def load_engine(
     if dtype is not None:
         parse_dtype(dtype)
     if not weights and (Path(model_dir) / PROJECT_CONFIG_FILE).is_file():
-        loaded = _load_without_weights(Path(model_dir))
-    elif is_qwen_vl_dir(model_dir):  # a Hugging Face Qwen2-VL / Qwen2.5-VL directory
-        loaded = load_qwen_vl_engine(
-            model_dir,
-            device=torch_device,
-            dtype=resolve_dtype(dtype, torch_device, model_dir),
-            attn_implementation=default_attn_implementation(torch_device),
-        )
-    else:
+        loaded = load_model_shapes(Path(model_dir))
+    else:  # every layout, each with its family (``loaded.family``)
         loaded = load_model(model_dir, device=torch_device, dtype=dtype)
     if "max_new_tokens" not in values and loaded.generation.max_new_tokens is not None:
         config = config.override(max_new_tokens=loaded.generation.max_new_tokens)
     return FocusEngine(loaded, config=config, feature_cache=feature_cache)
-
-
-def _load_without_weights(source: Path) -> LoadedModel:
-    """Build a project-format model on the ``meta`` device (shapes only) with its tokenizer."""
-    header = read_json(source / PROJECT_CONFIG_FILE)
-    config, vision_config, llm_config = configs_from_header(header, source=source)
-    model = VisionLanguageModel.build(
-        config, vision_config=vision_config, llm_config=llm_config, initialise=False, device="meta"
-    )
-    return LoadedModel(
-        model=model.eval(),
-        tokenizer=load_tokenizer(source),
-        model_id=str(header.get("model_id", source.name)),
-        source_dir=source,
-        generation=GenerationSettings.read(source),
-    )
 
 
 def answer_questions(

@@ -146,15 +146,9 @@ def info_command(
     import torch
 
     from lrs_core.models import runtime
-    from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
     from lrs_core.models.loading.auto import detect_layout, load_model
     from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
 
-    if is_qwen_vl_dir(model_dir):
-        with reported_errors():
-            info = _qwen_vl_info(model_dir)
-        _print_info(info, as_json=as_json)
-        return
     stats: runtime.LoadStats | None = None
     with reported_errors(config_is_usage=True):
         layout = detect_layout(model_dir)
@@ -204,58 +198,14 @@ def _print_info(info: dict[str, Any], *, as_json: bool) -> None:
         console.print(f"[bold]{key}[/]: {value}", highlight=False)
 
 
-def _qwen_vl_info(model_dir: Path) -> dict[str, Any]:
-    """``lrs model info`` of a Hugging Face Qwen2-VL / Qwen2.5-VL directory."""
-    from lrs_core.models.families.engine_model import load_qwen_vl_engine
-
-    loaded = load_qwen_vl_engine(model_dir, device="cpu")
-    model: Any = loaded.model
-    text, vision = model.family.text_config, model.family.hf.config.vision_config
-    return {
-        "model_id": loaded.model_id,
-        "layout": "hf-qwen-vl",
-        "config": model.config.to_dict(),
-        "hidden_size": model.hidden_size,
-        "llm_layers": text.num_hidden_layers,
-        "vision_layers": vision.depth,
-        "rfm_source_layers": list(model.config.rfm_source_layers),
-        "tokens_per_tile": model.config.tokens_per_tile,
-        "vocab_size": len(loaded.tokenizer),
-        "parameters": {
-            name: sum(p.numel() for p in part.parameters())
-            for name, part in (
-                ("vision_tower", model.vision_tower),
-                ("llm", model.llm),
-                ("rfm", model.rfm),
-            )
-        },
-    }
-
-
 def _project_info(loaded: Any, layout: str) -> dict[str, Any]:
-    """``lrs model info`` of a model ``load_model`` reads."""
+    """``lrs model info`` of a model ``load_model`` reads (its family describes the model)."""
     from lrs_core.models import runtime
 
-    model = loaded.model
     info: dict[str, Any] = {
         "model_id": loaded.model_id,
         "layout": layout,
-        "config": model.config.to_dict(),
-        "hidden_size": model.hidden_size,
-        "llm_layers": model.llm.config.num_hidden_layers,
-        "vision_layers": model.vision_tower.config.num_hidden_layers,
-        "rfm_source_layers": list(model.config.rfm_source_layers),
-        "tokens_per_tile": model.config.tokens_per_tile,
-        "vocab_size": len(loaded.tokenizer),
-        "parameters": {
-            name: sum(p.numel() for p in part.parameters())
-            for name, part in (
-                ("vision_tower", model.vision_tower),
-                ("projector", model.projector),
-                ("llm", model.llm),
-                ("rfm", model.rfm),
-            )
-        },
+        **loaded.family.info(),
         "checkpoint_dtype": str(runtime.checkpoint_dtype(loaded.source_dir)).removeprefix("torch."),
         "generation_config": loaded.generation.raw,
         "stop_token_ids": loaded.stop_token_ids,

@@ -45,7 +45,7 @@ from lrs_core.distill.loss import IGNORE_INDEX, DistillBatch
 from lrs_core.errors import DatasetError, NotGeoreferencedWarning
 from lrs_core.evaluation.lrs_vqa import iter_jsonl
 from lrs_core.focus.tiles import mean_rgb_uint8, read_thumbnail, read_tiles
-from lrs_core.models.families.engine_model import QWEN_VL_TEMPLATE, QwenVlEngineModel
+from lrs_core.models.families.base import EngineFamily
 from lrs_core.models.layout import SequenceLayout, TokenKind, assemble_batch, build_layout
 from lrs_core.models.prompt import IMAGE_PLACEHOLDER, PromptIds, tokenize_prompt
 from lrs_core.models.vlm import VisionLanguageModel
@@ -65,9 +65,6 @@ _NEXT_QUESTION = {
     "chatml": "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
 }
 _ANSWER = {"vicuna_v1": " {answer}</s>", "chatml": "{answer}<|im_end|>\n"}
-# Qwen-VL's template is ChatML after the first (image) turn, which the model's own template renders.
-_NEXT_QUESTION[QWEN_VL_TEMPLATE] = _NEXT_QUESTION["chatml"]
-_ANSWER[QWEN_VL_TEMPLATE] = _ANSWER["chatml"]
 
 
 @dataclass(frozen=True)
@@ -397,6 +394,7 @@ class DistillDataset:
     cache_features: bool = True
     prompt_of: Callable[[str], PromptIds] | None = None
     image_newline: bool = True
+    family: EngineFamily | None = None
     feature_cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES
     _cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=OrderedDict)
     _cache_bytes: int = 0
@@ -498,11 +496,20 @@ class DistillDataset:
     def collate(self, model: VisionLanguageModel, indices: Sequence[int]) -> DistillBatch:
         """Return the right-padded batch of the given views on the model's device."""
         samples = [self.prepare(model, i) for i in indices]
-        return collate(model, samples)
+        return collate(model, samples, family=self.family)
 
 
-def collate(model: VisionLanguageModel, samples: Sequence[PreparedSample]) -> DistillBatch:
-    """Right-pad prepared samples into a :class:`DistillBatch` on the model's device."""
+def collate(
+    model: VisionLanguageModel,
+    samples: Sequence[PreparedSample],
+    *,
+    family: EngineFamily | None = None,
+) -> DistillBatch:
+    """Right-pad prepared samples into a :class:`DistillBatch` on the model's device.
+
+    ``family`` numbers the rows' positions (:meth:`EngineFamily.batch_position_ids`); None (or a
+    rank-1 family) leaves ``position_ids`` None, ``0 .. L-1`` per row.
+    """
     embedded = assemble_batch(
         model,
         [s.layout for s in samples],
@@ -527,13 +534,9 @@ def collate(model: VisionLanguageModel, samples: Sequence[PreparedSample]) -> Di
         [s.image_positions for s in samples], max(len(s.image_positions) for s in samples), 0
     )
     labels, _ = pad([s.labels for s in samples], length, IGNORE_INDEX)
-    position_ids = None
-    untyped: Any = model
-    if isinstance(untyped, QwenVlEngineModel):  # M-RoPE ids from each layout, right padded
-        position_ids = torch.zeros(3, size, length, dtype=torch.int64, device=device)
-        for row, sample in enumerate(samples):
-            ids = untyped.sequence_position_ids(sample.layout)[:, 0]
-            position_ids[:, row, : ids.shape[1]] = ids.to(device)
+    position_ids = (
+        None if family is None else family.batch_position_ids([s.layout for s in samples], length)
+    )
     return DistillBatch(
         inputs_embeds=embedded.inputs_embeds,
         attention_mask=embedded.attention_mask,
@@ -557,6 +560,7 @@ def build_dataset(
     *,
     model: VisionLanguageModel,
     tokenizer: PreTrainedTokenizerBase,
+    family: EngineFamily,
     views: str = "multi",
     max_level_tokens: int = 4096,
     store_dir: Path | None = None,
@@ -566,7 +570,8 @@ def build_dataset(
     """Expand records into views (one per training DIP level) and measure their lengths.
 
     Image records are opened (files ingested into ``store_dir`` once) to plan their pyramids;
-    no pixels are read here.
+    no pixels are read here. ``family`` (``loaded.family``) renders the first prompt when it has
+    its own template, numbers the batches' positions and says whether rows end with a newline.
 
     Raises:
         DatasetError: a record's image is missing or unreadable, or ``store_dir`` is needed.
@@ -576,10 +581,9 @@ def build_dataset(
     if not isinstance(separator, int):
         raise DatasetError(f"separator token {model.config.separator_token!r} is not one token")
     separator_id = separator
-    template = model.config.chat_template
-    untyped: Any = model
-    mrope = isinstance(untyped, QwenVlEngineModel)  # Qwen-VL: own prompt, M-RoPE, no newline
-    prompt_of = untyped.prompt_ids if mrope else None
+    template = family.turn_template  # later turns and answers (turn 1: below)
+    # the family renders its own first prompt, numbers positions, and has a newline or not
+    prompt_of = family.prompt_ids if family.renders_own_prompt else None
     out_views: list[View] = []
     lengths: list[int] = []
     pyramids: dict[Path, Pyramid] = {}
@@ -628,7 +632,8 @@ def build_dataset(
         exclude_newline_keys=exclude_newline_keys,
         cache_features=cache_features,
         prompt_of=prompt_of,
-        image_newline=not mrope,
+        image_newline=family.has_image_newline,
+        family=family,
         _pyramids=pyramids,
     )
 

@@ -46,15 +46,8 @@ from lrs_core.distill.loss import (
 )
 from lrs_core.distill.sampler import BucketSampler, split_held_out
 from lrs_core.errors import ConfigError
-from lrs_core.models.families.engine_model import (
-    QwenVlEngineModel,
-    load_qwen_vl_engine,
-    save_qwen_vl_engine,
-)
-from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
 from lrs_core.models.loading.auto import load_model
 from lrs_core.models.loading.loaded import LoadedModel
-from lrs_core.models.loading.project import save_model
 from lrs_core.models.runtime import resolve_device
 from lrs_core.models.vlm import VisionLanguageModel
 
@@ -502,6 +495,7 @@ def train_records(
         records,
         model=loaded.model.to(resolve_device(config.device)),
         tokenizer=loaded.tokenizer,
+        family=loaded.family,
         views=config.views,
         max_level_tokens=config.max_level_tokens,
         store_dir=out / SCENES_DIR,
@@ -523,11 +517,7 @@ def train_records(
     for param in loaded.model.parameters():
         param.requires_grad_(False)
     loaded.model.eval()
-    model: Any = loaded.model
-    if isinstance(model, QwenVlEngineModel):  # a Hugging Face directory plus the RFM
-        save_qwen_vl_engine(model, model_dir, model_id=f"{loaded.model_id}+rfm")
-    else:
-        save_model(loaded.model, loaded.tokenizer, model_dir, model_id=f"{loaded.model_id}+rfm")
+    loaded.family.save(model_dir, model_id=f"{loaded.model_id}+rfm")  # the family's own format
     (out / RESULT_FILE).write_text(
         json.dumps({"steps": config.steps, "final_metrics": final}, indent=1) + "\n"
     )
@@ -558,13 +548,8 @@ def train_rfm(
     Returns:
         The :class:`TrainResult`; ``model_dir`` is loadable by ``load_model`` and ``lrs ask``.
     """
-    if is_qwen_vl_dir(model_dir):
-        loaded = load_qwen_vl_engine(
-            model_dir, device=config.device, dtype=torch.float32, attn_implementation="sdpa"
-        )
-    else:
-        loaded = load_model(
-            model_dir, device=config.device, dtype=torch.float32, attn_implementation="sdpa"
-        )
+    loaded = load_model(
+        model_dir, device=config.device, dtype=torch.float32, attn_implementation="sdpa"
+    )
     records = read_records(data_path, data_root=data_root)
     return train_records(loaded, records, out_dir, config=config, resume=resume, progress=progress)

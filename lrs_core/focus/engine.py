@@ -53,10 +53,9 @@ from lrs_core.focus.state import (
     question_id_of,
 )
 from lrs_core.focus.views import View, ViewContext, view_for
-from lrs_core.models.families.engine_model import QwenVlEngineModel
-from lrs_core.models.flops import ModelDims, dims_from_configs
+from lrs_core.models.flops import ModelDims
 from lrs_core.models.loading.loaded import LoadedModel
-from lrs_core.models.prompt import PromptIds, tokenize_prompt
+from lrs_core.models.prompt import PromptIds
 from lrs_core.records import AnswerRecord, SceneRef
 
 __all__ = [
@@ -102,7 +101,8 @@ class FocusEngine:
             would spend on the same tiles and tokens.
 
     Raises:
-        ConfigError: the parity preset (or newline selection) asked of a Qwen-VL base.
+        ConfigError: the parity preset (or newline selection) asked of a family without it
+            (``supports_parity`` False: Qwen-VL).
     """
 
     def __init__(
@@ -136,28 +136,18 @@ class FocusEngine:
         if separator is None or separator == self.tokenizer.unk_token_id:
             separator = self.tokenizer(vlm.separator_token, add_special_tokens=False).input_ids[-1]
         self.separator_id = int(separator)
-        # M-RoPE bases (Qwen-VL): the executor dispatches on this wrapper (prompt, positions, RFM,
-        # generation, FLOPs dims); its views place no image newline. None for LLaVA-style models.
-        untyped_model: Any = loaded.model
-        self.mrope: QwenVlEngineModel | None = (
-            untyped_model if isinstance(untyped_model, QwenVlEngineModel) else None
-        )
-        if self.mrope is not None and (
+        # the family interface: prompt, positions, RFM, generation, FLOPs dims, newline, parity
+        self.family = loaded.family
+        if not self.family.supports_parity and (
             config.preset == "parity" or config.loop.include_newline_in_selection
         ):
             raise ConfigError(
                 f"the parity preset reproduces the released LLaVA code, which has no "
-                f"{self.mrope.config.family} path (and {self.mrope.config.family} has no image "
+                f"{self.family.family} path (and {self.family.family} has no image "
                 "newline to select); use the default preset"
             )
-        if dims is None and self.mrope is not None:
-            dims = self.mrope.flops_dims()
-        vision_config: Any = self.model.vision_tower.config
-        own_dims = dims or dims_from_configs(
-            vision_config,
-            self.model.llm.config,
-            rfm_layers=len(self.model.rfm.layers) - 1,
-            projector_in=int(vision_config.hidden_size),
+        own_dims = dims or self.family.flops_dims(
+            rfm_layers=len(self.model.rfm.layers) - 1, tile_px=vlm.tile_size_px
         )
         executor = ModelExecutor(
             loaded,
@@ -173,7 +163,7 @@ class FocusEngine:
             dip_config=self.dip_config,
             thumbnail_tokens=self.thumbnail_tokens,
             separator_id=self.separator_id,
-            has_image_newline=self.mrope is None,
+            has_image_newline=self.family.has_image_newline,
             n_llm_layers=n_layers,
         )
         self.view: View = view_for(self.view_context)
@@ -200,9 +190,7 @@ class FocusEngine:
 
     def prompt_ids(self, question: str) -> PromptIds:
         """The question's prompt ids around the image (the model's template)."""
-        if self.mrope is not None:
-            return self.mrope.prompt_ids(question)
-        return tokenize_prompt(self.tokenizer, question, template=self.model.config.chat_template)
+        return self.family.prompt_ids(question)
 
     def newline_rows(self, rows: BoolArray) -> BoolArray:
         """The rows whose newline token is placed: ``rows``, or none for a model without one."""
@@ -331,7 +319,7 @@ class FocusEngine:
         batchable = (
             self.view.layer_drop() is None
             and not self.config.generation.do_sample
-            and self.mrope is None  # M-RoPE (Qwen-VL) rows have no batched decode path yet
+            and self.family.supports_batched_decode
         )
         step = batch_size if batchable else 1
         records: list[AnswerRecord] = []

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lrs_core.errors import ConfigError
 from lrs_core.focus.accounting import layer_drop_llm_flops, llm_flops
 from lrs_core.focus.config import FocusConfig
 from lrs_core.focus.features import FeatureCache, FeatureKey
@@ -34,9 +33,8 @@ from lrs_core.focus.state import (
 )
 from lrs_core.focus.tiles import PixelDtype, mean_rgb_uint8, read_thumbnail, read_tiles
 from lrs_core.focus.views import UPPER_BOUND_NOTE, LlmView, RfmPass, Visit
-from lrs_core.models.families.engine_model import QwenVlEngineModel
 from lrs_core.models.flops import ModelDims
-from lrs_core.models.generation import PackedInputs, generate_from_embeds
+from lrs_core.models.generation import PackedInputs
 from lrs_core.models.layer_drop import LayerDropSchedule, generate_with_layer_drop
 from lrs_core.models.layout import TokenKind
 from lrs_core.models.loading.loaded import LoadedModel
@@ -178,11 +176,8 @@ class ModelExecutor:
         self.feature_cache = feature_cache
         self.scorer = scorer
         self.dims = dims
-        untyped_model: Any = loaded.model
-        # M-RoPE bases (Qwen-VL): prompt, positions, RFM, generation dispatch on this wrapper.
-        self.mrope: QwenVlEngineModel | None = (
-            untyped_model if isinstance(untyped_model, QwenVlEngineModel) else None
-        )
+        # positions and generation go through the family interface (no family branches here)
+        self.family = loaded.family
         # Pixels as the reference makes them under parity: unrounded floats, padding exactly 0
         # after normalisation (spec §1.1); otherwise uint8 padded with this model's own mean.
         resampler = config.view.resampler
@@ -293,10 +288,8 @@ class ModelExecutor:
     # -- the RFM -------------------------------------------------------------------------------
 
     def position_ids(self, sequence: LevelSequence, positions: np.ndarray) -> torch.Tensor:
-        """Position ids of a sequence: (1, L) from ``positions``, or M-RoPE (3, 1, L)."""
-        if self.mrope is not None:
-            return self.mrope.sequence_position_ids(sequence.layout)
-        return torch.from_numpy(positions)[None].to(self.model.device)
+        """Position ids of a sequence by the family: (1, L) from ``positions``, or (3, 1, L)."""
+        return self.family.sequence_position_ids(sequence.layout, positions)
 
     def score(self, state: FocusState, rfm_pass: RfmPass, thumb: Features) -> ScoredLevel:
         """Run the scorer on one RFM pass; float32 scores on the level's token grid."""
@@ -383,10 +376,10 @@ class ModelExecutor:
         llm_input: LlmInput | None,
         schedule: LayerDropSchedule | None,
     ) -> Generated:
-        """Run the LLM on one input: stock, M-RoPE, or dropping tokens by ``schedule``.
+        """Run the LLM on one input: the family's decoding, or dropping tokens by ``schedule``.
 
         Raises:
-            ConfigError: sampling asked of an M-RoPE model (it decodes greedily here).
+            ConfigError: sampling asked of a family that decodes greedily (Qwen-VL).
         """
         if llm_input is None:
             raise ValueError("ModelExecutor.generate needs the LLM input")
@@ -410,7 +403,7 @@ class ModelExecutor:
                     eos_token_id=self.loaded.stop_token_ids,
                     pad_token_id=self._pad_id(),
                     attention_mask=mask,
-                    position_ids=None if self.mrope is None else llm_input.position_ids,
+                    position_ids=self.family.layer_drop_position_ids(llm_input.position_ids),
                 )
                 generation = result.generation
                 tokens_per_layer = list(result.tokens_per_layer)
@@ -418,24 +411,9 @@ class ModelExecutor:
                 extra["schedule"] = [list(s) for s in schedule.stages]
                 steps = generation.decode_steps[0]
                 flops = layer_drop_llm_flops(self.dims, tokens_per_layer, decode_steps=steps)
-            elif self.mrope is not None:
-                if gen.do_sample:
-                    raise ConfigError(
-                        f"{self.mrope.config.family} models decode greedily here; "
-                        "set do_sample=False"
-                    )
-                generation = self.mrope.generate(
-                    llm_input.inputs_embeds,
-                    position_ids=llm_input.position_ids,
-                    max_new_tokens=gen.max_new_tokens,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                )
-                steps = generation.decode_steps[0]
-                flops = llm_flops(self.dims, prefill_tokens=length, decode_steps=steps)
             else:
                 generator = torch.Generator().manual_seed(gen.seed) if gen.do_sample else None
-                generation = generate_from_embeds(
-                    self.model.llm,
+                generation = self.family.generate(
                     llm_input.inputs_embeds,
                     attention_mask=mask,
                     position_ids=llm_input.position_ids,
@@ -463,8 +441,7 @@ class ModelExecutor:
         gen = self.config.generation
         packed = pack_llm_inputs(llm_inputs)
         generator = torch.Generator().manual_seed(gen.seed) if gen.do_sample else None
-        generation = generate_from_embeds(
-            self.model.llm,
+        generation = self.family.generate(
             packed.inputs_embeds,
             attention_mask=packed.attention_mask,
             position_ids=packed.position_ids,

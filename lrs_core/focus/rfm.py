@@ -26,7 +26,7 @@ import torch
 
 from lrs_core.errors import ConfigError
 from lrs_core.focus.config import REFERENCE_PLACEHOLDER_LOGIT_BIAS
-from lrs_core.models.attention_rows import attention_rows_from_hidden
+from lrs_core.models.rfm_scoring import rfm_token_scores
 from lrs_core.models.vlm import VisionLanguageModel
 
 HeadReduction = Literal["mean"]
@@ -71,35 +71,6 @@ class RfmConfig:
             )
 
 
-def _run_rfm_layers(
-    model: VisionLanguageModel,
-    inputs_embeds: torch.Tensor,
-    *,
-    position_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    num_layers: int,
-) -> torch.Tensor:
-    """Hidden states after the first ``num_layers`` RFM layers (no final norm).
-
-    Args:
-        model: the VLM (``model.rfm`` holds the layers and the rotary embedding).
-        inputs_embeds: float (B, L, D).
-        position_ids: int64 (B, L); RoPE positions.
-        attention_mask: int64 (B, L); 1 = real token, 0 = padding or masked placeholder. Masked
-            slots are hidden as *keys* from every query (spec §5.1 pass 2, §5.5).
-        num_layers: layers to run.
-
-    Returns:
-        float (B, L, D) in the dtype of ``inputs_embeds``.
-    """
-    return model.rfm(  # type: ignore[no-any-return]
-        inputs_embeds,
-        attention_mask=attention_mask,
-        num_layers=num_layers,
-        position_ids=position_ids,
-    )
-
-
 def score_level_tokens(
     model: VisionLanguageModel,
     inputs_embeds: torch.Tensor,
@@ -137,39 +108,13 @@ def score_level_tokens(
         ConfigError: shapes or indices that do not fit the sequence.
     """
     config = RfmConfig() if config is None else config
-    batch, length, _ = inputs_embeds.shape
-    if position_ids.shape != (batch, length):
-        raise ConfigError(
-            f"position_ids has shape {tuple(position_ids.shape)}; "
-            f"expected (B, L) = {(batch, length)}"
-        )
-    if query_positions.shape != (batch, 1):
-        raise ConfigError(
-            f"query_positions has shape {tuple(query_positions.shape)}; expected (B, 1)"
-        )
-    device = inputs_embeds.device
-    if attention_mask is None:
-        attention_mask = torch.ones(batch, length, dtype=torch.int64, device=device)
-    attention_mask = attention_mask.to(device=device, dtype=torch.int64)
-    position_ids = position_ids.to(device)
-    n_layers = len(model.rfm.layers)
-    hidden = _run_rfm_layers(
-        model,
+    return rfm_token_scores(
+        model.rfm,
         inputs_embeds,
         position_ids=position_ids,
         attention_mask=attention_mask,
-        num_layers=n_layers - 1,
+        query_positions=query_positions,
+        key_positions=key_positions,
+        key_mask=key_mask,
+        placeholder_logit_bias=config.placeholder_logit_bias,
     )
-    rows = attention_rows_from_hidden(
-        model.rfm.layers[n_layers - 1],
-        hidden,
-        position_ids=position_ids,
-        rotary_emb=model.rfm.rotary_emb,
-        query_positions=query_positions.to(device),
-        key_positions=key_positions.to(device),
-        key_mask=None if key_mask is None else key_mask.to(device),
-        sequence_mask=attention_mask.to(torch.bool),
-        renormalize_over_keys=True,
-        masked_key_logit_bias=config.placeholder_logit_bias,
-    )
-    return rows.mean[:, 0, :]

@@ -18,9 +18,8 @@ import psutil
 import torch
 
 from lrs_core.dip.plan import DipConfig, DipLevel, DipPlan, resized_hw, unpadded_token_grid_hw
-from lrs_core.focus.rfm import RfmConfig, score_level_tokens
+from lrs_core.focus.rfm import RfmConfig
 from lrs_core.focus.sequence import LevelSequence
-from lrs_core.models.families.engine_model import QwenVlEngineModel
 from lrs_core.models.layout import TokenKind
 from lrs_core.models.loading.loaded import LoadedModel
 from lrs_core.models.prompt import PromptIds
@@ -77,23 +76,12 @@ class RfmScorer:
 
     def __init__(self, loaded: LoadedModel, *, config: RfmConfig | None = None) -> None:
         self.model = loaded.model
+        self.family = loaded.family
         self.config = config or RfmConfig()
 
     def __call__(self, request: ScoreRequest) -> FloatArray:
         """Return the RFM probabilities of the request's keys, float32 (K,)."""
-        model: Any = self.model
-        if isinstance(model, QwenVlEngineModel):  # M-RoPE ids (3, 1, L)
-            mrope_scores = model.score(
-                request.inputs_embeds,
-                position_ids=request.position_ids,
-                attention_mask=request.attention_mask,
-                query_positions=request.query_positions,
-                key_positions=request.key_positions,
-                key_mask=torch.from_numpy(request.key_valid)[None],
-            )
-            return mrope_scores[0].float().cpu().numpy()
-        scores = score_level_tokens(
-            self.model,
+        scores = self.family.score_rfm(
             request.inputs_embeds,
             position_ids=request.position_ids,
             attention_mask=request.attention_mask,
@@ -105,7 +93,7 @@ class RfmScorer:
                 if self.config.placeholder_logit_bias is None
                 else None
             ),
-            config=self.config,
+            placeholder_logit_bias=self.config.placeholder_logit_bias,
         )
         return scores[0].float().cpu().numpy()
 

@@ -2,9 +2,11 @@
 
 The engine was written against :class:`~lrs_core.models.vlm.VisionLanguageModel`. This module wraps
 a :class:`~lrs_core.models.families.qwen_vl.QwenVlModel` in an object with the same surface for the
-parts that are the same (tile encoding, text embeddings, device/dtype, ``llm`` and ``rfm``), and the
-engine dispatches on its type (:class:`QwenVlEngineModel`) for the parts that differ: the prompt,
-M-RoPE position ids, generation, RFM scoring, FLOPs dimensions, no image newline, no ``parity``.
+parts that are the same (tile encoding, text embeddings, device/dtype, ``llm`` and ``rfm``,
+:class:`QwenVlEngineModel`), and puts the parts that differ behind the
+:class:`~lrs_core.models.families.base.EngineFamily` interface (:class:`QwenVlEngineFamily`, the
+``family`` of the loaded model): the prompt, M-RoPE position ids, generation, RFM scoring, FLOPs
+dimensions, saving, no image newline, no ``parity``, no batched decoding.
 
 Geometry seen by the engine (:class:`QwenVlEngineConfig`): 336 px tiles whose "patch" is one LLM
 token of 28 px (14 px patches merged 2 x 2), so a tile and the 336 px thumbnail both have 12 x 12 =
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lrs_core.errors import ConfigError, WeightsError
-from lrs_core.models.families.base import ROPE_RANK_MROPE
+from lrs_core.models.families.base import ROPE_RANK_MROPE, Decoder, TileTokens
 from lrs_core.models.families.mrope_run import generate_greedy_mrope, score_tokens_mrope
 from lrs_core.models.families.qwen_vl import MropeRfmLayers, QwenVlModel, load_qwen_vl
 from lrs_core.models.flops import QWEN_VL_TILE_PX, ModelDims
@@ -40,6 +43,8 @@ RFM_WEIGHTS_FILE = "lrs_rfm.safetensors"
 RFM_CONFIG_FILE = "lrs_rfm.json"
 #: ``config.chat_template`` of Qwen-VL models: the model's own Jinja template renders turn 1.
 QWEN_VL_TEMPLATE = "qwen-vl"
+#: The project template of training turns after the first (which the model's template renders).
+QWEN_VL_TURN_TEMPLATE = "chatml"
 
 
 def default_llm_layer_list(num_layers: int) -> tuple[int, ...]:
@@ -287,6 +292,7 @@ def load_qwen_vl_engine(
     if llm_layer_list is None and "llm_layer_list" in header:
         llm_layer_list = tuple(int(i) for i in header["llm_layer_list"])
     model = QwenVlEngineModel(family, llm_layer_list=llm_layer_list)
+    engine_family = QwenVlEngineFamily(model)
     if header:
         weights = load_file(str(source / RFM_WEIGHTS_FILE), device=str(model.device))
         try:
@@ -302,7 +308,207 @@ def load_qwen_vl_engine(
         tokenizer=family.tokenizer,
         model_id=str(header.get("model_id", source.name)),
         source_dir=source,
+        family=engine_family,
     )
+
+
+class QwenVlEngineFamily:
+    """A loaded Qwen-VL engine model as an :class:`~lrs_core.models.families.base.EngineFamily`.
+
+    The :class:`~lrs_core.models.families.base.ModelFamily` operations are the wrapped
+    :class:`QwenVlModel`'s; the engine's are :class:`QwenVlEngineModel`'s (M-RoPE ids from the
+    layout, greedy M-RoPE decoding, M-RoPE RFM scoring, a Hugging Face directory plus the RFM).
+
+    Attributes:
+        engine: the :class:`QwenVlEngineModel` (``loaded.model``).
+        family: ``"qwen2-vl"`` or ``"qwen2.5-vl"``.
+        tokenizer: its tokenizer.
+        token_px: tile pixels per token side (28).
+        rope_rank: 3 (M-RoPE).
+        has_image_newline: False.
+        supports_parity: False (the released code is LLaVA's).
+        supports_batched_decode: False (rows are decoded one by one).
+        renders_own_prompt: True (the model's own chat template renders turn 1).
+        turn_template: ``"chatml"`` (Qwen-VL's template is ChatML after the first turn).
+    """
+
+    rope_rank = ROPE_RANK_MROPE
+    has_image_newline = False
+    supports_parity = False
+    supports_batched_decode = False
+    renders_own_prompt = True
+    turn_template = QWEN_VL_TURN_TEMPLATE
+
+    def __init__(self, engine: QwenVlEngineModel) -> None:
+        self.engine = engine
+        self.base: QwenVlModel = engine.family
+        self.family: str = engine.config.family
+        self.tokenizer = self.base.tokenizer
+        self.token_px: int = self.base.token_px
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.base.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the parameters."""
+        return self.base.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        """D, the LLM hidden size."""
+        return self.base.hidden_size
+
+    def tile_grid_hw(self, tile_hw_px: tuple[int, int]) -> tuple[int, int]:
+        """Return (Gh, Gw) tokens of a tile (:meth:`QwenVlModel.tile_grid_hw`)."""
+        return self.base.tile_grid_hw(tile_hw_px)
+
+    def encode_tiles(self, tiles: np.ndarray) -> TileTokens:
+        """Vision-encode uint8 (n, H, W, 3) tiles (:meth:`QwenVlModel.encode_tiles`)."""
+        return self.base.encode_tiles(tiles)
+
+    def prompt_ids(self, question: str) -> PromptIds:
+        """The prompt's ids split at the image (the model's chat template)."""
+        return self.engine.prompt_ids(question)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Return float (..., D) input embeddings."""
+        return self.base.embed_text(input_ids)
+
+    def position_ids(self, layout: SequenceLayout) -> torch.Tensor:
+        """Return int64 (3, L) M-RoPE ids of a layout's slots."""
+        return self.base.position_ids(layout)
+
+    def llm_logits(
+        self,
+        inputs_embeds: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Return float (B, L, V) logits; ``position_ids`` int64 (3, B, L)."""
+        return self.base.llm_logits(
+            inputs_embeds, attention_mask=attention_mask, position_ids=position_ids
+        )
+
+    def decoder(self) -> Decoder:
+        """Return the stock text decoder."""
+        return self.base.decoder()
+
+    def rfm_from_llm(self, llm_layer_list: tuple[int, ...]) -> nn.Module:
+        """Return M-RoPE RFM layers copied from LLM layers ``[first - 1, *llm_layer_list]``."""
+        return self.base.rfm_from_llm(llm_layer_list)
+
+    def flops_dims(self, *, rfm_layers: int, tile_px: int) -> ModelDims:
+        """Return the analytic-FLOPs dimensions at square tiles of ``tile_px``."""
+        return self.base.flops_dims(rfm_layers=rfm_layers, tile_px=tile_px)
+
+    # -- what the engine, distillation and the CLI call (EngineFamily) ---------------------------
+
+    def sequence_position_ids(self, layout: SequenceLayout, positions: np.ndarray) -> torch.Tensor:
+        """Return int64 (3, 1, L) M-RoPE ids from the layout (kept tokens keep their ids)."""
+        del positions
+        return self.engine.sequence_position_ids(layout)
+
+    def batch_position_ids(
+        self, layouts: Sequence[SequenceLayout], length: int
+    ) -> torch.Tensor | None:
+        """Return int64 (3, B, L) M-RoPE ids of right-padded rows, zero in the padding."""
+        device = self.device
+        position_ids = torch.zeros(3, len(layouts), length, dtype=torch.int64, device=device)
+        for row, layout in enumerate(layouts):
+            ids = self.engine.sequence_position_ids(layout)[:, 0]
+            position_ids[:, row, : ids.shape[1]] = ids.to(device)
+        return position_ids
+
+    def layer_drop_position_ids(self, position_ids: torch.Tensor) -> torch.Tensor | None:
+        """Return the M-RoPE ids as they are (layer drop keeps each kept token's ids)."""
+        return position_ids
+
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int | list[int] | None,
+        pad_token_id: int,
+        do_sample: bool,
+        generator: torch.Generator | None,
+    ) -> GenerationResult:
+        """Greedy M-RoPE decoding of right-padded rows (:meth:`QwenVlEngineModel.generate`).
+
+        Raises:
+            ConfigError: ``do_sample`` (these models decode greedily here).
+        """
+        del attention_mask, pad_token_id, generator
+        if do_sample:
+            raise ConfigError(f"{self.family} models decode greedily here; set do_sample=False")
+        return self.engine.generate(
+            inputs_embeds,
+            position_ids=position_ids,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+        )
+
+    def score_rfm(
+        self,
+        inputs_embeds: torch.Tensor,
+        *,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_positions: torch.Tensor,
+        key_positions: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        placeholder_logit_bias: float | None,
+    ) -> torch.Tensor:
+        """RFM probabilities with M-RoPE ids (3, B, L), float32 (B, K).
+
+        Raises:
+            ConfigError: a placeholder logit bias (the reference's quirk is LLaVA code only).
+        """
+        if placeholder_logit_bias is not None or key_mask is None:
+            raise ConfigError(
+                f"{self.family} models have no placeholder-bias RFM quirk (parity only); "
+                "use the default preset"
+            )
+        return self.engine.score(
+            inputs_embeds,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            query_positions=query_positions,
+            key_positions=key_positions,
+            key_mask=key_mask,
+        )
+
+    def save(self, out_dir: str | Path, *, model_id: str) -> Path:
+        """Save as a Hugging Face directory plus the RFM (:func:`save_qwen_vl_engine`)."""
+        return save_qwen_vl_engine(self.engine, out_dir, model_id=model_id)
+
+    def info(self) -> dict[str, Any]:
+        """Config, sizes, RFM source layers, tokens per tile, vocabulary and parameter counts."""
+        model = self.engine
+        text, vision = self.base.text_config, self.base.hf.config.vision_config
+        return {
+            "config": model.config.to_dict(),
+            "hidden_size": model.hidden_size,
+            "llm_layers": text.num_hidden_layers,
+            "vision_layers": vision.depth,
+            "rfm_source_layers": list(model.config.rfm_source_layers),
+            "tokens_per_tile": model.config.tokens_per_tile,
+            "vocab_size": len(self.tokenizer),
+            "parameters": {
+                name: sum(p.numel() for p in part.parameters())
+                for name, part in (
+                    ("vision_tower", model.vision_tower),
+                    ("llm", model.llm),
+                    ("rfm", model.rfm),
+                )
+            },
+        }
 
 
 def save_qwen_vl_engine(

@@ -12,6 +12,11 @@ name as the reference did), one module each:
 ``qwen_vl``
     a Hugging Face Qwen2-VL / Qwen2.5-VL directory, loaded with the stock classes by
     :func:`lrs_core.models.families.engine_model.load_qwen_vl_engine` (not convertible).
+
+Every :class:`LoadedModel` it returns carries its model family (``loaded.family``, an
+:class:`~lrs_core.models.families.base.EngineFamily`): ``LlavaFamily`` for the first three layouts,
+``QwenVlEngineFamily`` for ``qwen_vl``. Dispatching on the layout here is detection; past this point
+callers use the family and never branch on it.
 """
 
 from __future__ import annotations
@@ -26,8 +31,14 @@ from transformers import GenerationConfig
 
 from lrs_core.errors import WeightsError
 from lrs_core.models.families.engine_model import load_qwen_vl_engine
+from lrs_core.models.families.llava import LlavaFamily
 from lrs_core.models.families.qwen_vl import is_qwen_vl_dir
-from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, read_json, safetensors_files
+from lrs_core.models.loading.files import (
+    PROJECT_CONFIG_FILE,
+    load_tokenizer,
+    read_json,
+    safetensors_files,
+)
 from lrs_core.models.loading.llava_hf import read_llava_hf_checkpoint
 from lrs_core.models.loading.loaded import (
     LoadedModel,
@@ -35,8 +46,9 @@ from lrs_core.models.loading.loaded import (
     set_attn_implementation,
 )
 from lrs_core.models.loading.paper import read_paper_checkpoint
-from lrs_core.models.loading.project import read_project, save_model
+from lrs_core.models.loading.project import configs_from_header, read_project, save_model
 from lrs_core.models.runtime import DEVICE_AUTO, GenerationSettings, resolve_device, resolve_dtype
+from lrs_core.models.vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +159,32 @@ def load_model(
         model_id=model_id,
         source_dir=source,
         generation=generation,
+        family=LlavaFamily(model, tokenizer),
+    )
+
+
+def load_model_shapes(source: Path) -> LoadedModel:
+    """Build a project-format model on the ``meta`` device (shapes only) with its tokenizer.
+
+    For planning (:meth:`lrs_core.focus.engine.FocusEngine.plan` needs the tokenizer and the
+    dimensions); the model has no weights.
+
+    Raises:
+        WeightsError: no readable ``lrs_model.json`` or tokenizer.
+    """
+    header = read_json(source / PROJECT_CONFIG_FILE)
+    config, vision_config, llm_config = configs_from_header(header, source=source)
+    model = VisionLanguageModel.build(
+        config, vision_config=vision_config, llm_config=llm_config, initialise=False, device="meta"
+    ).eval()
+    tokenizer = load_tokenizer(source)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=str(header.get("model_id", source.name)),
+        source_dir=source,
+        generation=GenerationSettings.read(source),
+        family=LlavaFamily(model, tokenizer),
     )
 
 

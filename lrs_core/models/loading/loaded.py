@@ -6,6 +6,7 @@ import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedConfig, PreTrainedTokenizerBase
@@ -14,6 +15,9 @@ from lrs_core.models.config import VlmConfig
 from lrs_core.models.loading.files import KeyMap, read_safetensors, safetensors_files
 from lrs_core.models.runtime import GenerationSettings
 from lrs_core.models.vlm import VisionLanguageModel, check_state_dict_keys, materialise
+
+if TYPE_CHECKING:
+    from lrs_core.models.families.base import EngineFamily
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,12 @@ class LoadedModel:
         model_id: a name for records (the project format's ``model_id`` or the directory name).
         source_dir: the directory it was loaded from.
         generation: the checkpoint's ``generation_config.json`` settings (defaults when absent).
+        family: the model behind the :class:`~lrs_core.models.families.base.EngineFamily`
+            interface, which the engine, distillation and the CLI call instead of branching on
+            the family. The loading entry point sets it
+            (:func:`lrs_core.models.loading.auto.load_model`): ``LlavaFamily`` for the
+            :class:`VisionLanguageModel` layouts (project, paper, llava-hf), the Qwen-VL family
+            for Hugging Face Qwen-VL directories.
     """
 
     model: VisionLanguageModel
@@ -33,6 +43,7 @@ class LoadedModel:
     model_id: str
     source_dir: Path
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    family: EngineFamily = field(kw_only=True, repr=False, compare=False)
 
     @property
     def stop_token_ids(self) -> list[int]:

@@ -9,6 +9,7 @@ from transformers import CLIPVisionConfig, LlamaConfig
 
 from lrs_core.distill.data import FeatureGridRecord, Turn
 from lrs_core.models.config import VlmConfig
+from lrs_core.models.families.llava import LlavaFamily
 from lrs_core.models.loading.loaded import LoadedModel, set_attn_implementation
 from lrs_core.models.tiny import TINY_MAX_CONTEXT_TOKENS, build_tokenizer
 from lrs_core.models.vlm import VisionLanguageModel, copy_llm_into_rfm
@@ -80,7 +81,11 @@ def build_teacher(
     copy_llm_into_rfm(model)
     set_attn_implementation(model, "sdpa")
     return LoadedModel(
-        model=model.eval(), tokenizer=tokenizer, model_id="tiny-llama-8", source_dir=Path(".")
+        model=model.eval(),
+        tokenizer=tokenizer,
+        model_id="tiny-llama-8",
+        source_dir=Path("."),
+        family=LlavaFamily(model, tokenizer),
     )
 
 

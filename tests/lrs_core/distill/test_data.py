@@ -124,7 +124,12 @@ def test_scene_views_from_a_png_file_and_a_zarr_store(
     ]
     model, tokenizer = tiny_model.model, tiny_model.tokenizer
     multi = build_dataset(
-        records, model=model, tokenizer=tokenizer, store_dir=tmp_path / "stores", views="multi"
+        records,
+        model=model,
+        tokenizer=tokenizer,
+        family=tiny_model.family,
+        store_dir=tmp_path / "stores",
+        views="multi",
     )
     # the PNG is ingested once into the store folder and seen at both of its DIP levels
     assert [(v.record, v.dip_level) for v in multi.views][:2] == [(0, 1), (0, 2)]
@@ -136,6 +141,7 @@ def test_scene_views_from_a_png_file_and_a_zarr_store(
         records,
         model=model,
         tokenizer=tokenizer,
+        family=tiny_model.family,
         store_dir=tmp_path / "stores",
         views="single",
     )
@@ -144,6 +150,7 @@ def test_scene_views_from_a_png_file_and_a_zarr_store(
         records,
         model=model,
         tokenizer=tokenizer,
+        family=tiny_model.family,
         store_dir=tmp_path / "stores",
         max_level_tokens=LEVEL_TOKENS[0],
     )

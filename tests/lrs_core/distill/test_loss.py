@@ -31,6 +31,7 @@ def _batch(loaded, n: int, *, seed: int = 3, exclude_newline_keys: bool = True):
         records,
         model=loaded.model,
         tokenizer=loaded.tokenizer,
+        family=loaded.family,
         exclude_newline_keys=exclude_newline_keys,
     )
     return dataset, dataset.collate(loaded.model, list(range(n)))

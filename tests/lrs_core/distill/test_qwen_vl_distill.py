@@ -43,7 +43,9 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 def _batch(loaded: Any, n: int) -> tuple[Any, Any]:
     records = feature_grid_records(n, seed=5, width=TINY_WIDTH)
-    dataset = build_dataset(records, model=loaded.model, tokenizer=loaded.tokenizer)
+    dataset = build_dataset(
+        records, model=loaded.model, tokenizer=loaded.tokenizer, family=loaded.family
+    )
     return dataset, dataset.collate(loaded.model, list(range(n)))
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lrs_core.models.families.llava import LlavaFamily
 from lrs_core.models.loading.auto import load_model
 from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, read_json
 from lrs_core.models.loading.project import configs_from_header
@@ -42,7 +43,11 @@ def test_logits_are_bit_identical_to_the_float32_build(
     for name, buffer in old.named_buffers():
         assert torch.equal(dict(new.model.named_buffers())[name], buffer), name
     old_loaded = type(new)(
-        model=old, tokenizer=new.tokenizer, model_id=new.model_id, source_dir=source
+        model=old,
+        tokenizer=new.tokenizer,
+        model_id=new.model_id,
+        source_dir=source,
+        family=LlavaFamily(old, new.tokenizer),
     )
     torch.testing.assert_close(
         prompt_logits(new, QUESTIONS), prompt_logits(old_loaded, QUESTIONS), rtol=0, atol=0

@@ -322,7 +322,7 @@ def test_cli_init_tiny_writes_a_loadable_hugging_face_directory(
     info = runner.invoke(build_app(), ["model", "info", str(out), "--json"])
     assert info.exit_code == 0, info.output
     described = json.loads(info.stdout)
-    assert described["layout"] == "hf-qwen-vl" and described["config"]["family"] == family
+    assert described["layout"] == "qwen_vl" and described["config"]["family"] == family
     assert described["tokens_per_tile"] == 144 and described["rfm_source_layers"] == [0, 1]
     bad = runner.invoke(
         build_app(),
