@@ -29,12 +29,10 @@ from lrs_core.raster.ingest import (
 )
 from lrs_core.raster.pyramid import open_pyramid
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
+from tests.fixtures.stores import MULTI_BLOCK_CONFIG as SMALL
 
 #: Every finished store a test here writes is verified afterwards (lrs verify).
 pytestmark = pytest.mark.usefixtures("verify_written_stores")
-
-#: Tiny chunks and blocks (32 px chunks, 128 px blocks) so small scenes take the multi-block path.
-SMALL = IngestConfig(chunk_px=32, levels_per_pass=2, min_long_side_px=24, n_workers=1)
 
 
 def _all_levels_valid(store: str) -> list[np.ndarray]:

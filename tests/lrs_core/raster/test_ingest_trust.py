@@ -36,12 +36,11 @@ from lrs_core.raster.ingest import IngestConfig, file_checksum, ingest_scene
 from lrs_core.raster.integrity import verify_store
 from lrs_core.raster.pyramid import open_pyramid, rgb_path
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
+from tests.fixtures.stores import MULTI_BLOCK_CONFIG as SMALL
 
 #: Every finished store a test here writes is verified afterwards (lrs verify).
 pytestmark = pytest.mark.usefixtures("verify_written_stores")
 
-#: 32 px chunks, 128 px blocks: small scenes still take the multi-block, multi-pass path.
-SMALL = IngestConfig(chunk_px=32, levels_per_pass=2, min_long_side_px=24, n_workers=1)
 #: Stress config: 4 blocks of 256 px read by 2 worker threads, each with GDAL_NUM_THREADS=2.
 STRESS = IngestConfig(chunk_px=64, levels_per_pass=2, min_long_side_px=64, n_workers=2)
 STRESS_RUNS = 10
