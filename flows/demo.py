@@ -108,13 +108,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the ``lrs-demo`` flow and return where its outputs are (``run_id``: the flow run).
 
-    Args:
-        out_dir: output folder (created).
-        size_wh: (width, height) of the demo scene in pixels.
-        preset: engine preset.
-        budget: vision tokens sent to the LLM; None keeps the preset's.
-        device: where the model runs (``auto``: CUDA when present, else CPU).
-        dtype: the model's dtype (``auto``: the checkpoint's on CUDA, fp32 on CPU).
+    Its arguments are those of :func:`lrs_core.demo.run_demo`, all but ``progress``.
 
     Raises:
         LrsError: the demo could not run at all (per-question failures are in ``rows``).
