@@ -84,17 +84,8 @@ def test_questions_file_gives_one_line_each_and_dry_run(
         '{"question_id": "a", "question": "What is red?"}\n'
         '{"question_id": "b", "question": "Where?"}\n'
     )
-    code, out = _ask(
-        ingested_store,
-        tiny_model_dir,
-        "--questions",
-        str(questions),
-        "--preset",
-        "grid-3",
-        "--max-new-tokens",
-        "1",
-        "--json",
-    )
+    asked = (ingested_store, tiny_model_dir, "--questions", str(questions), "--preset", "grid-3")
+    code, out = _ask(*asked, "--max-new-tokens", "1", "--json")
     assert code == 0, out
     lines = [json.loads(line) for line in out.strip().splitlines()]
     assert [line["question_id"] for line in lines] == ["a", "b"]
@@ -102,16 +93,7 @@ def test_questions_file_gives_one_line_each_and_dry_run(
         lines[1]["accounting"]["vision_tiles_cached"]
         == lines[0]["accounting"]["vision_tiles_encoded"]
     )
-    code, planned = _ask(
-        ingested_store,
-        tiny_model_dir,
-        "--questions",
-        str(questions),
-        "--preset",
-        "grid-3",
-        "--dry-run",
-        "--json",
-    )
+    code, planned = _ask(*asked, "--dry-run", "--json")
     assert code == 0
     plans = [json.loads(line) for line in planned.strip().splitlines()]
     assert all(p["accounting"]["planned"] for p in plans)
