@@ -56,16 +56,6 @@ QWEN2_7B: dict[str, Any] = {
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": False,
 }
-#: CLIP ViT-L/14 at 336 px (openai/clip-vit-large-patch14-336).
-CLIP_L_336: dict[str, Any] = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "image_size": 336,
-    "patch_size": 14,
-    "hidden_act": "quick_gelu",
-}
 #: The RFM list (four decoder layers: copies of LLM layers 3..6 in the spec's example).
 RFM_LAYERS_7B = (4, 5, 6)
 #: Tiny dimensions for the CPU run (same geometry: 336-px tiles, 14-px patches).
@@ -108,6 +98,7 @@ def build_random_model(*, tiny: bool, device: torch.device, dtype: torch.dtype) 
 
     from lrs_core.models.config import VlmConfig, default_chat_template
     from lrs_core.models.loading.loaded import default_attn_implementation, set_attn_implementation
+    from lrs_core.models.loading.paper import CLIP_L14_336
     from lrs_core.models.tiny import build_tokenizer
     from lrs_core.models.vlm import VisionLanguageModel, materialise
 
@@ -122,7 +113,7 @@ def build_random_model(*, tiny: bool, device: torch.device, dtype: torch.dtype) 
     )
     model = VisionLanguageModel.build(
         config,
-        vision_config=CLIPVisionConfig(**(TINY_VISION if tiny else CLIP_L_336)),
+        vision_config=CLIPVisionConfig(**(TINY_VISION if tiny else CLIP_L14_336)),
         llm_config=Qwen2Config(**llm),
         initialise=False,
     )

@@ -50,17 +50,6 @@ QWEN2_1_5B: dict[str, Any] = {
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": True,
 }
-#: CLIP ViT-L/14 at 336 px (openai/clip-vit-large-patch14-336).
-CLIP_L_336: dict[str, Any] = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "image_size": 336,
-    "patch_size": 14,
-    "projection_dim": 768,
-    "hidden_act": "quick_gelu",
-}
 #: RFM over LLM layers 0..2 (two selection layers), as small as the method allows.
 RFM_LAYERS = (1, 2)
 
@@ -70,6 +59,7 @@ def build_configs() -> tuple[Any, Any, Any]:
     from transformers import CLIPVisionConfig, Qwen2Config
 
     from lrs_core.models.config import VlmConfig, default_chat_template
+    from lrs_core.models.loading.paper import CLIP_L14_336
 
     config = VlmConfig(
         llm_family="qwen2",
@@ -78,7 +68,7 @@ def build_configs() -> tuple[Any, Any, Any]:
         rfm_llm_layers=RFM_LAYERS,
         max_context_tokens=QWEN2_1_5B["max_position_embeddings"],
     )
-    return config, CLIPVisionConfig(**CLIP_L_336), Qwen2Config(**QWEN2_1_5B, dtype="bfloat16")
+    return config, CLIPVisionConfig(**CLIP_L14_336), Qwen2Config(**QWEN2_1_5B, dtype="bfloat16")
 
 
 def write_model(out: Path) -> Path:

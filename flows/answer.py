@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.outcome import failed_run
+from flows.outcome import outcome_of
 from lrs_core.batch.run import AnswerGroup, BatchSettings, Progress, SceneGroup, run_batch
 from lrs_core.errors import LrsError
 from tasks.answer import answer_scene_task
@@ -69,6 +69,12 @@ def _ingest_with_tasks(rasters: Sequence[str], store: str) -> Mapping[str, str |
                 outcome if isinstance(outcome, BaseException) else RuntimeError(str(outcome))
             )
     return done
+
+
+def answers_artifact_note(out: str) -> str:
+    """Where a failed run's answers are shown: its table artifact and the output folder ``out``."""
+    table = f"{ARTIFACT_KEY_PREFIX}-answers"
+    return f"the table artifact '{table}' (answers of the others are in {out})"
 
 
 def _answer_with_task(settings: BatchSettings) -> AnswerGroup:
@@ -175,13 +181,8 @@ def answer_questions(
     publish_answer_artifacts(
         rows, out=out, model=model, preset=preset, key_prefix=ARTIFACT_KEY_PREFIX
     )
-    if not counts.all_ok:
-        message = (
-            f"{counts.failed} of {len(rows)} questions failed; see the table artifact "
-            f"'{ARTIFACT_KEY_PREFIX}-answers' (answers of the others are in {out})"
-        )
-        return failed_run(message, rows)  # finished answers are written; the run ends Failed
-    return rows
+    # finished answers are written; the run ends Failed if some failed
+    return outcome_of(rows, rows, see=answers_artifact_note(out))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
+from flows.answer import answer_questions, answers_artifact_note
 from flows.ingest import ingest_scenes
-from flows.outcome import failed_run, run_result
+from flows.outcome import outcome_of, run_result
 from lrs_core.demo import (
     DEMO_PRESET,
     DEMO_SCENE_WH,
@@ -89,14 +89,12 @@ def demo(
         )
     )
     result = {"scene": ingested, "rows": rows, "model_dir": str(model_dir)}
-    n_failed = sum(1 for row in rows if row["status"] == "failed")
-    if n_failed:
-        message = (
-            f"{n_failed} of {len(rows)} demo questions failed; see the table artifact "
-            f"'{ARTIFACT_KEY_PREFIX}-answers' (answers of the others are in {out})"
-        )
-        return failed_run(message, result)  # the run's final state says so
-    return result
+    return outcome_of(  # the run's final state says when some questions failed
+        rows,
+        result,
+        what="demo questions",
+        see=answers_artifact_note(str(out)),
+    )
 
 
 def run_demo(
@@ -110,13 +108,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the ``lrs-demo`` flow and return where its outputs are (``run_id``: the flow run).
 
-    Args:
-        out_dir: output folder (created).
-        size_wh: (width, height) of the demo scene in pixels.
-        preset: engine preset.
-        budget: vision tokens sent to the LLM; None keeps the preset's.
-        device: where the model runs (``auto``: CUDA when present, else CPU).
-        dtype: the model's dtype (``auto``: the checkpoint's on CUDA, fp32 on CPU).
+    Its arguments are those of :func:`lrs_core.demo.run_demo`, all but ``progress``.
 
     Raises:
         LrsError: the demo could not run at all (per-question failures are in ``rows``).

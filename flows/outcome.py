@@ -10,12 +10,14 @@ Prefect then resolves the state for the flow's callers: a direct call raises the
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, cast
 
 from prefect.client.schemas.objects import State
 from prefect.states import Failed
 
 from lrs_core.errors import LrsError
+from lrs_core.outputs.parts import BatchCounts
 
 R = TypeVar("R")
 
@@ -52,6 +54,24 @@ def failed_run(message: str, result: R) -> R:
     """
     state: State[Any] = Failed(message=message, data=QuestionsFailedError(message, result))
     return cast(R, state)
+
+
+def outcome_of(
+    rows: Iterable[Mapping[str, Any]], result: R, *, see: str, what: str = "questions"
+) -> R:
+    """Return ``result``, or (some rows failed) the :func:`failed_run` state that carries it.
+
+    Args:
+        rows: the run's answer rows (``status`` ``answered``, ``skipped`` or ``failed``).
+        result: what the flow returns when nothing fails.
+        see: where the failures are shown, ending the message ``"N of M <what> failed; see <see>"``.
+        what: what the rows count.
+    """
+    rows = list(rows)
+    n_failed = BatchCounts.from_rows(rows).failed
+    if not n_failed:
+        return result
+    return failed_run(f"{n_failed} of {len(rows)} {what} failed; see {see}", result)
 
 
 def run_result(state: State[R]) -> R:

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.answer import ARTIFACT_KEY_PREFIX, answer_questions
 from flows.ingest import ingest_scenes
-from flows.outcome import failed_run, run_result
+from flows.outcome import outcome_of, run_result
 from lrs_core.batch.requests import read_questions, standing_requests
 from lrs_core.outputs.parts import answered_ids
 
@@ -113,14 +113,12 @@ def watch_folder(
         markdown="\n".join(lines) + "\n", key=SUMMARY_ARTIFACT_KEY, description="Inbox watch"
     )
     result = {"scenes": scenes, "answers": answers}
-    n_failed = sum(1 for a in answers if a["status"] == "failed")
-    if n_failed:
-        message = (
-            f"{n_failed} of {len(answers)} questions failed; see the artifacts "
-            f"'{SUMMARY_ARTIFACT_KEY}' and '{ARTIFACT_KEY_PREFIX}-answers' (answers in {out})"
-        )
-        return failed_run(message, result)  # the run's final state says so
-    return result
+    return outcome_of(  # the run's final state says when some questions failed
+        answers,
+        result,
+        see=f"the artifacts '{SUMMARY_ARTIFACT_KEY}' and '{ARTIFACT_KEY_PREFIX}-answers' "
+        f"(answers in {out})",
+    )
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lrs_core.batch.run import answer_scene
+from lrs_core.batch.run import answer_scene, log_scene_counts
 from lrs_core.outputs.overlays import DEFAULT_OVERLAY_SIDE_PX
-from lrs_core.outputs.parts import BatchCounts
 from tasks._retry import retry_condition_fn
 from tasks.artifacts import progress_reporter
 
@@ -94,13 +93,5 @@ def answer_scene_task(
         wait=wait,
         progress=progress_reporter(f"answers about {scene_id}"),
     )
-    counts = BatchCounts.from_rows(rows)
-    logger.info(
-        "%s: answered %d, failed %d, skipped %d (already in %s)",
-        scene_id,
-        counts.answered,
-        counts.failed,
-        counts.skipped,
-        out,
-    )
+    log_scene_counts(rows, scene_id=scene_id, out=out, logger=logger)
     return rows

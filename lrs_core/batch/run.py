@@ -321,8 +321,20 @@ def answer_scene(
             )
             if progress is not None:
                 progress(index + 1, len(todo))
+    log_scene_counts(rows, scene_id=scene_id, out=out)
+    return rows
+
+
+def log_scene_counts(
+    rows: list[Row],
+    *,
+    scene_id: str,
+    out: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any] = log,
+) -> BatchCounts:
+    """Count a scene's rows and log the counts in one line on ``logger``; return them."""
     counts = BatchCounts.from_rows(rows)
-    log.info(
+    logger.info(
         "%s: answered %d, failed %d, skipped %d (already in %s)",
         scene_id,
         counts.answered,
@@ -330,7 +342,7 @@ def answer_scene(
         counts.skipped,
         out,
     )
-    return rows
+    return counts
 
 
 def answer_group_here(settings: BatchSettings) -> AnswerGroup:

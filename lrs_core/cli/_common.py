@@ -305,6 +305,13 @@ DeviceOpt = Annotated[
     str,
     typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
 ]
+#: ``--preset`` of every command that answers questions.
+PresetOpt = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
+#: ``--budget`` of every command that answers questions (checked by :func:`check_budget`).
+BudgetOpt = Annotated[
+    int | None,
+    typer.Option("--budget", help="Most vision tokens to the LLM (thumbnail included)."),
+]
 #: ``--dtype`` of every command that loads a model (:func:`lrs_core.models.runtime.resolve_dtype`).
 DtypeOpt = Annotated[
     str,

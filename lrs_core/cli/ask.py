@@ -10,9 +10,10 @@ import typer
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from lrs_core.cli._common import (
     MODEL_HELP,
-    PRESET_HELP,
+    BudgetOpt,
     DeviceOpt,
     DtypeOpt,
+    PresetOpt,
     check_runtime,
     console,
     fail,
@@ -73,14 +74,8 @@ def ask(
     questions: Annotated[
         Path | None, typer.Option("--questions", help="JSONL / CSV / text file of questions.")
     ] = None,
-    preset: Annotated[
-        str,
-        typer.Option("--preset", help=PRESET_HELP),
-    ] = "default",
-    budget: Annotated[
-        int | None,
-        typer.Option("--budget", help="Most vision tokens to the LLM (thumbnail included)."),
-    ] = None,
+    preset: PresetOpt = "default",
+    budget: BudgetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     max_new_tokens: Annotated[

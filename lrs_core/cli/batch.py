@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK
-from lrs_core.cli._common import DeviceOpt, DtypeOpt
+from lrs_core.cli._common import BudgetOpt, DeviceOpt, DtypeOpt, PresetOpt
 
 #: Environment variable giving ``--data-root`` when the option is not given.
 DATA_ROOT_ENV = "LRS_DATA_ROOT"
@@ -40,16 +40,8 @@ def batch(
         Path,
         typer.Option("--stores", help="Folder of scene stores; rasters are ingested into it."),
     ] = Path("stores"),
-    preset: Annotated[
-        str,
-        typer.Option(
-            "--preset", help="default | parity | thumbnail | grid-N | full | fastv | pdrop."
-        ),
-    ] = "default",
-    budget: Annotated[
-        int | None,
-        typer.Option("--budget", help="Most vision tokens to the LLM (thumbnail included)."),
-    ] = None,
+    preset: PresetOpt = "default",
+    budget: BudgetOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     data_root: Annotated[

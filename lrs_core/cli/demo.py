@@ -9,8 +9,10 @@ import typer
 
 from lrs_core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from lrs_core.cli._common import (
+    BudgetOpt,
     DeviceOpt,
     DtypeOpt,
+    PresetOpt,
     check_budget,
     check_out_path,
     check_runtime,
@@ -38,12 +40,8 @@ def demo(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document describing the outputs.")
     ] = False,
-    preset: Annotated[
-        str, typer.Option("--preset", help="Engine preset (default, parity, thumbnail, ...).")
-    ] = "default",
-    budget: Annotated[
-        int | None, typer.Option("--budget", help="Most vision tokens sent to the LLM.")
-    ] = None,
+    preset: PresetOpt = "default",
+    budget: BudgetOpt = None,
     scene_size: Annotated[
         str, typer.Option("--scene-size", help="Demo scene WIDTHxHEIGHT in pixels.")
     ] = "3000x2000",

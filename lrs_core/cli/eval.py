@@ -11,9 +11,10 @@ import typer
 from lrs_core.cli._common import (
     LEGACY_POSITIONAL,
     MODEL_HELP,
-    PRESET_HELP,
+    BudgetOpt,
     DeviceOpt,
     DtypeOpt,
+    PresetOpt,
     check_runtime,
 )
 
@@ -335,7 +336,6 @@ ModelOpt = Annotated[Path, typer.Option("--model", help=MODEL_HELP)]
 OutOpt = Annotated[
     Path, typer.Option("--out", help="Prediction JSONL (appended to; a rerun resumes).")
 ]
-PresetOpt = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
 QuestionsOpt = Annotated[Path | None, typer.Option("--questions", help=_QUESTIONS_HELP)]
 StoresOpt = Annotated[
     Path | None,
@@ -344,9 +344,6 @@ StoresOpt = Annotated[
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="First N questions of the chunk.")]
 NumChunksOpt = Annotated[int, typer.Option("--num-chunks", help="Split the questions into K.")]
 ChunkIdxOpt = Annotated[int, typer.Option("--chunk-idx", help="The chunk to answer (0-based).")]
-BudgetOpt = Annotated[
-    int | None, typer.Option("--budget", help="Most vision tokens sent to the LLM.")
-]
 MaxNewTokensOpt = Annotated[
     int | None, typer.Option("--max-new-tokens", help="Most generated tokens.")
 ]

@@ -56,7 +56,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Required, TypedDict, Unpack
 
 from lrs_core.errors import DatasetError, LrsError, NotGeoreferencedWarning
 from lrs_core.evaluation.lrs_vqa import ERROR_KEY as LRS_VQA_ERROR_KEY
@@ -562,9 +562,62 @@ def _lrs_vqa_row(question: LrsVqaQuestion) -> RowBuilder:
     return build
 
 
-def run_lrs_vqa(
+class RunOptions(TypedDict, total=False):
+    """Keyword arguments of :func:`run_lrs_vqa` and :func:`run_mme` (and :func:`run_benchmark`).
+
+    Attributes:
+        model_dir: model directory (:func:`lrs_core.models.loading.auto.load_model` layouts).
+        out: prediction JSONL, appended to; a rerun resumes it (see the module docstring).
+        data_root: folder the image paths are relative to (for LRS-VQA the parent of
+            ``LRS_VQA/``); None: the question file's folder.
+        preset: focus preset (``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ...).
+        store_dir: folder of scene stores; None: ``<out>.stores`` (:func:`default_store_dir`).
+        limit: answer at most the first ``limit`` questions of the chunk.
+        num_chunks: contiguous chunks the question file is split into.
+        chunk_idx: the chunk to answer.
+        budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
+        dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
+        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g.
+            ``max_new_tokens``).
+        ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
+        keep_heatmap: keep the scene heat map in each line's record.
+        progress: called with ``(questions done, questions pending)``: once with 0 before the
+            model loads, then after each question.
+        wait: queue behind another run writing ``out`` instead of failing at once.
+    """
+
+    model_dir: Required[Path]
+    out: Required[Path]
+    data_root: Path | None
+    preset: str
+    store_dir: Path | None
+    limit: int | None
+    num_chunks: int
+    chunk_idx: int
+    budget: int | None
+    device: str
+    dtype: str | None
+    overrides: Mapping[str, Any] | None
+    ingest_config: IngestConfig | None
+    keep_heatmap: bool
+    progress: Callable[[int, int], None] | None
+    wait: bool
+
+
+#: Builds a chunk's pending scenes from the ids already answered: ``(scenes, questions selected)``.
+PendingBuilder = Callable[[set[str]], tuple[list[PendingScene], int]]
+#: Reads and validates a chunk of a question file before the output is touched:
+#: ``(question file, data root, limit, num_chunks, chunk_idx) -> builder of its pending scenes``.
+ChunkReader = Callable[[Path, Path, int | None, int, int], PendingBuilder]
+
+
+def _run_chunk(
+    benchmark: Benchmark,
     questions: Path,
+    read_chunk: ChunkReader,
     *,
+    default_name: str,
     model_dir: Path,
     out: Path,
     data_root: Path | None = None,
@@ -582,77 +635,21 @@ def run_lrs_vqa(
     progress: Callable[[int, int], None] | None = None,
     wait: bool = False,
 ) -> RunSummary:
-    """Answer (a chunk of) LRS-VQA with one engine; append one prediction line per question.
-
-    Args:
-        questions: the question file, or a data root holding ``LRS_VQA_merged.jsonl``.
-        model_dir: model directory (:func:`lrs_core.models.loading.auto.load_model` layouts).
-        out: prediction JSONL, appended to; a rerun resumes it (see the module docstring).
-        data_root: folder the ``image`` paths are relative to (the parent of ``LRS_VQA/``);
-            None: the question file's folder.
-        preset: focus preset (``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ...).
-        store_dir: folder of scene stores; None: ``<out>.stores`` (:func:`default_store_dir`).
-        limit: answer at most the first ``limit`` questions of the chunk.
-        num_chunks: contiguous chunks the question file is split into.
-        chunk_idx: the chunk to answer.
-        budget: ``token_budget`` (vision tokens to the LLM); None keeps the preset's.
-        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
-        dtype: ``auto``/None (checkpoint dtype on CUDA, fp32 on CPU), fp16, bf16 or fp32.
-        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields (e.g.
-            ``max_new_tokens``).
-        ingest_config: how images become stores; None: :class:`IngestConfig` defaults.
-        keep_heatmap: keep the scene heat map in each line's record.
-        progress: called with ``(questions done, questions pending)``: once with 0 before the
-            model loads, then after each question.
-        wait: queue behind another run writing ``out`` instead of failing at once.
-
-    Returns:
-        The run's counts; ``n_failed > 0`` means some lines carry an ``error``.
-
-    Raises:
-        WriterLockedError: another run writes ``out`` (and ``wait`` is off).
-        DatasetError: the question file or the output is invalid, an image path escapes the data
-            root, or the chunk arguments are invalid.
-        ConfigError: unknown preset or field. WeightsError: the model does not load.
-    """
+    """Answer (a chunk of) a benchmark's question file (see :class:`RunOptions`)."""
     start = time.perf_counter()
     question_file, root = resolve_question_file(
-        questions, data_root=data_root, default_name=QUESTION_FILE_NAME
+        questions, data_root=data_root, default_name=default_name
     )
     out = Path(out)
     stores = (Path(store_dir) if store_dir is not None else default_store_dir(out)).absolute()
-    selected = list(  # validated (and escapes refused) before the output is touched
-        iter_scenes(
-            question_file,
-            data_root=root,
-            limit=limit,
-            num_chunks=num_chunks,
-            chunk_idx=chunk_idx,
-            must_exist=False,
-        )
-    )
+    build_pending = read_chunk(question_file, root, limit, num_chunks, chunk_idx)
     with exclusive_writer(
-        out, purpose=f"lrs eval run lrs-vqa chunk {chunk_idx} of {num_chunks}", wait=wait
+        out, purpose=f"lrs eval run {benchmark} chunk {chunk_idx} of {num_chunks}", wait=wait
     ):  # one writer per prediction file, from reading what is done to the last line
-        done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["lrs-vqa"])
-        n_selected = sum(len(scene.questions) for scene in selected)
-        pending = [
-            PendingScene(
-                image=scene.image,
-                image_path=scene.image_path,
-                questions=tuple(
-                    PendingQuestion(
-                        question_id=q.question_id, text=q.text, build_row=_lrs_vqa_row(q)
-                    )
-                    for q in scene.questions
-                    if q.question_id not in done_ids
-                ),
-            )
-            for scene in selected
-        ]
-        pending = [scene for scene in pending if scene.questions]
+        done_ids, n_retried = prepare_output(out, id_key=ID_KEYS[benchmark])
+        pending, n_selected = build_pending(done_ids)
         return _answer_pending(
-            "lrs-vqa",
+            benchmark,
             pending,
             question_file=question_file,
             out=out,
@@ -674,6 +671,67 @@ def run_lrs_vqa(
             num_chunks=num_chunks,
             chunk_idx=chunk_idx,
         )
+
+
+def _read_lrs_vqa_chunk(
+    question_file: Path, root: Path, limit: int | None, num_chunks: int, chunk_idx: int
+) -> PendingBuilder:
+    selected = list(  # validated (and escapes refused) before the output is touched
+        iter_scenes(
+            question_file,
+            data_root=root,
+            limit=limit,
+            num_chunks=num_chunks,
+            chunk_idx=chunk_idx,
+            must_exist=False,
+        )
+    )
+
+    def build(done_ids: set[str]) -> tuple[list[PendingScene], int]:
+        pending = [
+            PendingScene(
+                image=scene.image,
+                image_path=scene.image_path,
+                questions=tuple(
+                    PendingQuestion(
+                        question_id=q.question_id, text=q.text, build_row=_lrs_vqa_row(q)
+                    )
+                    for q in scene.questions
+                    if q.question_id not in done_ids
+                ),
+            )
+            for scene in selected
+        ]
+        n_selected = sum(len(scene.questions) for scene in selected)
+        return [scene for scene in pending if scene.questions], n_selected
+
+    return build
+
+
+def run_lrs_vqa(questions: Path, **options: Unpack[RunOptions]) -> RunSummary:
+    """Answer (a chunk of) LRS-VQA with one engine; append one prediction line per question.
+
+    Args:
+        questions: the question file, or a data root holding ``LRS_VQA_merged.jsonl``.
+        **options: :class:`RunOptions` (``model_dir`` and ``out`` required); ``data_root`` is the
+            parent of ``LRS_VQA/``, the folder the ``image`` paths are relative to.
+
+    Returns:
+        The run's counts; ``n_failed > 0`` means some lines carry an ``error``.
+
+    Raises:
+        WriterLockedError: another run writes ``out`` (and ``wait`` is off).
+        DatasetError: the question file or the output is invalid, an image path escapes the data
+            root, or the chunk arguments are invalid.
+        ConfigError: unknown preset or field. WeightsError: the model does not load.
+    """
+    return _run_chunk(
+        "lrs-vqa",
+        questions,
+        _read_lrs_vqa_chunk,
+        default_name=QUESTION_FILE_NAME,
+        **options,
+    )
 
 
 # -- MME-RealWorld-RS --------------------------------------------------------------------------
@@ -719,72 +777,18 @@ def _mme_row(item: Mapping[str, Any]) -> RowBuilder:
     return build
 
 
-def run_mme(
-    json_path: Path,
-    *,
-    model_dir: Path,
-    out: Path,
-    data_root: Path | None = None,
-    preset: str = "default",
-    store_dir: Path | None = None,
-    limit: int | None = None,
-    num_chunks: int = 1,
-    chunk_idx: int = 0,
-    budget: int | None = None,
-    device: str = "auto",
-    dtype: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    ingest_config: IngestConfig | None = None,
-    keep_heatmap: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    wait: bool = False,
-) -> RunSummary:
-    """Answer (a chunk of) MME-RealWorld-RS; append the item plus ``"Output"`` per question.
-
-    Args:
-        json_path: ``MME_RealWorld_RS.json`` (JSON list or JSONL), or a data root holding it.
-        model_dir: model directory.
-        out: output JSONL (the items plus ``"Output"``), appended to and resumed.
-        data_root: folder the ``Image`` paths are relative to; None: the question file's folder.
-        preset: focus preset.
-        store_dir: folder of scene stores; None: ``<out>.stores``.
-        limit: answer at most the first ``limit`` items of the chunk.
-        num_chunks: contiguous chunks the file is split into.
-        chunk_idx: the chunk to answer.
-        budget: ``token_budget`` override.
-        device: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``.
-        dtype: model dtype name.
-        overrides: further :class:`~lrs_core.focus.engine.FocusConfig` fields.
-        ingest_config: how images become stores.
-        keep_heatmap: keep the scene heat map in each line's record.
-        progress: called with ``(questions done, questions pending)``.
-        wait: queue behind another run writing ``out`` instead of failing at once.
-
-    Returns:
-        The run's counts.
-
-    Raises:
-        WriterLockedError: another run writes ``out`` (and ``wait`` is off).
-        DatasetError: invalid items or output, an image path escaping the data root, bad chunks.
-        ConfigError: unknown preset or field. WeightsError: the model does not load.
-    """
-    start = time.perf_counter()
-    question_file, root = resolve_question_file(
-        json_path, data_root=data_root, default_name=MME_QUESTION_FILE_NAME
-    )
-    out = Path(out)
-    stores = (Path(store_dir) if store_dir is not None else default_store_dir(out)).absolute()
+def _read_mme_chunk(
+    question_file: Path, root: Path, limit: int | None, num_chunks: int, chunk_idx: int
+) -> PendingBuilder:
     if limit is not None and limit < 0:
         raise DatasetError(f"limit={limit} must be >= 0")
     rows = read_mme_rows(question_file)
     begin, stop = chunk_bounds(len(rows), num_chunks=num_chunks, chunk_idx=chunk_idx)
     rows = rows[begin:stop][:limit]
-    with exclusive_writer(
-        out, purpose=f"lrs eval run mme chunk {chunk_idx} of {num_chunks}", wait=wait
-    ):  # one writer per prediction file, from reading what is done to the last line
-        # Resolved (and escapes refused) before the output is touched.
-        image_paths = {row["Image"]: resolve_image_path(root, row["Image"]) for row in rows}
-        done_ids, n_retried = prepare_output(out, id_key=ID_KEYS["mme"])
+    # Resolved (and escapes refused) before the output is touched.
+    image_paths = {row["Image"]: resolve_image_path(root, row["Image"]) for row in rows}
+
+    def build(done_ids: set[str]) -> tuple[list[PendingScene], int]:
         grouped: dict[str, list[PendingQuestion]] = {}
         for row in rows:
             if row["Question_id"] in done_ids:
@@ -800,29 +804,30 @@ def run_mme(
             PendingScene(image=image, image_path=image_paths[image], questions=tuple(items))
             for image, items in grouped.items()
         ]
-        return _answer_pending(
-            "mme",
-            pending,
-            question_file=question_file,
-            out=out,
-            stores=stores,
-            n_selected=len(rows),
-            n_retried=n_retried,
-            started=start,
-            engine_spec=EngineSpec(
-                model_dir=Path(model_dir),
-                preset=preset,
-                budget=budget,
-                device=device,
-                dtype=dtype,
-                overrides=dict(overrides or {}),
-            ),
-            ingest_config=ingest_config,
-            keep_heatmap=keep_heatmap,
-            progress=progress,
-            num_chunks=num_chunks,
-            chunk_idx=chunk_idx,
-        )
+        return pending, len(rows)
+
+    return build
+
+
+def run_mme(json_path: Path, **options: Unpack[RunOptions]) -> RunSummary:
+    """Answer (a chunk of) MME-RealWorld-RS; append the item plus ``"Output"`` per question.
+
+    Args:
+        json_path: ``MME_RealWorld_RS.json`` (JSON list or JSONL), or a data root holding it.
+        **options: :class:`RunOptions` (``model_dir`` and ``out`` required); ``data_root`` is the
+            folder the ``Image`` paths are relative to.
+
+    Returns:
+        The run's counts.
+
+    Raises:
+        WriterLockedError: another run writes ``out`` (and ``wait`` is off).
+        DatasetError: invalid items or output, an image path escaping the data root, bad chunks.
+        ConfigError: unknown preset or field. WeightsError: the model does not load.
+    """
+    return _run_chunk(
+        "mme", json_path, _read_mme_chunk, default_name=MME_QUESTION_FILE_NAME, **options
+    )
 
 
 def run_benchmark(benchmark: Benchmark, questions: Path, **kwargs: Any) -> RunSummary:

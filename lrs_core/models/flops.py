@@ -314,20 +314,10 @@ _QWEN25_VL_3B_LLM = LlmDims(
 #: Dimensions of the paper's two released models, written down from their public config.json files.
 KNOWN_DIMS: Mapping[str, ModelDims] = MappingProxyType(
     {
-        # Qwen2-7B (`Qwen/Qwen2-7B-Instruct` config.json): hidden_size 3584,
-        # intermediate_size 18944, num_hidden_layers 28, num_attention_heads 28,
-        # num_key_value_heads 4, vocab_size 152064; head_dim = 3584 / 28 = 128.
+        # Qwen2-7B (`Qwen/Qwen2-7B-Instruct` config.json; see the decoder note above).
         "qwen2-7b": ModelDims(
             vision=_clip_l14_336(3584),
-            llm=LlmDims(
-                layers=28,
-                hidden=3584,
-                intermediate=18944,
-                q_heads=28,
-                kv_heads=4,
-                head_dim=128,
-                vocab=152064,
-            ),
+            llm=_QWEN_7B_LLM,
             rfm_layers=_DEFAULT_RFM_LAYERS,
         ),
         # Vicuna-7B v1.5 (`lmsys/vicuna-7b-v1.5` config.json, a Llama-2-7B): hidden_size 4096,

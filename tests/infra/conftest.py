@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.servers import PG_BIN_GLOB, Postgres, free_port, pg_bin
+from tests.fixtures.net import free_port
+from tests.infra.servers import PG_BIN_GLOB, Postgres, pg_bin
 
 
 @pytest.fixture(scope="session")

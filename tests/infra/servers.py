@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -42,13 +43,6 @@ def pg_bin() -> Path | None:
         if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
             return Path(candidate)
     return None
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -179,3 +173,29 @@ def run_prefect(args: list[str], env: dict[str, str], *, timeout: float = CLI_TI
         f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     )
     return result.stdout
+
+
+def deploy_ingest_scenes(
+    server_url: str, client_home: Path, data_dir: Path, *deploy_options: str
+) -> dict[str, str]:
+    """Create the ``lrs-cpu`` process pool and deploy ``ingest-scenes`` of infra/prefect.yaml.
+
+    Args:
+        server_url: the Prefect API URL.
+        client_home: the client's own ``PREFECT_HOME``.
+        data_dir: ``LRS_DATA_DIR`` of the deployment (its ``inbox/`` and ``stores/``).
+        deploy_options: further ``prefect deploy`` options (e.g. ``--interval``).
+
+    Returns:
+        The client environment for further ``prefect`` commands (:func:`run_prefect`).
+    """
+    env = clean_env(
+        PREFECT_API_URL=server_url,
+        PREFECT_HOME=str(client_home),
+        LRS_REPO_DIR=str(REPO_ROOT),
+        LRS_DATA_DIR=str(data_dir),
+    )
+    run_prefect(["work-pool", "create", "lrs-cpu", "--type", "process"], env)
+    deploy = ["--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml"]
+    run_prefect([*deploy, "--name", "ingest-scenes", *deploy_options], env)
+    return env

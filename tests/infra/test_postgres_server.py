@@ -20,10 +20,9 @@ import pytest
 
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 from tests.infra.servers import (
-    REPO_ROOT,
     WORKER_TIMEOUT_S,
     Postgres,
-    clean_env,
+    deploy_ingest_scenes,
     prefect_server,
     run_prefect,
 )
@@ -49,25 +48,7 @@ def test_deployment_runs_against_postgres(
     inbox.mkdir(parents=True)
     write_geotiff(inbox / "good.tif", make_rgb_pattern(120, 170))
     (inbox / "corrupt.tif").write_bytes(b"II*\x00" + b"\x00not a tiff" * 30)
-    env = clean_env(
-        PREFECT_API_URL=server_url,
-        PREFECT_HOME=str(tmp_path / "client-home"),
-        LRS_REPO_DIR=str(REPO_ROOT),
-        LRS_DATA_DIR=str(data_dir),
-    )
-
-    run_prefect(["work-pool", "create", "lrs-cpu", "--type", "process"], env)
-    run_prefect(
-        [
-            "--no-prompt",
-            "deploy",
-            "--prefect-file",
-            "infra/prefect.yaml",
-            "--name",
-            "ingest-scenes",
-        ],
-        env,
-    )
+    env = deploy_ingest_scenes(server_url, tmp_path / "client-home", data_dir)
     params = json.dumps({"config": SMALL_CONFIG})  # sources/store come from prefect.yaml
     out = run_prefect(["deployment", "run", "ingest-scenes/ingest-scenes", "--params", params], env)
     assert "Created flow run" in out, out

@@ -27,10 +27,9 @@ import pytest
 
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
 from tests.infra.servers import (
-    REPO_ROOT,
     WORKER_TIMEOUT_S,
     PrefectServer,
-    clean_env,
+    deploy_ingest_scenes,
     log_tail,
     prefect_server,
     run_prefect,
@@ -99,27 +98,14 @@ def test_interval_schedule_fires_and_a_worker_runs_it(
     data_dir = tmp_path / "data"
     (data_dir / "inbox").mkdir(parents=True)
     write_geotiff(data_dir / "inbox" / "scene.tif", make_rgb_pattern(120, 170))
-    env = clean_env(
-        PREFECT_API_URL=server.url,
-        PREFECT_HOME=str(tmp_path / "client-home"),
-        LRS_REPO_DIR=str(REPO_ROOT),
-        LRS_DATA_DIR=str(data_dir),
-    )
-    run_prefect(["work-pool", "create", "lrs-cpu", "--type", "process"], env)
-    run_prefect(
-        [
-            "--no-prompt",
-            "deploy",
-            "--prefect-file",
-            "infra/prefect.yaml",
-            "--name",
-            "ingest-scenes",
-            "--interval",
-            str(SCHEDULE_INTERVAL_S),
-            "--params",
-            json.dumps({"config": SMALL_CONFIG}),
-        ],
-        env,
+    env = deploy_ingest_scenes(
+        server.url,
+        tmp_path / "client-home",
+        data_dir,
+        "--interval",
+        str(SCHEDULE_INTERVAL_S),
+        "--params",
+        json.dumps({"config": SMALL_CONFIG}),
     )
     deployment = _api(server, f"/deployments/name/{DEPLOYMENT}")
     assert [s["schedule"].get("interval") for s in deployment["schedules"]] == [SCHEDULE_INTERVAL_S]

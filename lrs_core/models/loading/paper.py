@@ -29,8 +29,10 @@ stored in the checkpoint is discarded, as the reference does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import torch
 from safetensors import safe_open
@@ -57,9 +59,10 @@ from lrs_core.models.vlm import VisionLanguageModel, llm_config_class, vision_co
 
 #: Spatial pool modes of the reference equal to 2x2 average pooling at stride 2 (spec §2.1).
 AVERAGE_POOL_MODES = ("bilinear", "average")
-#: Vision-tower configs written down so the paper's checkpoints convert offline.
-KNOWN_VISION_CONFIGS: dict[str, dict[str, Any]] = {
-    "openai/clip-vit-large-patch14-336": {
+#: CLIP ViT-L/14 at 336 px (``openai/clip-vit-large-patch14-336`` config.json, vision_config), the
+#: tower of the paper's LLaVA checkpoints: keyword arguments of ``CLIPVisionConfig``.
+CLIP_L14_336: Final[Mapping[str, Any]] = MappingProxyType(
+    {
         "hidden_size": 1024,
         "intermediate_size": 4096,
         "num_hidden_layers": 24,
@@ -70,7 +73,11 @@ KNOWN_VISION_CONFIGS: dict[str, dict[str, Any]] = {
         "hidden_act": "quick_gelu",
         "layer_norm_eps": 1e-5,
         "num_channels": 3,
-    },
+    }
+)
+#: Vision-tower configs written down so the paper's checkpoints convert offline.
+KNOWN_VISION_CONFIGS: dict[str, Mapping[str, Any]] = {
+    "openai/clip-vit-large-patch14-336": CLIP_L14_336,
 }
 
 _PAPER_QWEN_TYPES = ("llava_qwen", "LlavaQwenForCausalLM")

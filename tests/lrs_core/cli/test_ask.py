@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lrs_core.cli import build_app
 from lrs_core.records import AnswerRecord
+from tests.fixtures.cli import ask_argv
 from tests.fixtures.scenes import SCENE_EPSG, SCENE_ORIGIN_XY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
 
 
-def _ask(*args: str) -> tuple[int, str]:
-    result = runner.invoke(build_app(), ["ask", *args])
+def _ask(scene: Path, model: Path, *options: str) -> tuple[int, str]:
+    result = runner.invoke(build_app(), ask_argv(scene, model, *options))
     return result.exit_code, result.stdout
 
 
@@ -30,10 +31,8 @@ def test_json_record_has_the_documented_keys(
 ) -> None:
     geojson = tmp_path / "answers.geojson"
     code, out = _ask(
-        "--scene",
-        str(ingested_store),
-        "--model",
-        str(tiny_model_dir),
+        ingested_store,
+        tiny_model_dir,
         "--question",
         "How many ships are in the harbour?",
         "--max-new-tokens",
@@ -85,19 +84,8 @@ def test_questions_file_gives_one_line_each_and_dry_run(
         '{"question_id": "a", "question": "What is red?"}\n'
         '{"question_id": "b", "question": "Where?"}\n'
     )
-    code, out = _ask(
-        "--scene",
-        str(ingested_store),
-        "--model",
-        str(tiny_model_dir),
-        "--questions",
-        str(questions),
-        "--preset",
-        "grid-3",
-        "--max-new-tokens",
-        "1",
-        "--json",
-    )
+    asked = (ingested_store, tiny_model_dir, "--questions", str(questions), "--preset", "grid-3")
+    code, out = _ask(*asked, "--max-new-tokens", "1", "--json")
     assert code == 0, out
     lines = [json.loads(line) for line in out.strip().splitlines()]
     assert [line["question_id"] for line in lines] == ["a", "b"]
@@ -105,18 +93,7 @@ def test_questions_file_gives_one_line_each_and_dry_run(
         lines[1]["accounting"]["vision_tiles_cached"]
         == lines[0]["accounting"]["vision_tiles_encoded"]
     )
-    code, planned = _ask(
-        "--scene",
-        str(ingested_store),
-        "--model",
-        str(tiny_model_dir),
-        "--questions",
-        str(questions),
-        "--preset",
-        "grid-3",
-        "--dry-run",
-        "--json",
-    )
+    code, planned = _ask(*asked, "--dry-run", "--json")
     assert code == 0
     plans = [json.loads(line) for line in planned.strip().splitlines()]
     assert all(p["accounting"]["planned"] for p in plans)
@@ -130,26 +107,23 @@ def test_human_output_prints_answer_and_accounting(
 ) -> None:
     result = runner.invoke(
         build_app(),
-        [
-            "ask",
-            "--scene",
-            str(ingested_store),
-            "--model",
-            str(tiny_model_dir),
+        ask_argv(
+            ingested_store,
+            tiny_model_dir,
             "--question",
             "What is red?",
             "--preset",
             "thumbnail",
             "--max-new-tokens",
             "1",
-        ],
+        ),
     )
     assert result.exit_code == 0
     assert "measured: tiles 1" in result.output
 
 
 def test_exit_codes(tiny_model_dir: Path, ingested_store: Path, tmp_path: Path) -> None:
-    base = ["--scene", str(ingested_store), "--model", str(tiny_model_dir)]
+    base = (ingested_store, tiny_model_dir)
     code, _ = _ask(*base)
     assert code == 2  # neither --question nor --questions
     code, _ = _ask(*base, "--question", "x", "--questions", str(tmp_path / "q.txt"))
@@ -161,7 +135,5 @@ def test_exit_codes(tiny_model_dir: Path, ingested_store: Path, tmp_path: Path) 
     )
     assert code == 1
     assert "TokenBudgetError" in json.loads(out)["error"]
-    code, _ = _ask(
-        "--scene", str(tmp_path / "none.zarr"), "--model", str(tiny_model_dir), "--question", "x"
-    )
+    code, _ = _ask(tmp_path / "none.zarr", tiny_model_dir, "--question", "x")
     assert code == 1

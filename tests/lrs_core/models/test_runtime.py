@@ -22,6 +22,7 @@ from lrs_core.models.runtime import (
     resolve_dtype,
 )
 from lrs_core.raster.pyramid import open_pyramid
+from tests.fixtures.cli import ask_argv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NO_CUDA = not torch.cuda.is_available()
@@ -122,12 +123,9 @@ def test_every_model_command_rejects_cuda_and_bad_dtype_with_exit_2(
 def test_ask_runs_in_bf16(tiny_model_dir: Path, ingested_store: Path) -> None:
     result = CliRunner().invoke(
         build_app(),
-        [
-            "ask",
-            "--scene",
-            str(ingested_store),
-            "--model",
-            str(tiny_model_dir),
+        ask_argv(
+            ingested_store,
+            tiny_model_dir,
             "--question",
             "Is there a bridge?",
             "--preset",
@@ -137,7 +135,7 @@ def test_ask_runs_in_bf16(tiny_model_dir: Path, ingested_store: Path) -> None:
             "--dtype",
             "bf16",
             "--json",
-        ],
+        ),
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["accounting"]["decode_steps"] >= 1

@@ -29,12 +29,11 @@ from lrs_core.raster.ingest import (
 )
 from lrs_core.raster.pyramid import open_pyramid
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
+from tests.fixtures.stores import MULTI_BLOCK_CONFIG as SMALL
+from tests.fixtures.stores import ingest_killed_after
 
 #: Every finished store a test here writes is verified afterwards (lrs verify).
 pytestmark = pytest.mark.usefixtures("verify_written_stores")
-
-#: Tiny chunks and blocks (32 px chunks, 128 px blocks) so small scenes take the multi-block path.
-SMALL = IngestConfig(chunk_px=32, levels_per_pass=2, min_long_side_px=24, n_workers=1)
 
 
 def _all_levels_valid(store: str) -> list[np.ndarray]:
@@ -311,30 +310,14 @@ def test_rerun_skips_and_conflicts(tmp_path: Path) -> None:
     )
 
 
-class _Killed(Exception):
-    """Stands in for a kill -9 in the middle of an ingest."""
-
-
-def test_interrupted_ingest_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_ingest_resumes(tmp_path: Path) -> None:
     data = make_rgb_pattern(200, 260, seed=5)
     source = write_geotiff(tmp_path / "r.tif", data)
-    real_run_block = ingest_module.run_block
-    calls = {"n": 0}
-
-    def dying_run_block(task: ingest_module.BlockTask) -> int:
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise _Killed
-        return real_run_block(task)
-
-    monkeypatch.setattr(ingest_module, "run_block", dying_run_block)
-    with pytest.raises(_Killed):
-        ingest_scene(source, tmp_path / "out", config=SMALL)
+    ingest_killed_after(source, tmp_path / "out", blocks=5)
     store = tmp_path / "out" / "r.zarr"
     with pytest.raises(IncompletePyramidError, match="did not finish"):
         open_pyramid(store)
     assert len(list((store / "_lrs_progress").iterdir())) == 5
-    monkeypatch.setattr(ingest_module, "run_block", real_run_block)
     progress: list[tuple[int, int]] = []
     resumed = ingest_scene(
         source, tmp_path / "out", config=SMALL, progress=lambda d, t: progress.append((d, t))

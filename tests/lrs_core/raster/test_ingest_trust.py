@@ -36,12 +36,12 @@ from lrs_core.raster.ingest import IngestConfig, file_checksum, ingest_scene
 from lrs_core.raster.integrity import verify_store
 from lrs_core.raster.pyramid import open_pyramid, rgb_path
 from tests.fixtures.scenes import make_rgb_pattern, write_geotiff
+from tests.fixtures.stores import MULTI_BLOCK_CONFIG as SMALL
+from tests.fixtures.stores import ingest_killed_after
 
 #: Every finished store a test here writes is verified afterwards (lrs verify).
 pytestmark = pytest.mark.usefixtures("verify_written_stores")
 
-#: 32 px chunks, 128 px blocks: small scenes still take the multi-block, multi-pass path.
-SMALL = IngestConfig(chunk_px=32, levels_per_pass=2, min_long_side_px=24, n_workers=1)
 #: Stress config: 4 blocks of 256 px read by 2 worker threads, each with GDAL_NUM_THREADS=2.
 STRESS = IngestConfig(chunk_px=64, levels_per_pass=2, min_long_side_px=64, n_workers=2)
 STRESS_RUNS = 10
@@ -376,31 +376,13 @@ def test_files_respect_the_umask(tmp_path: Path) -> None:
     assert Path(str(result.stac_item)).stat().st_mode & 0o777 == 0o640
 
 
-class _Killed(Exception):
-    """Stands in for a kill -9 in the middle of an ingest."""
-
-
-def test_damaged_markers_count_as_absent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_damaged_markers_count_as_absent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = write_geotiff(tmp_path / "r.tif", make_rgb_pattern(200, 260, seed=5))
-    real_run_block = ingest_module.run_block
-    calls = {"n": 0}
-
-    def dying_run_block(task: ingest_module.BlockTask) -> int:
-        calls["n"] += 1
-        if calls["n"] > 4:
-            raise _Killed
-        return real_run_block(task)
-
-    monkeypatch.setattr(ingest_module, "run_block", dying_run_block)
-    with pytest.raises(_Killed):
-        ingest_scene(source, tmp_path / "out", config=SMALL)
+    ingest_killed_after(source, tmp_path / "out", blocks=4)
     markers = sorted((tmp_path / "out" / "r.zarr" / "_lrs_progress").iterdir())
     assert len(markers) == 4
     markers[0].write_bytes(b"")
     markers[1].write_bytes(b"\xff\xfe")
-    monkeypatch.setattr(ingest_module, "run_block", real_run_block)
     with caplog.at_level(logging.WARNING, logger="lrs_core.raster.ingest"):
         resumed = ingest_scene(source, tmp_path / "out", config=SMALL)
     assert resumed.status == "ingested"

@@ -15,7 +15,6 @@ import io
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from rasterio.transform import from_bounds
 from rasterio.warp import Resampling, reproject
 
 from lrs_core.outputs.parts import BatchWriter, read_records
+from tests.fixtures.net import free_port
 from tests.fixtures.serve import SERVED_SCENE_ID, ServedFolders
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -57,12 +57,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Server:
     url: str
@@ -74,7 +68,7 @@ def server(
     served_folders: ServedFolders, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """``lrs serve`` over the suite's stores and a copy of its run (the test appends to it)."""
-    port = _free_port()
+    port = free_port()
     lrs = shutil.which("lrs", path=str(Path(sys.executable).parent)) or "lrs"
     root = tmp_path_factory.mktemp("serve_browser")
     answers = root / served_folders.answers.name
