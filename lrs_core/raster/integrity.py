@@ -140,9 +140,7 @@ def _arrays(group: zarr.Group, store_level: int) -> tuple[zarr.Array[Any], zarr.
     return rgb, valid
 
 
-def _read_regions(
-    group: zarr.Group, n_levels: int
-) -> tuple[list[list[Region]] | None, str | None]:
+def _read_regions(group: zarr.Group, n_levels: int) -> tuple[list[list[Region]] | None, str | None]:
     """The region lists of every level's ``lrs.regions``, or None and why they cannot be used."""
     levels: list[list[Region]] = []
     for store_level in range(n_levels):
