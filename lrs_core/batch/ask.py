@@ -19,7 +19,7 @@ from lrs_core.focus.engine import FocusConfig, FocusEngine
 from lrs_core.focus.features import FeatureCache
 from lrs_core.models.loading.auto import load_model, load_model_shapes
 from lrs_core.models.loading.files import PROJECT_CONFIG_FILE
-from lrs_core.models.registry import resolve_model_dir
+from lrs_core.models.loading.registry import resolve_model_dir
 from lrs_core.models.runtime import (
     DEVICE_AUTO,
     parse_dtype,
@@ -45,7 +45,8 @@ def load_engine(
     """Load a model and return an engine for a preset.
 
     Args:
-        model_dir: a model directory or name (:func:`lrs_core.models.registry.resolve_model_dir`;
+        model_dir: a model directory or name
+            (:func:`~lrs_core.models.loading.registry.resolve_model_dir`;
             any :func:`lrs_core.models.loading.auto.load_model` layout, Hugging Face Qwen2-VL /
             Qwen2.5-VL directories included; the engine calls ``loaded.family``).
         preset: ``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``, ``fastv`` or

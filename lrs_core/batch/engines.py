@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lrs_core.batch.ask import load_engine
 from lrs_core.focus.engine import FocusConfig, FocusEngine
-from lrs_core.models.registry import resolve_model_dir
+from lrs_core.models.loading.registry import resolve_model_dir
 
 #: Engines kept loaded per process (one model per GPU: a new key evicts the old engine).
 ENGINE_CACHE_SIZE = 1
@@ -74,7 +74,8 @@ def cached_engine(
     """Return this process's engine for a model and preset, loading it on first use.
 
     Args:
-        model: a model directory or name (:func:`lrs_core.models.registry.resolve_model_dir`).
+        model: a model directory or name
+            (:func:`~lrs_core.models.loading.registry.resolve_model_dir`).
         preset: engine preset (``default``, ``parity``, ``thumbnail``, ``grid-N``, ``full``...).
         budget: vision-token budget; None keeps the preset's.
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.

@@ -61,7 +61,8 @@ class BatchSettings:
     """How a batch is answered and where it goes.
 
     Attributes:
-        model: a model directory or name (:func:`lrs_core.models.registry.resolve_model_dir`).
+        model: a model directory or name
+            (:func:`~lrs_core.models.loading.registry.resolve_model_dir`).
         out: the output folder (local path or fsspec URL): ``answers.parquet/``,
             ``answers.geojson``, ``overlays/``.
         stores: folder of scene stores: where scene ids are looked up and rasters are ingested.

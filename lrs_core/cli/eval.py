@@ -114,7 +114,7 @@ def synth_command(
     side: int = typer.Option(3_000, "--side", help="Long side in px of the other scenes."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
-    """Write an offline LRS-VQA-format benchmark with planted objects of known answers."""
+    """Deprecated: use 'lrs world make'. Write the older planted-object benchmark."""
     from lrs_core.cli._common import (
         console,
         deprecated_positional,
@@ -126,6 +126,10 @@ def synth_command(
 
     out_dir = out_path(out, deprecated_positional(ctx), name="OUT_DIR")
     assert out_dir is not None  # required
+    console.print(
+        "[yellow]note:[/] 'lrs eval synth' is deprecated; 'lrs world make' writes scenes with DOTA "
+        "annotations and questions a trained model ('--model world') understands"
+    )
     from lrs_core.evaluation.synth import SynthConfig, write_synthetic_set
 
     with reported_errors():

@@ -102,12 +102,16 @@ _SIZES: dict[str, dict[str, dict[str, Any]]] = {
 _RFM_LAYERS: dict[str, tuple[int, ...]] = {"tiny": (2, 3), "benchmark": (4, 8)}
 
 
-def build_tokenizer(*, family: TinyFamily = "llava") -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    *, family: TinyFamily = "llava", corpus: str | None = None
+) -> PreTrainedTokenizerFast:
     """Return a small byte-level BPE tokenizer trained offline on a built-in corpus.
 
     Args:
         family: ``"llava"`` (Llama-like: BOS prepended, ``</s>`` EOS) or ``"qwen2"`` (no BOS,
             ``<|im_end|>`` EOS, ``<|endoftext|>`` padding).
+        corpus: text to learn the merges from; None = the built-in corpus (a trained model
+            passes its own vocabulary's text, so its words become single tokens).
     """
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -118,7 +122,7 @@ def build_tokenizer(*, family: TinyFamily = "llava") -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tokenizer.train_from_iterator([corpus or _CORPUS] * 4, trainer=trainer)
     if family == "llava":
         bos_id = tokenizer.token_to_id(BOS_TOKEN)
         tokenizer.post_processor = processors.TemplateProcessing(

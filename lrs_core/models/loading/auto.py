@@ -47,6 +47,7 @@ from lrs_core.models.loading.loaded import (
 )
 from lrs_core.models.loading.paper import read_paper_checkpoint
 from lrs_core.models.loading.project import configs_from_header, read_project, save_model
+from lrs_core.models.loading.registry import resolve_model_dir
 from lrs_core.models.runtime import DEVICE_AUTO, GenerationSettings, resolve_device, resolve_dtype
 from lrs_core.models.vlm import VisionLanguageModel
 
@@ -95,7 +96,9 @@ def load_model(
 
     Args:
         path: a project-format directory, a paper release (LLaVA layout with ``llm_layer_list``),
-            a llava-hf LLaVA-1.5 / LLaVA-NeXT directory or a Hugging Face Qwen-VL directory.
+            a llava-hf LLaVA-1.5 / LLaVA-NeXT directory or a Hugging Face Qwen-VL directory; or
+            the name of a shipped model (``world``,
+            :func:`~lrs_core.models.loading.registry.resolve_model_dir`).
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda[:N]`` or a device
             (:func:`lrs_core.models.runtime.resolve_device`).
         dtype: a dtype, ``fp16``/``bf16``/``fp32``, or ``auto``/None: the checkpoint's dtype on
@@ -112,7 +115,7 @@ def load_model(
         WeightsError: missing directory, unknown layout, pickle-only weights, or mismatched weights.
         ConfigError: an unknown or unavailable device, or an unknown dtype name.
     """
-    source = Path(path)
+    source = resolve_model_dir(path)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device, source)
     attn = attn_implementation or default_attn_implementation(torch_device)

@@ -8,7 +8,7 @@ import pytest
 
 from lrs_core.batch.engines import cached_engine, model_fingerprint
 from lrs_core.errors import WeightsError
-from lrs_core.models.registry import resolve_model_dir
+from lrs_core.models.loading.registry import resolve_model_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,5 +30,6 @@ def test_model_names_and_paths_resolve(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "here").mkdir()
     assert resolve_model_dir("here") == Path("here")
-    with pytest.raises(WeightsError, match="'world' is neither a model directory nor a known"):
-        resolve_model_dir("world")
+    with pytest.raises(WeightsError, match="'atlas' is neither a model directory nor a known"):
+        resolve_model_dir("atlas")
+    assert resolve_model_dir("world").name == "weights"  # the shipped model (tests/lrs_core/world)
