@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from _common import GIB, git_commit
 
+from lrs_core.models.families.llava import LlavaFamily
 from lrs_core.models.loading.loaded import LoadedModel
 
 
@@ -137,6 +138,7 @@ def build_random_model(*, tiny: bool, device: torch.device, dtype: torch.dtype) 
         tokenizer=tokenizer,
         model_id="gpu-bench-tiny" if tiny else "gpu-bench-qwen2-7b-clip-l336",
         source_dir=Path("."),
+        family=LlavaFamily(model, tokenizer),
     )
 
 
