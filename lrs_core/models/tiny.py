@@ -186,6 +186,24 @@ def build_tiny(
         tie_word_embeddings=False,
         **special,
     )
+    model = build_seeded_model(
+        config, vision_config=vision_config, llm_config=llm_config, seed=seed
+    )
+    return model.eval(), tokenizer
+
+
+def build_seeded_model(
+    config: VlmConfig,
+    *,
+    vision_config: CLIPVisionConfig,
+    llm_config: LlamaConfig | Qwen2Config,
+    seed: int,
+) -> VisionLanguageModel:
+    """Return a randomly initialised VLM, the same for the same seed, its RFM copied from the LLM.
+
+    The global torch generator is seeded for the build and restored afterwards, so callers'
+    random streams are left as they were.
+    """
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -197,7 +215,7 @@ def build_tiny(
     finally:
         torch.random.set_rng_state(generator_state)
     model.rfm.copy_from_llm(model.llm, config.rfm_source_layers)
-    return model.eval(), tokenizer
+    return model
 
 
 def init_tiny(

@@ -12,7 +12,7 @@ from the +x axis as seen on the image (y grows downwards, so the rotation is app
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -347,17 +347,7 @@ def generate_scene(
         objects=(),
     )
     objects = _place_objects(scene, rng, object_scale, objects_per_kind or OBJECTS_PER_KIND)
-    return WorldScene(
-        seed=seed,
-        size_wh=(width, height),
-        land_cover=land_cover,
-        parcels=parcels,
-        tints=tints,
-        river=river,
-        roads_y=roads_y,
-        roads_x=roads_x,
-        objects=tuple(objects),
-    )
+    return replace(scene, objects=tuple(objects))
 
 
 def _overlaps(box: tuple[float, float, float, float], placed: list[WorldObject]) -> bool:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
 from lrs_core.evaluation.lrs_vqa import ANSWER_SUFFIX, COUNT_ANSWER_SUFFIX
 from lrs_core.models.config import VlmConfig, default_chat_template
 from lrs_core.models.prompt import VICUNA_V1_SYSTEM
-from lrs_core.models.tiny import build_tokenizer
+from lrs_core.models.tiny import build_seeded_model, build_tokenizer
 from lrs_core.models.vlm import VisionLanguageModel
 from lrs_core.world.vocabulary import (
     BACKGROUND_NAMES,
@@ -128,15 +127,7 @@ def build_world_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = VisionLanguageModel.build(
-            config, vision_config=vision_config, llm_config=llm_config, initialise=True
-        )
-        with torch.no_grad():
-            model.image_newline.normal_(std=model.hidden_size**-0.5)
-    finally:
-        torch.random.set_rng_state(state)
-    model.rfm.copy_from_llm(model.llm, config.rfm_source_layers)
+    model = build_seeded_model(
+        config, vision_config=vision_config, llm_config=llm_config, seed=seed
+    )
     return model, tokenizer
