@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -64,6 +65,16 @@ def train_command(
         int | None,
         typer.Option(help="End the answer stage after this many steps (default: the time left)."),
     ] = None,
+    stage1_share: Annotated[
+        float | None,
+        typer.Option(help="Share of the budget spent on the tower's dense targets (default 0.4)."),
+    ] = None,
+    attention_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the evidence-attention loss of the answer stage (0: off; default 0.5)."
+        ),
+    ] = None,
     distill_steps: Annotated[
         int, typer.Option(help="Steps of RFM distillation after training (0: skip).")
     ] = 0,
@@ -81,6 +92,10 @@ def train_command(
             stage1_steps=stage1_steps,
             stage2_steps=stage2_steps,
         )
+        if stage1_share is not None:
+            config = replace(config, stage1_share=stage1_share)
+        if attention_weight is not None:
+            config = replace(config, attention_weight=attention_weight)
         with progress_bar("training (seconds)", enabled=not json_output) as progress:
             result = train_world(out, config=config, progress=progress)
         model_dir = result.model_dir

@@ -28,8 +28,10 @@ from lrs_core.world.vocabulary import (
 
 #: Tile side, pixels (the engine's DIP geometry).
 WORLD_TILE_PX = 336
-#: Patch side of the world tower, pixels: 12 x 12 patches per tile (a 144-token thumbnail).
+#: Default patch side of the world tower, pixels: 12 x 12 patches per tile.
 WORLD_PATCH_PX = 28
+#: LLM tokens per tile side after pooling, whatever the patch size (a 144-token thumbnail).
+WORLD_TOKENS_PER_TILE_SIDE = 6
 #: Context of the world LLM, tokens.
 WORLD_CONTEXT_TOKENS = 4096
 #: LLM layers the RFM mirrors (``llm_layer_list``): copies of layers 1, 2, 3.
@@ -41,6 +43,8 @@ class WorldModelSize:
     """Widths and depths of the world model (defaults: ~0.5 M tower, ~1 M LLM parameters).
 
     Attributes:
+        patch_px: CLIP patch side, pixels (a divisor of 336 whose patch grid pools evenly to
+            :data:`WORLD_TOKENS_PER_TILE_SIDE` tokens per side: 28 or 14).
         vision_width: CLIP hidden size C.
         vision_layers: CLIP encoder layers.
         vision_heads: CLIP attention heads.
@@ -52,6 +56,7 @@ class WorldModelSize:
         llm_mlp: Llama MLP width.
     """
 
+    patch_px: int = WORLD_PATCH_PX
     vision_width: int = 96
     vision_layers: int = 3
     vision_heads: int = 4
@@ -99,7 +104,8 @@ def build_world_model(
         vision_family="clip",
         chat_template=default_chat_template("llama"),
         tile_size_px=WORLD_TILE_PX,
-        patch_size_px=WORLD_PATCH_PX,
+        patch_size_px=size.patch_px,
+        pool_stride=WORLD_TILE_PX // size.patch_px // WORLD_TOKENS_PER_TILE_SIDE,
         vision_select_layer=-1,
         rfm_llm_layers=WORLD_RFM_LAYERS,
         max_context_tokens=WORLD_CONTEXT_TOKENS,
@@ -110,7 +116,7 @@ def build_world_model(
         num_hidden_layers=size.vision_layers,
         num_attention_heads=size.vision_heads,
         image_size=WORLD_TILE_PX,
-        patch_size=WORLD_PATCH_PX,
+        patch_size=size.patch_px,
         hidden_act="gelu",
         projection_dim=size.vision_width,
     )

@@ -46,7 +46,9 @@ from lrs_core.focus.select import prune_tokens, valid_token_mask
 from lrs_core.focus.sequence import LevelSequence, build_level_sequence, embed_sequence
 from lrs_core.focus.state import all_tiles
 from lrs_core.focus.tiles import read_thumbnail, read_tiles
+from lrs_core.models.attention_rows import attention_rows_from_hidden
 from lrs_core.models.generation import generate_from_embeds
+from lrs_core.models.layout import TokenKind
 from lrs_core.models.loading.project import save_model
 from lrs_core.models.prompt import tokenize_prompt
 from lrs_core.models.vlm import VisionLanguageModel
@@ -88,6 +90,10 @@ EVAL_MAX_NEW_TOKENS = 4
 #: Share of a stage spent warming the learning rate up, and the floor of its cosine decay.
 WARMUP_SHARE = 0.03
 MIN_LR_FACTOR = 0.1
+#: Weight of the evidence-attention loss of the answering stage (see :func:`_attention_loss`).
+ATTENTION_LOSS_WEIGHT = 0.5
+#: Floor inside the log of the evidence-attention loss.
+ATTENTION_LOSS_EPS = 1e-6
 #: World seed of the distillation data: ``seed + DISTILL_SEED_OFFSET`` (away from benchmark seeds).
 DISTILL_SEED_OFFSET = 50_000
 
@@ -105,6 +111,7 @@ class WorldTrainConfig:
         question_batch: questions per stage-2 step.
         tower_lr: AdamW learning rate of the tower, projector and auxiliary heads.
         llm_lr: AdamW learning rate of the LLM and the image-newline vector.
+        attention_weight: weight of the evidence-attention loss of the answering stage (0: off).
         start_object_scale: object size multiplier at the start of each stage's curriculum.
         curriculum_share: share of each stage over which the multiplier falls to 1.
         eval_scenes: held-out scenes of the final evaluation.
@@ -119,12 +126,13 @@ class WorldTrainConfig:
 
     seed: int = 0
     minutes: float = 30.0
-    stage1_share: float = 0.25
+    stage1_share: float = 0.4
     scene_px: tuple[int, int] = (672, 2560)
     tile_batch: int = 12
     question_batch: int = 4
     tower_lr: float = 2e-3
     llm_lr: float = 2e-3
+    attention_weight: float = ATTENTION_LOSS_WEIGHT
     start_object_scale: float = 2.5
     curriculum_share: float = 0.3
     eval_scenes: int = 4
@@ -338,10 +346,37 @@ def _stage1_step(
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One answering sample: the engine's LLM input embeddings and the answer's token ids."""
+class EvidenceKeys:
+    """Where a view's level tokens sit and which of them show the evidence.
+
+    Attributes:
+        positions: int64 (K,); sequence indices of the level tokens (the RFM's keys).
+        evidence: bool (K,); True for tokens whose box overlaps an evidence box.
+    """
+
+    positions: torch.Tensor
+    evidence: torch.Tensor
+
+
+@dataclass(frozen=True)
+class View:
+    """One question in one view: the engine's LLM input embeddings and its evidence keys.
+
+    Attributes:
+        embeds: float (L, D); the LLM's input, ending with the last prompt token.
+        keys: the level tokens and the evidence among them; None for a thumbnail-only view or
+            when no level token shows evidence.
+    """
 
     embeds: torch.Tensor
+    keys: EvidenceKeys | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One answering sample: a view and the answer's token ids."""
+
+    view: View
     answer_ids: list[int]
 
 
@@ -390,8 +425,8 @@ def build_view(
     view: str,
     rng: np.random.Generator,
     separator_id: int,
-) -> torch.Tensor:
-    """Float (L, D): the engine's LLM input for one question in one view.
+) -> View:
+    """The engine's LLM input for one question in one view, with its evidence keys.
 
     ``thumbnail``: the thumbnail alone. ``level``: a whole level (a coarse one that fits
     :data:`MAX_LEVEL_VIEW_TOKENS`). ``focus``: the finest level (sometimes another), the tiles
@@ -406,9 +441,11 @@ def build_view(
         sequence = build_level_sequence(
             prompt, thumbnail_tokens=n_thumb, separator_id=separator_id, level=None
         )
-        return embed_sequence(
+        embeds = embed_sequence(
             model, sequence, thumbnail_feats=thumb, level=None, tiles_rc=[], tile_feats=None
         )
+        return View(embeds=embeds, keys=None)
+    boxes = evidence_boxes(question, views.scene)
     if view == "level":
         fitting = [
             plan.level(k)
@@ -423,10 +460,8 @@ def build_view(
     else:
         k = plan.n_levels if rng.random() < 0.75 else int(rng.integers(1, plan.n_levels + 1))
         level = plan.level(k)
-        tiles, sequence = _focus_sequence(
-            level, evidence_boxes(question, views.scene), rng, prompt, n_thumb, separator_id
-        )
-    return embed_sequence(
+        tiles, sequence = _focus_sequence(level, boxes, rng, prompt, n_thumb, separator_id)
+    embeds = embed_sequence(
         model,
         sequence,
         thumbnail_feats=thumb,
@@ -434,6 +469,22 @@ def build_view(
         tiles_rc=tiles,
         tile_feats=_tile_feats(model, views, level, tiles),
     )
+    return View(embeds=embeds, keys=evidence_keys(sequence, level, boxes))
+
+
+def evidence_keys(
+    sequence: LevelSequence, level: DipLevel, boxes: list[tuple[float, float, float, float]]
+) -> EvidenceKeys | None:
+    """The level tokens of ``sequence`` and which overlap ``boxes`` (None when none does)."""
+    layout = sequence.layout
+    positions = layout.positions_of(TokenKind.LEVEL)
+    token_box = token_boxes(level)[layout.grid_r[positions], layout.grid_c[positions]]
+    evidence = np.zeros(len(positions), dtype=bool)
+    for box in boxes:
+        evidence |= boxes_overlap(token_box, box)
+    if not evidence.any():
+        return None
+    return EvidenceKeys(torch.from_numpy(positions), torch.from_numpy(evidence))
 
 
 def _focus_sequence(
@@ -490,29 +541,89 @@ def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
     return [*ids, int(tokenizer.eos_token_id)]
 
 
-def _lm_loss(model: VisionLanguageModel, samples: list[Sample]) -> torch.Tensor:
-    """Teacher-forced cross-entropy of the answer tokens; rows right-padded, compact positions."""
-    lengths = [s.embeds.shape[0] + len(s.answer_ids) for s in samples]
+def _lm_loss(
+    model: VisionLanguageModel, samples: list[Sample], *, attention_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced cross-entropy of the answer tokens, and the evidence-attention loss.
+
+    Rows are right-padded with compact positions. The attention loss is
+    :func:`_attention_loss` over the samples with evidence keys (0 when none has, or when
+    ``attention_weight`` is 0).
+
+    Returns:
+        (answer loss, attention loss), scalars.
+    """
+    lengths = [s.view.embeds.shape[0] + len(s.answer_ids) for s in samples]
     longest = max(lengths)
-    width = model.hidden_size
-    embeds = torch.zeros(len(samples), longest, width)
     labels = torch.full((len(samples), longest), IGNORE_LABEL, dtype=torch.long)
     mask = torch.zeros(len(samples), longest, dtype=torch.long)
     rows = []
     for row, sample in enumerate(samples):
-        n_prompt = sample.embeds.shape[0]
+        n_prompt = sample.view.embeds.shape[0]
         ids = torch.tensor(sample.answer_ids)
-        full = torch.cat([sample.embeds, model.embed_text(ids)])
+        full = torch.cat([sample.view.embeds, model.embed_text(ids)])
         rows.append(nn.functional.pad(full, (0, 0, 0, longest - full.shape[0])))
         labels[row, n_prompt : n_prompt + len(sample.answer_ids)] = ids
         mask[row, : lengths[row]] = 1
     embeds = torch.stack(rows)
     positions = torch.arange(longest).expand(len(samples), -1)
+    supervised = attention_weight > 0 and any(s.view.keys is not None for s in samples)
     out = model.llm(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        labels=labels,
+        output_hidden_states=supervised,
     )
-    loss: torch.Tensor = out.loss
-    return loss
+    answer_loss: torch.Tensor = out.loss
+    if not supervised:
+        return answer_loss, torch.zeros(())
+    return answer_loss, _attention_loss(model, samples, out.hidden_states, positions, mask)
+
+
+def _attention_loss(
+    model: VisionLanguageModel,
+    samples: list[Sample],
+    hidden_states: tuple[torch.Tensor, ...],
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean of ``-log`` (attention mass on evidence tokens) at the RFM's scoring layer.
+
+    The row is the one the RFM scores with (spec §3): the last prompt token's attention over
+    the level tokens, heads averaged, softmax over those keys only, at LLM layer
+    ``rfm_llm_layers[-1]``. Pulling that mass onto the tokens that show the asked object makes
+    the LLM a teacher whose attention means something, for the RFM copied from it and for
+    ``train-rfm``'s distillation.
+    """
+    layer_index = model.config.rfm_llm_layers[-1]
+    rows = [i for i, s in enumerate(samples) if s.view.keys is not None]
+    keys = [samples[i].view.keys for i in rows]
+    assert all(k is not None for k in keys)  # for mypy: filtered above
+    width = max(k.positions.shape[0] for k in keys if k is not None)
+    key_positions = torch.zeros(len(rows), width, dtype=torch.long)
+    key_mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    evidence = torch.zeros(len(rows), width, dtype=torch.bool)
+    for j, k in enumerate(keys):
+        assert k is not None
+        n = k.positions.shape[0]
+        key_positions[j, :n] = k.positions
+        key_mask[j, :n] = True
+        evidence[j, :n] = k.evidence
+    query = torch.tensor([[samples[i].view.embeds.shape[0] - 1] for i in rows])
+    llm_body = model.llm.model
+    attention = attention_rows_from_hidden(
+        llm_body.layers[layer_index],
+        hidden_states[layer_index][rows],
+        position_ids=positions[rows],
+        rotary_emb=llm_body.rotary_emb,
+        query_positions=query,
+        key_positions=key_positions,
+        key_mask=key_mask,
+        sequence_mask=mask[rows].to(torch.bool),
+    ).mean[:, 0]
+    on_evidence = (attention * evidence).sum(-1)
+    return -torch.log(on_evidence + ATTENTION_LOSS_EPS).mean()
 
 
 def separator_id_of(model: VisionLanguageModel, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -600,7 +711,7 @@ def evaluate(
                         view=view,
                         rng=rng,
                         separator_id=separator_id,
-                    )
+                    ).embeds
                     generation = generate_from_embeds(
                         model.llm,
                         embeds[None],
@@ -777,7 +888,7 @@ def train_world(
                 if config.categories and question.category not in config.categories:
                     continue
                 view = view_names[int(rng.choice(len(view_names), p=view_p))]
-                embeds = build_view(
+                sample_view = build_view(
                     model,
                     tokenizer,
                     views,
@@ -786,12 +897,15 @@ def train_world(
                     rng=rng,
                     separator_id=separator_id,
                 )
-                pending.append(Sample(embeds, answer_ids(tokenizer, question.ground_truth)))
+                pending.append(Sample(sample_view, answer_ids(tokenizer, question.ground_truth)))
                 if len(pending) < config.question_batch:
                     continue
                 for group in optimiser.param_groups:
                     group["lr"] = config.llm_lr * lr_factor(progress_2())
-                loss = _lm_loss(model, pending)
+                answer_loss, attention_loss = _lm_loss(
+                    model, pending, attention_weight=config.attention_weight
+                )
+                loss = answer_loss + config.attention_weight * attention_loss
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch's stubs
                 nn.utils.clip_grad_norm_(llm_params, 1.0)
@@ -805,11 +919,16 @@ def train_world(
                             "step": step,
                             "t": round(tick(), 1),
                             "scale": scale,
-                            "loss": round(float(loss.detach()), 4),
+                            "loss": round(float(answer_loss.detach()), 4),
+                            "attention_loss": round(float(attention_loss.detach()), 4),
                         }
                     )
                     log.info(
-                        "stage 2 step %d loss %.4f scale %.2f", step, float(loss.detach()), scale
+                        "stage 2 step %d loss %.4f attention %.4f scale %.2f",
+                        step,
+                        float(answer_loss.detach()),
+                        float(attention_loss.detach()),
+                        scale,
                     )
                 if progress_2() >= 1.0:
                     break

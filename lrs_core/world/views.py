@@ -11,7 +11,8 @@ the same reader protocol as a Zarr store (area resampling with Pillow's box filt
 Per-cell labels (the dense auxiliary targets of the vision tower) come from the scene description:
 for each token cell (a patch, or a pooled token) the object covering most of it, or whose centre
 lies in it, gives the kind and colour labels; the background under the cell centre gives the
-background label.
+background label. An object whose long side is under :data:`MIN_VISIBLE_PX` pixels at the tile's
+scale labels nothing: the cells it touches get :data:`IGNORE_LABEL` for kind and colour.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ IGNORE_LABEL = -100
 COVERAGE_SAMPLES = 4
 #: Bonus score of the object whose centre lies in a cell (so sub-cell objects get a label).
 CENTRE_BONUS = 0.5
+#: Long side, in pixels of the tile's level, under which an object is not labelled: smaller ones
+#: (a vehicle in a coarse level) cannot be seen, so their cells' kind and colour are ignored
+#: rather than taught as unlearnable targets.
+MIN_VISIBLE_PX = 4.0
 
 
 class ArrayPyramid:
@@ -112,6 +117,7 @@ def cell_labels(
     scale_xy: tuple[float, float],
     grid_side: int,
     content_hw: tuple[int, int],
+    min_visible_px: float = MIN_VISIBLE_PX,
 ) -> CellLabels:
     """Labels of a ``grid_side`` x ``grid_side`` grid of cells over one tile.
 
@@ -122,6 +128,7 @@ def cell_labels(
         scale_xy: level-0 pixels per level pixel along x and y.
         grid_side: cells per tile side.
         content_hw: (rows, cols) of the tile's pixels inside the scene (the rest is padding).
+        min_visible_px: objects whose long side is under this at the tile's scale label nothing.
     """
     n = grid_side
     offsets = (np.arange(COVERAGE_SAMPLES) + 0.5) / COVERAGE_SAMPLES
@@ -149,6 +156,7 @@ def cell_labels(
         (origin_px[1] + n * cell_px) * sy,
     )
     cell0_x, cell0_y = cell_px * sx, cell_px * sy
+    unseen = np.zeros((n, n), dtype=bool)
     for obj in _objects_in(scene, bbox):
         score = obj.contains(xs, ys).mean(axis=(2, 3))
         ox, oy = obj.center_xy
@@ -156,6 +164,9 @@ def cell_labels(
         row = int((oy - bbox[1]) // cell0_y)
         if 0 <= row < n and 0 <= col < n:
             score[row, col] += CENTRE_BONUS
+        if max(obj.extent_px) / max(sx, sy) < min_visible_px:
+            unseen |= score > 0
+            continue
         better = score > best
         kind[better] = KIND_NAMES.index(obj.kind) + 1
         color[better] = COLOR_NAMES.index(obj.color) + 1
@@ -166,6 +177,9 @@ def cell_labels(
     cols_in = int(np.ceil(content_hw[1] / cell_px))
     outside = np.ones((n, n), dtype=bool)
     outside[:rows_in, :cols_in] = False
+    unseen &= kind == NO_OBJECT
+    kind[unseen] = IGNORE_LABEL
+    color[unseen] = IGNORE_LABEL
     for array in (kind, color, background, wake):
         array[outside] = IGNORE_LABEL
     return CellLabels(kind=kind, color=color, background=background, wake=wake)
