@@ -98,8 +98,8 @@ class RandomScorer:
         rng = np.random.default_rng(
             [self.seed, request.level.dip_level, int.from_bytes(digest, "little")]
         )
-        scores = rng.random(request.key_valid.shape[0], dtype=np.float32)
-        scores[~request.key_valid] = 0.0
+        scores: FloatArray = np.zeros(request.key_valid.shape[0], dtype=np.float32)
+        scores[request.key_valid] = rng.random(int(request.key_valid.sum()), dtype=np.float32)
         total = float(scores.sum())
         out: FloatArray = scores / total if total > 0 else scores
         return out
