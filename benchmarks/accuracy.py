@@ -6,8 +6,10 @@ worlds with seeds never used in training (training draws its scenes from other s
 (cached in ``--scratch``, git-ignored).
 
 For each scene size and preset (``thumbnail``, ``grid-4``, ``full``, ``fastv``, ``pdrop``,
-``parity``, ``default``) the engine answers every question (``--max-questions`` per scene caps
-it) with a shared feature cache per preset, and the script reports, per preset:
+``parity``, ``default``, and ``default`` again with the LLM's own attention and with a random
+scorer in place of the RFM, ``--scorers``) the engine answers every question
+(``--max-questions`` per scene caps it) with a shared feature cache per preset, and the script
+reports, per preset:
 
 * accuracy overall, per category, and on questions about objects under 32 px (exact lowercase match,
   the LRS-VQA rule without WordNet: world answers are single vocabulary words);
@@ -45,7 +47,9 @@ from _common import git_commit  # noqa: E402  (benchmarks/ is on sys.path when r
 
 from lrs_core.batch.ask import load_engine  # noqa: E402
 from lrs_core.evaluation.focus_metrics import question_focus  # noqa: E402
+from lrs_core.focus.engine import FocusEngine  # noqa: E402
 from lrs_core.focus.features import FeatureCache  # noqa: E402
+from lrs_core.focus.scorers import LlmAttentionScorer, RandomScorer  # noqa: E402
 from lrs_core.raster.ingest import ingest_scene  # noqa: E402
 from lrs_core.raster.pyramid import open_pyramid  # noqa: E402
 from lrs_core.world.make import make_world  # noqa: E402
@@ -79,6 +83,8 @@ def _prepare(scratch: Path, size: int, scenes: int, seed: int) -> tuple[Any, lis
     stores = []
     for image in world.images:
         result = ingest_scene(root / image, scratch / "stores" / f"{size}_seed{seed}")
+        if result.store is None:
+            raise RuntimeError(f"ingesting {root / image} wrote no store")
         stores.append(Path(result.store))
     return world, stores
 
@@ -121,10 +127,28 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_preset(
-    model: str, preset: str, world: Any, stores: list[Path], *, max_questions: int, max_prefill: int
-) -> dict[str, Any]:
+def _engine(model: str, preset: str, scorer: str) -> FocusEngine:
+    """The preset's engine with the RFM (``rfm``), the LLM's attention (``llm``) or ``random``."""
     engine = load_engine(model, preset=preset, feature_cache=FeatureCache())
+    if scorer == "rfm":
+        return engine
+    chosen = LlmAttentionScorer(engine.loaded) if scorer == "llm" else RandomScorer(seed=0)
+    return FocusEngine(
+        engine.loaded, config=engine.config, feature_cache=engine.feature_cache, scorer=chosen
+    )
+
+
+def run_preset(
+    model: str,
+    preset: str,
+    world: Any,
+    stores: list[Path],
+    *,
+    max_questions: int,
+    max_prefill: int,
+    scorer: str = "rfm",
+) -> dict[str, Any]:
+    engine = _engine(model, preset, scorer)
     rows: list[dict[str, Any]] = []
     warmed = False
     for image, store in zip(world.images, stores, strict=True):
@@ -177,6 +201,12 @@ def main() -> None:
     parser.add_argument("--max-prefill", type=int, default=6000)
     parser.add_argument("--scratch", type=Path, default=ROOT / "benchmarks" / "_scratch")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--scorers",
+        default="rfm,llm,random",
+        help="token scorers of the default preset: rfm (the model's RFM), llm (the LLM's own "
+        "attention at the RFM's layer), random (seeded); other presets use the RFM",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     results: dict[str, Any] = {
@@ -196,19 +226,24 @@ def main() -> None:
             flush=True,
         )
         per_preset = {}
-        for preset in args.presets.split(","):
+        runs = [(preset, "rfm") for preset in args.presets.split(",")]
+        if "default" in args.presets.split(","):
+            runs += [("default", s) for s in args.scorers.split(",") if s != "rfm"]
+        for preset, scorer in runs:
             start = time.perf_counter()
-            per_preset[preset] = run_preset(
+            name = preset if scorer == "rfm" else f"{preset}/{scorer}"
+            per_preset[name] = run_preset(
                 args.model,
                 preset,
                 world,
                 stores,
                 max_questions=args.max_questions,
                 max_prefill=args.max_prefill,
+                scorer=scorer,
             )
-            summary = per_preset[preset]
+            summary = per_preset[name]
             print(
-                f"{size} {preset:9s} acc {summary['accuracy'].get('overall')} small "
+                f"{size} {name:15s} acc {summary['accuracy'].get('overall')} small "
                 f"{summary['accuracy'].get('small objects')} tiles {summary['vision_tiles']:.1f} "
                 f"prefill {summary['prefill_tokens']:.0f} TFLOPs {summary['tflops']:.4f} "
                 f"s/q {summary['seconds']:.3f} coverage {summary['coverage_mean']} "
