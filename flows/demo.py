@@ -1,7 +1,7 @@
 """Flow ``lrs-demo``: the demo through the ingest and answer flows, seen in the Prefect UI.
 
 The same demo as ``lrs demo`` (:func:`lrs_core.demo.run_demo`, which needs no Prefect): the demo
-scene and tiny model from :mod:`lrs_core.demo`, then the ``ingest-scenes`` flow and the
+scene from :mod:`lrs_core.demo` and the packaged world model, then the ``ingest-scenes`` flow and the
 ``answer-questions`` flow with the demo questions; outputs in ``OUT`` as listed in
 :mod:`lrs_core.demo`. A rerun answers nothing again (the answer flow is resumable). A run in which
 some questions failed ends ``Failed`` with their count (:mod:`flows.outcome`); :func:`run_demo`
@@ -19,16 +19,16 @@ from flows.answer import answer_questions, answers_artifact_note
 from flows.ingest import ingest_scenes
 from flows.outcome import outcome_of, run_result
 from lrs_core.demo import (
+    DEMO_MODEL,
     DEMO_PRESET,
     DEMO_SCENE_WH,
     INPUTS_DIRNAME,
-    MODEL_DIRNAME,
     STORES_DIRNAME,
     DemoResult,
     demo_result,
-    ensure_tiny_model,
     write_demo_scene,
 )
+from lrs_core.models.loading.registry import resolve_model_dir
 
 #: Where ``prefect server start`` serves the UI by default.
 PREFECT_UI_URL = "http://127.0.0.1:4200"
@@ -72,7 +72,7 @@ def demo(
     logger = get_run_logger()
     out = Path(out_dir).resolve()
     scene = write_demo_scene(out / INPUTS_DIRNAME, size_wh=tuple(size_wh))  # type: ignore[arg-type]  # a JSON list from the API
-    model_dir = ensure_tiny_model(out / MODEL_DIRNAME)
+    model_dir = resolve_model_dir(DEMO_MODEL)
     logger.info("demo scene %s, model %s", scene.scene_path, model_dir)
     (ingested,) = ingest_scenes(sources=[str(scene.scene_path)], store=str(out / STORES_DIRNAME))
     rows = run_result(  # also the rows of a run in which some questions failed

@@ -1,25 +1,26 @@
-"""The demo: a georeferenced scene with planted objects, ingested and answered by the tiny model.
+"""The demo: a miniature-world scene, ingested and answered by the trained world model.
 
-:func:`run_demo` (``lrs demo``) writes the demo scene and its requests, builds the tiny random
-model, and answers the requests with the library's batch (:func:`lrs_core.batch.run.run_batch`),
+:func:`run_demo` (``lrs demo``) writes the demo scene (a scene of the miniature world,
+:mod:`lrs_core.world`), its DOTA annotations and its requests, and answers the requests with the
+model trained on that world and shipped in the package (``--model world``,
+``lrs_core/world/weights/``), through the library's batch (:func:`lrs_core.batch.run.run_batch`),
 which ingests the scene first; no Prefect is involved (the ``lrs-demo`` flow in ``flows/demo.py``
 does the same through the ingest and answer flows). Outputs land in ``OUT``::
 
     OUT/answers.parquet/     GeoParquet parts (one per answer)
     OUT/answers.geojson      evidence footprints in EPSG:4326
     OUT/overlays/*.png       evidence and heat map on the scene thumbnail
-    OUT/inputs/              the demo scene, its requests.csv and planted objects
+    OUT/inputs/              the demo scene, its DOTA annotations, requests.csv and questions
     OUT/stores/              the scene's Zarr pyramid
-    OUT/model/               the tiny random model (built on first use; its answers are noise)
 
-A rerun reuses the scene, store and model and answers nothing again. The scene comes from the
-synthetic benchmark
-(:mod:`lrs_core.evaluation.synth`): a tiled RGB GeoTIFF in EPSG:32633 at 0.5 m pixels, so the
-answers' evidence footprints land on a real map. Files written into ``inputs_dir``::
+A rerun reuses the scene and store and answers nothing again. The scene is a tiled RGB GeoTIFF in
+EPSG:32633 at 0.5 m pixels, so the answers' evidence footprints land on a real map. Files written
+into ``inputs_dir``::
 
     inputs_dir/demo_scene.tif       the scene (3000 x 2000 px by default)
+    inputs_dir/demo_scene.txt       its objects, DOTA format (the ground truth)
     inputs_dir/requests.csv         one ``scene,question,id`` row per demo question
-    inputs_dir/demo_objects.json    the planted objects (the ground truth)
+    inputs_dir/demo_questions.json  the questions, their answers and the asked objects' boxes
 """
 
 from __future__ import annotations
@@ -28,34 +29,38 @@ import csv
 import io
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lrs_core.batch.run import BatchSettings, run_batch
 from lrs_core.errors import ConfigError
-from lrs_core.evaluation.synth import SynthConfig, write_synthetic_set
-from lrs_core.models.loading.files import PROJECT_CONFIG_FILE, WEIGHTS_FILE
-from lrs_core.models.tiny import init_tiny
-from lrs_core.outputs.parts import GEOJSON_NAME, OVERLAYS_DIRNAME, PARTS_DIRNAME
+from lrs_core.evaluation.focus_metrics import union_coverage
+from lrs_core.models.loading.registry import resolve_model_dir
+from lrs_core.outputs.parts import GEOJSON_NAME, OVERLAYS_DIRNAME, PARTS_DIRNAME, read_records
+from lrs_core.world.annotations import write_dota
+from lrs_core.world.generate import generate_scene
+from lrs_core.world.make import annotation_of, scene_seed, world_questions
+from lrs_core.world.render import write_scene_geotiff
 
 #: (width, height) of the demo scene in pixels: big enough for a three-level pyramid.
 DEMO_SCENE_WH = (3000, 2000)
-#: Objects planted in the demo scene, and their side range in pixels.
-DEMO_OBJECTS = 8
-DEMO_MIN_OBJECT_PX = 40
-DEMO_MAX_OBJECT_PX = 160
-#: Question categories of the synthetic set asked in the demo, in this order (first of each).
-DEMO_CATEGORIES = ("object color", "count", "rural or urban")
+#: World seed of the demo scene (away from the benchmark's held-out world seed 1000).
+DEMO_WORLD_SEED = 7
+#: Question categories asked in the demo, in this order (the first question of each).
+DEMO_CATEGORIES = ("object color", "object category", "rural or urban")
 DEMO_SCENE_NAME = "demo_scene.tif"
+ANNOTATION_NAME = "demo_scene.txt"
 REQUESTS_NAME = "requests.csv"
-OBJECTS_NAME = "demo_objects.json"
+QUESTIONS_NAME = "demo_questions.json"
 INPUTS_DIRNAME = "inputs"
 STORES_DIRNAME = "stores"
-MODEL_DIRNAME = "model"
+#: The model the demo answers with: the trained world model shipped in the package.
+DEMO_MODEL = "world"
 #: Engine preset of the demo: the paper's coarse-to-fine loop with our fixes.
 DEMO_PRESET = "default"
 
@@ -68,13 +73,16 @@ class DemoQuestion:
         question_id: id of the question (``demo-1``, ``demo-2``...).
         text: the question, in the LRS-VQA prompt form.
         category: LRS-VQA category of the question.
-        ground_truth: the planted answer.
+        ground_truth: the right answer.
+        hbox: level-0 pixel box (x0, y0, x1, y1) of the object asked about; None when the question
+            is about no single object.
     """
 
     question_id: str
     text: str
     category: str
     ground_truth: str
+    hbox: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,21 +103,22 @@ class DemoScene:
 
 
 def write_demo_scene(
-    inputs_dir: str | Path, *, size_wh: tuple[int, int] = DEMO_SCENE_WH, seed: int = 0
+    inputs_dir: str | Path, *, size_wh: tuple[int, int] = DEMO_SCENE_WH, seed: int = DEMO_WORLD_SEED
 ) -> DemoScene:
-    """Write the demo scene and its requests file (kept as they are when already written).
+    """Write the demo scene, its annotations and requests (kept as they are when already written).
 
     Args:
         inputs_dir: folder to write into (created).
-        size_wh: (width, height) of the scene in pixels; the short side must be at least four
-            times :data:`DEMO_MAX_OBJECT_PX`.
-        seed: seed of the scene layout; the same seed gives the same files.
+        size_wh: (width, height) of the scene in pixels (landscape, each side in the world's
+            range).
+        seed: world seed of the scene; the same seed and size give the same files.
 
     Returns:
         The scene, its requests file and the questions.
 
     Raises:
-        ConfigError: ``size_wh`` is too small for the planted objects.
+        ConfigError: ``size_wh`` is not landscape or out of the world's range, or the scene has
+            no question of a demo category.
     """
     width, height = size_wh
     if width < height:
@@ -118,42 +127,49 @@ def write_demo_scene(
     folder.mkdir(parents=True, exist_ok=True)
     scene_path = folder / DEMO_SCENE_NAME
     requests_path = folder / REQUESTS_NAME
-    objects_path = folder / OBJECTS_NAME
-    config = SynthConfig(
-        seed=seed,
-        n_scenes=1,
-        large_side_px=width,
-        large_short_side_px=height,
-        objects_per_scene=DEMO_OBJECTS,
-        min_object_px=DEMO_MIN_OBJECT_PX,
-        max_object_px=DEMO_MAX_OBJECT_PX,
-    )
-    if not (scene_path.is_file() and requests_path.is_file() and objects_path.is_file()):
-        with tempfile.TemporaryDirectory(prefix=".demo-", dir=folder) as scratch:
-            synth = write_synthetic_set(Path(scratch), config=config)
-            (scene,) = synth.scenes
-            questions = tuple(
+    questions_path = folder / QUESTIONS_NAME
+    if not (scene_path.is_file() and requests_path.is_file() and questions_path.is_file()):
+        scene = generate_scene(scene_seed(seed, 0), size_wh=(width, height))
+        counter = iter(range(1, 1_000_000))
+        asked = world_questions(
+            scene,
+            image=DEMO_SCENE_NAME,
+            rng=np.random.default_rng([seed, 0, 1]),
+            next_id=lambda: f"world-{next(counter)}",
+        )
+        questions = []
+        for index, category in enumerate(DEMO_CATEGORIES, start=1):
+            first = next((q for q in asked if q.category == category), None)
+            if first is None:
+                raise ConfigError(
+                    f"the demo scene (seed {seed}, {width} x {height} px) has no "
+                    f"{category!r} question; choose another seed or size"
+                )
+            questions.append(
                 DemoQuestion(
                     question_id=f"demo-{index}",
                     text=first.text,
                     category=first.category,
                     ground_truth=first.ground_truth,
-                )
-                for index, first in enumerate(
-                    (next(q for q in synth.questions if q.category == c) for c in DEMO_CATEGORIES),
-                    start=1,
+                    hbox=first.hbox,
                 )
             )
-            objects = json.loads((synth.data_root / "synth_objects.json").read_text())
-            objects["questions"] = [q.__dict__ for q in questions]
-            os.replace(synth.data_root / scene.image, scene_path)
-            _write_text_atomic(objects_path, json.dumps(objects, indent=1))
-            _write_text_atomic(requests_path, _requests_csv(scene_path, questions))
-    stored = json.loads(objects_path.read_text())
+        with tempfile.TemporaryDirectory(prefix=".demo-", dir=folder) as scratch:
+            written = write_scene_geotiff(scene, Path(scratch) / DEMO_SCENE_NAME)
+            write_dota(annotation_of(scene), folder / ANNOTATION_NAME)
+            os.replace(written, scene_path)
+        _write_text_atomic(
+            questions_path, json.dumps([asdict(q) for q in questions], indent=1) + "\n"
+        )
+        _write_text_atomic(requests_path, _requests_csv(scene_path, tuple(questions)))
+    stored = json.loads(questions_path.read_text())
     return DemoScene(
         scene_path=scene_path,
         requests_path=requests_path,
-        questions=tuple(DemoQuestion(**q) for q in stored["questions"]),
+        questions=tuple(
+            DemoQuestion(**{**q, "hbox": None if q["hbox"] is None else tuple(q["hbox"])})
+            for q in stored
+        ),
         size_wh=(width, height),
     )
 
@@ -181,7 +197,7 @@ class DemoResult:
         answers_parquet: the GeoParquet parts folder.
         answers_geojson: the GeoJSON FeatureCollection.
         overlays: the overlay PNGs written so far, sorted.
-        model_dir: the tiny model.
+        model_dir: the model that answered (the packaged world model).
         scene: the demo scene and questions.
         rows: one row per question (``status`` ``answered``, ``skipped`` or ``failed``; see
             :mod:`lrs_core.batch.run`).
@@ -203,18 +219,47 @@ class DemoResult:
         """Questions that failed."""
         return sum(1 for row in self.rows if row["status"] == "failed")
 
+    def checks(self) -> list[DemoCheck]:
+        """How each answered question went against the scene's ground truth (file order)."""
+        records = {r.question_id: r for r in read_records(self.out_dir)}
+        checks = []
+        for question in self.scene.questions:
+            record = records.get(question.question_id)
+            if record is None:
+                continue
+            final = [tile.bbox_px for tile in record.evidence_tiles if tile.is_final]
+            checks.append(
+                DemoCheck(
+                    question_id=question.question_id,
+                    answer=record.answer,
+                    ground_truth=question.ground_truth,
+                    correct=record.answer.strip().lower() == question.ground_truth.lower(),
+                    evidence_coverage=(
+                        None if question.hbox is None else union_coverage(question.hbox, final)
+                    ),
+                )
+            )
+        return checks
 
-def ensure_tiny_model(model_dir: Path) -> Path:
-    """Return ``model_dir``, building the tiny random model there first if it is not complete."""
-    if (model_dir / PROJECT_CONFIG_FILE).is_file() and (model_dir / WEIGHTS_FILE).is_file():
-        return model_dir
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".model-", dir=model_dir.parent) as scratch:
-        built = init_tiny(Path(scratch) / MODEL_DIRNAME)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)  # an incomplete model folder of an interrupted demo
-        os.replace(built, model_dir)
-    return model_dir
+
+@dataclass(frozen=True, kw_only=True)
+class DemoCheck:
+    """One demo answer against the ground truth.
+
+    Attributes:
+        question_id: the question.
+        answer: what the model answered.
+        ground_truth: the right answer (from the scene's annotations).
+        correct: exact match, case and surrounding spaces ignored.
+        evidence_coverage: share of the asked object's box covered by the final evidence tiles;
+            None for a question about no single object.
+    """
+
+    question_id: str
+    answer: str
+    ground_truth: str
+    correct: bool
+    evidence_coverage: float | None
 
 
 def demo_result(
@@ -268,7 +313,7 @@ def run_demo(
     """
     out = Path(out_dir).resolve()
     scene = write_demo_scene(out / INPUTS_DIRNAME, size_wh=size_wh)
-    model_dir = ensure_tiny_model(out / MODEL_DIRNAME)
+    model_dir = resolve_model_dir(DEMO_MODEL)
     settings = BatchSettings(
         model=str(model_dir),
         out=str(out),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from lrs_core.cli._common import (
     reported_errors,
 )
 
-#: Characters of each answer the terminal shows (the tiny random model answers in byte garbage).
+#: Characters of each answer the terminal shows (a model's answer may be long or odd bytes).
 ANSWER_PREVIEW_CHARS = 40
 
 
@@ -48,7 +49,7 @@ def demo(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Run the demo: a georeferenced demo scene, ingested and answered by the tiny model."""
+    """Run the demo: a miniature-world scene, ingested and answered by the trained world model."""
     check_budget(budget)
     check_out_path(out, kind="folder")
     check_runtime(device, dtype)
@@ -78,10 +79,11 @@ def demo(
                 "model_dir": str(result.model_dir),
                 "scene": str(result.scene.scene_path),
                 "rows": list(result.rows),
+                "checks": [asdict(c) for c in result.checks()],
             }
         )
     else:
-        truth = {q.question_id: q.ground_truth for q in result.scene.questions}
+        checks = {c.question_id: c for c in result.checks()}
         for row in result.rows:
             status = {"answered": "[green]answered[/]", "skipped": "[dim]already answered[/]"}.get(
                 row["status"], "[bold red]failed[/]"
@@ -93,10 +95,17 @@ def demo(
             )
             if row["status"] == "failed":
                 console.print(f"    error: {row['error']}", highlight=False, soft_wrap=True)
-            elif row["status"] == "answered":
+            elif row["question_id"] in checks:
+                check = checks[row["question_id"]]
+                verdict = "[green]right[/]" if check.correct else "[bold red]wrong[/]"
+                covered = (
+                    ""
+                    if check.evidence_coverage is None
+                    else f"; evidence covers {check.evidence_coverage:.0%} of the object"
+                )
                 console.print(
-                    f"    answer: {answer_preview(str(row['answer']))} (planted truth: "
-                    f"{truth.get(row['question_id'], '?')}; the tiny model is random)",
+                    f"    answer: {answer_preview(check.answer)} {verdict} (truth: "
+                    f"{check.ground_truth}{covered})",
                     highlight=False,
                     soft_wrap=True,
                 )

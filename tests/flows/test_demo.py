@@ -12,7 +12,7 @@ from lrs_core.outputs.parts import read_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-#: A demo scene just big enough for the planted objects (the real demo is 3000 x 2000 px).
+#: A small demo scene (the real demo is 3000 x 2000 px).
 SMALL_SCENE_WH = (1000, 700)
 #: The demo scene's EPSG:32633 origin (500 km E, 4600 km N) lies near 15.0 E, 41.5 N.
 LON_RANGE = (14.9, 15.1)
