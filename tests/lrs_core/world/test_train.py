@@ -18,15 +18,17 @@ from lrs_core.world.train import WorldTrainConfig, WorldTrainResult, train_world
 
 # Rural-or-urban questions only: the one category a minute of CPU is enough for (the answer needs
 # the image but no parsing of the question); chance is 0.5, the untrained model answers garbage.
-# Seed-sensitive at this budget, measured: seed 1 reaches 1.0 after 300 answer steps, seed 0 still
-# answers the prior (0.57) after 400. The run is deterministic for a given seed.
+# Seed-sensitive at this budget, measured: seed 1 reaches 0.90 (oracle zoom) and 1.00 (thumbnail)
+# on 51 held-out questions after 300 answer steps; seed 0 still answered the prior (0.57) after
+# 400 in an earlier version. Twelve held-out scenes: with four (20 questions) one run read 0.75
+# where the 51 read 0.90. The run is deterministic for a given seed.
 TINY = WorldTrainConfig(
     seed=1,
     stage1_steps=40,
     stage2_steps=300,
     scene_px=(512, 1024),
     tile_batch=8,
-    eval_scenes=4,
+    eval_scenes=12,
     eval_scene_px=768,
     categories=("rural or urban",),
 )
@@ -40,9 +42,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> WorldTrainResult:
 def test_held_out_accuracy_beats_untrained_and_chance(trained: WorldTrainResult) -> None:
     metrics = trained.metrics
     print(metrics)  # shown by pytest -s / on failure
-    focus = metrics["focus"]["overall"]
-    assert focus >= metrics["untrained"]["focus"]["overall"] + 0.3
-    assert focus >= 0.75  # chance (a coin) is 0.5
+    for view in ("focus", "thumbnail"):
+        accuracy = metrics[view]["overall"]
+        assert accuracy >= metrics["untrained"][view]["overall"] + 0.3
+        assert accuracy >= 0.75  # chance (a coin) is 0.5
+        assert accuracy >= metrics["answer_prior"]["overall"] + 0.15
 
 
 def test_trained_model_loads_in_project_format(trained: WorldTrainResult) -> None:
