@@ -1,8 +1,8 @@
 """Flow ``lrs-demo``: the demo through the ingest and answer flows, seen in the Prefect UI.
 
 The same demo as ``lrs demo`` (:func:`lrs_core.demo.run_demo`, which needs no Prefect): the demo
-scene from :mod:`lrs_core.demo` and the packaged world model, then the ``ingest-scenes`` flow and the
-``answer-questions`` flow with the demo questions; outputs in ``OUT`` as listed in
+scene from :mod:`lrs_core.demo` and the packaged world model, then the ``ingest-scenes`` flow and
+the ``answer-questions`` flow with the demo questions; outputs in ``OUT`` as listed in
 :mod:`lrs_core.demo`. A rerun answers nothing again (the answer flow is resumable). A run in which
 some questions failed ends ``Failed`` with their count (:mod:`flows.outcome`); :func:`run_demo`
 still returns every row. Run it with ``python -m flows.demo OUT``.
