@@ -31,6 +31,7 @@ TINY = WorldTrainConfig(
     eval_scenes=12,
     eval_scene_px=768,
     categories=("rural or urban",),
+    threads=1,  # as measured; two threads on a busy 2-core machine crawl (docs/world.md)
 )
 
 
