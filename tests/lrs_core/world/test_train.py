@@ -6,6 +6,8 @@ training (``lrs world train``, 30+ minutes) stays out of the suite.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,17 @@ def test_cli_train_usage_error(tmp_path: Path) -> None:
         build_app(), ["world", "train", "--out", str(tmp_path), "--minutes", "0"]
     )
     assert result.exit_code == 2 and "minutes" in result.output
+
+
+def test_a_step_budget_gives_the_same_bytes(tmp_path: Path) -> None:
+    config = replace(
+        TINY, stage1_steps=3, stage2_steps=5, eval_scenes=1, eval_scene_px=512, categories=()
+    )
+    first = train_world(tmp_path / "a", config=config)
+    second = train_world(tmp_path / "b", config=config)
+    weights = [
+        hashlib.sha256((r.model_dir / "model.safetensors").read_bytes()).hexdigest()
+        for r in (first, second)
+    ]
+    assert weights[0] == weights[1]
+    assert first.metrics["focus"] == second.metrics["focus"]
