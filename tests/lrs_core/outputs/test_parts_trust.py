@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas
@@ -121,3 +124,30 @@ def test_a_kill_between_overlay_and_part_loses_no_overlay(
     for answered in answered_ids(out):  # every answer marked done has its overlay
         assert Path(resumed.overlay_path(answered)).is_file()
     assert not (tmp_path / "out.lock.holder").exists()  # the killed writer left no holder record
+
+
+#: Fresh interpreters that read the answers; the abort it guards against hit about 4 runs in 10.
+EXIT_RUNS = 6
+
+
+def test_a_process_that_read_answers_exits_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    scene = make_scene()
+    writer = BatchWriter(out, refresh_geojson=False)
+    for index in range(3):
+        writer.append([make_record(scene, f"q{index}")])
+    code = (
+        "import sys\n"
+        "from lrs_core.outputs.parts import read_records\n"
+        "print(len(read_records(sys.argv[1])))\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    for _ in range(EXIT_RUNS):
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "3"), done.stderr[-500:]
