@@ -53,9 +53,9 @@ from lrs_core.focus.scorers import LlmAttentionScorer, RandomScorer  # noqa: E40
 from lrs_core.raster.ingest import ingest_scene  # noqa: E402
 from lrs_core.raster.pyramid import open_pyramid  # noqa: E402
 from lrs_core.world.make import make_world  # noqa: E402
+from lrs_core.world.train import SMALL_OBJECT_PX  # noqa: E402
 
 PRESETS = ("thumbnail", "grid-4", "full", "fastv", "pdrop", "parity", "default")
-SMALL_OBJECT_PX = 32
 #: World seed of the benchmark scenes (training never draws world-make seeds).
 HELDOUT_SEED = 1000
 FULL_COVERAGE = 0.999

@@ -3,13 +3,13 @@
 Run: ``PYTHONPATH=. python benchmarks/world_tower_sweep.py TAG key=value ...`` with keys ``patch``
 (28), ``minutes`` (8), ``lr`` (2e-3), ``width`` (96), ``layers`` (3), ``batch`` (12 tiles), ``now``
 (weight of the no-object class, 0.2), ``minvis`` (visibility threshold, level px, 4), ``objshare``
-(share of tiles holding an object, 0.667) and ``scale0`` (curriculum start, 2.5). It trains the
-tower and projector of a fresh world model on stage 1 only, for a wall-clock budget, on one torch
-thread, then prints ``RESULT TAG {json}``: held-out per-cell accuracy of kind and colour on pooled
-tokens of cells holding a visible object, overall and split by thumbnail / middle levels / finest
-level (``_thumb``, ``_mid``, ``_l0``), and the false-object rate on empty cells. Run one process per
-core with ``taskset`` to compare configurations under equal compute (docs/world.md records a
-15-configuration run).
+(share of tiles holding an object, a fraction such as 2/3 or 1) and ``scale0`` (curriculum start,
+2.5). It trains the tower and projector of a fresh world model on stage 1 only, for a wall-clock
+budget, on one torch thread, then prints ``RESULT TAG {json}``: held-out per-cell accuracy of kind
+and colour on pooled tokens of cells holding a visible object, overall and split by thumbnail /
+middle levels / finest level (``_thumb``, ``_mid``, ``_l0``), and the false-object rate on empty
+cells. Run one process per core with ``taskset`` to compare configurations under equal compute
+(docs/world.md records a 15-configuration run).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lrs_core.focus.state import all_tiles  # noqa: E402
 from lrs_core.focus.tiles import read_thumbnail, read_tiles  # noqa: E402
 from lrs_core.world import train as T  # noqa: E402
 from lrs_core.world import views as V  # noqa: E402
@@ -45,7 +45,7 @@ patch, minutes, lr = f("patch", 28), f("minutes", 8.0), f("lr", 2e-3)
 width, layers, batch = f("width", 96), f("layers", 3), f("batch", 12)
 T.NO_OBJECT_WEIGHT = f("now", 0.2)
 V.cell_labels.__kwdefaults__["min_visible_px"] = f("minvis", 4.0)
-objshare = f("objshare", 0.667)
+objshare = Fraction(kw.get("objshare", "2/3"))
 torch.set_num_threads(1)
 size = WorldModelSize(
     patch_px=patch,
@@ -73,23 +73,6 @@ opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 rng = np.random.default_rng([0, 11])
 
 
-def items_of(views, n):
-    items = [(None, (0, 0))]
-    wo, em = [], []
-    centres = [o.center_xy for o in views.scene.objects]
-    for k in range(1, views.plan.n_levels + 1):
-        level = views.plan.level(k)
-        for tile in all_tiles(level):
-            x0, y0, x1, y1 = level.tile_bbox_px(tile)
-            (wo if any(x0 <= cx < x1 and y0 <= cy < y1 for cx, cy in centres) else em).append(
-                (level, tile)
-            )
-    rng.shuffle(wo)
-    rng.shuffle(em)
-    no = min(len(wo), int(objshare * n))
-    return (items + wo[:no] + em[: max(0, n - 1 - no)])[:n]
-
-
 start = time.perf_counter()
 budget = minutes * 60
 step = 0
@@ -99,7 +82,7 @@ while (done := (time.perf_counter() - start) / budget) < 1:
     scale = T.curriculum_scale(config, done)
     views = T._views_of(T._draw_scene(config, rng, T.scene_stream_seed(0, 7, si), scale), dip)
     si += 1
-    items = items_of(views, 2 * batch)
+    items = T._stage1_items(views, rng, 2 * batch, object_share=objshare)
     for g in opt.param_groups:
         g["lr"] = lr * T.lr_factor(done)
     for chunk in (items[:batch], items[batch:]):

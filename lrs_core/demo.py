@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -130,7 +131,7 @@ def write_demo_scene(
     questions_path = folder / QUESTIONS_NAME
     if not (scene_path.is_file() and requests_path.is_file() and questions_path.is_file()):
         scene = generate_scene(scene_seed(seed, 0), size_wh=(width, height))
-        counter = iter(range(1, 1_000_000))
+        counter = itertools.count(1)
         asked = world_questions(
             scene,
             image=DEMO_SCENE_NAME,

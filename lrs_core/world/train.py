@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ MAX_EVIDENCE_TILES = 12
 MAX_DISTRACTOR_TILES = 3
 #: Weight of the "no object" class in the per-cell losses (objects are rare).
 NO_OBJECT_WEIGHT = 0.2
+#: Share of a stage-1 step's tiles that hold an object (exact, so tile counts are floors).
+STAGE1_OBJECT_SHARE = Fraction(2, 3)
 #: Long side under which an asked object counts as small (the issue's 32 px).
 SMALL_OBJECT_PX = 32
 #: Answer tokens generated at evaluation.
@@ -294,9 +297,13 @@ def _pool_tokens(model: VisionLanguageModel, tokens: torch.Tensor) -> torch.Tens
 
 
 def _stage1_items(
-    views: SceneViews, rng: np.random.Generator, n: int
+    views: SceneViews,
+    rng: np.random.Generator,
+    n: int,
+    *,
+    object_share: Fraction = STAGE1_OBJECT_SHARE,
 ) -> list[tuple[DipLevel | None, tuple[int, int]]]:
-    """Up to ``n`` tiles of a scene (None level = thumbnail), two thirds of them with objects."""
+    """Up to ``n`` tiles of a scene (None level = thumbnail), ``object_share`` with objects."""
     items: list[tuple[DipLevel | None, tuple[int, int]]] = [(None, (0, 0))]
     with_objects: list[tuple[DipLevel | None, tuple[int, int]]] = []
     empty: list[tuple[DipLevel | None, tuple[int, int]]] = []
@@ -309,7 +316,7 @@ def _stage1_items(
             (with_objects if hit else empty).append((level, tile))
     rng.shuffle(with_objects)
     rng.shuffle(empty)
-    n_obj = min(len(with_objects), (2 * n) // 3)
+    n_obj = min(len(with_objects), int(n * object_share))
     items += with_objects[:n_obj] + empty[: max(0, n - 1 - n_obj)]
     return items[:n]
 

@@ -25,6 +25,7 @@ from lrs_core.focus.scorers import RandomScorer
 from lrs_core.raster.ingest import ingest_scene
 from lrs_core.raster.pyramid import open_pyramid
 from lrs_core.world.make import make_world
+from lrs_core.world.train import SMALL_OBJECT_PX
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,8 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TEST_WORLD_SEED = 4242
 SCENES = 2
 SCENE_PX = 2048
-#: Long side under which an asked object counts as small (the issue's 32 px).
-SMALL_OBJECT_PX = 32
 #: Runs compared: (name, preset, scorer); ``random`` replaces the RFM by a seeded random scorer.
 RUNS = (
     ("thumbnail", "thumbnail", "rfm"),
